@@ -1,0 +1,227 @@
+//! The vocabulary of rollcall: statuses, reasons, event types and labels.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::str::FromStr;
+
+use serde::{Deserialize, Serialize};
+use thiserror::Error;
+
+macro_rules! string_enum {
+    ($(#[$doc:meta])* $name:ident { $($(#[$vdoc:meta])* $variant:ident => $s:literal),+ $(,)? }) => {
+        $(#[$doc])*
+        #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+        #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+        pub enum $name {
+            $($(#[$vdoc])* #[serde(rename = $s)] $variant),+
+        }
+
+        impl $name {
+            /// Every value, in declaration order.
+            pub const ALL: &'static [$name] = &[$($name::$variant),+];
+
+            /// The wire name.
+            pub const fn as_str(self) -> &'static str {
+                match self { $($name::$variant => $s),+ }
+            }
+        }
+
+        impl fmt::Display for $name {
+            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str(self.as_str())
+            }
+        }
+
+        impl FromStr for $name {
+            type Err = UnknownValue;
+            fn from_str(s: &str) -> Result<Self, UnknownValue> {
+                match s {
+                    $($s => Ok($name::$variant),)+
+                    _ => Err(UnknownValue { what: stringify!($name), value: s.to_owned() }),
+                }
+            }
+        }
+    };
+}
+
+/// A string that names no value of the enum it was parsed as.
+#[derive(Debug, Clone, PartialEq, Eq, Error)]
+#[error("unknown {what} value {value:?}")]
+pub struct UnknownValue {
+    pub what: &'static str,
+    pub value: String,
+}
+
+string_enum!(
+    /// A worker's status.
+    Status {
+        /// Alive: heartbeats arrive before each deadline.
+        Online => "online",
+        /// Alive but finishing its work; takes no new work. Counts as live.
+        Draining => "draining",
+        /// Not alive; `offline_reason` says why.
+        Offline => "offline",
+    }
+);
+
+impl Status {
+    /// Online or draining: the worker counts towards its machine being online.
+    pub const fn is_live(self) -> bool {
+        matches!(self, Status::Online | Status::Draining)
+    }
+}
+
+string_enum!(
+    /// Why a worker is offline.
+    OfflineReason {
+        /// It said goodbye (graceful shutdown).
+        Shutdown => "shutdown",
+        /// Its deadline passed without a heartbeat.
+        Stale => "stale",
+        /// The process supervised by an agent ended.
+        Exited => "exited",
+        /// It registered again while still online: it crashed and restarted.
+        Replaced => "replaced",
+        /// An admin deleted it; its token no longer works.
+        Revoked => "revoked",
+    }
+);
+
+string_enum!(
+    /// A machine's status, derived from its workers' statuses.
+    MachineStatus {
+        Online => "online",
+        Offline => "offline",
+    }
+);
+
+string_enum!(
+    /// What an event records.
+    EventType {
+        WorkerRegistered => "worker.registered",
+        WorkerOnline => "worker.online",
+        WorkerDraining => "worker.draining",
+        WorkerOffline => "worker.offline",
+        WorkerDeleted => "worker.deleted",
+        MachineOnline => "machine.online",
+        MachineOffline => "machine.offline",
+    }
+);
+
+string_enum!(
+    /// Why a transition happened, as recorded on its event.
+    EventReason {
+        Registered => "registered",
+        Heartbeat => "heartbeat",
+        Shutdown => "shutdown",
+        Stale => "stale",
+        Exited => "exited",
+        Replaced => "replaced",
+        Revoked => "revoked",
+    }
+);
+
+impl From<OfflineReason> for EventReason {
+    fn from(r: OfflineReason) -> Self {
+        match r {
+            OfflineReason::Shutdown => EventReason::Shutdown,
+            OfflineReason::Stale => EventReason::Stale,
+            OfflineReason::Exited => EventReason::Exited,
+            OfflineReason::Replaced => EventReason::Replaced,
+            OfflineReason::Revoked => EventReason::Revoked,
+        }
+    }
+}
+
+/// Free-form key/value labels on a worker or machine.
+///
+/// At most 32 pairs; keys 1–64 characters, values at most 256 characters.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(try_from = "BTreeMap<String, String>", into = "BTreeMap<String, String>")]
+pub struct Labels(BTreeMap<String, String>);
+
+/// Why a set of labels was refused.
+#[derive(Debug, Clone, PartialEq, Eq, Error)]
+pub enum LabelsError {
+    #[error("at most {max} labels are allowed, got {got}", max = Labels::MAX_PAIRS)]
+    TooMany { got: usize },
+    #[error("label keys must be 1 to {max} characters", max = Labels::MAX_KEY)]
+    Key,
+    #[error("label values must be at most {max} characters (key {key:?})", max = Labels::MAX_VALUE)]
+    Value { key: String },
+}
+
+impl Labels {
+    pub const MAX_PAIRS: usize = 32;
+    pub const MAX_KEY: usize = 64;
+    pub const MAX_VALUE: usize = 256;
+
+    /// Validates a map of labels.
+    pub fn parse(map: BTreeMap<String, String>) -> Result<Self, LabelsError> {
+        if map.len() > Self::MAX_PAIRS {
+            return Err(LabelsError::TooMany { got: map.len() });
+        }
+        for (k, v) in &map {
+            let klen = k.chars().count();
+            if klen == 0 || klen > Self::MAX_KEY {
+                return Err(LabelsError::Key);
+            }
+            if v.chars().count() > Self::MAX_VALUE {
+                return Err(LabelsError::Value { key: k.clone() });
+            }
+        }
+        Ok(Labels(map))
+    }
+
+    /// The labels as a map.
+    pub fn as_map(&self) -> &BTreeMap<String, String> {
+        &self.0
+    }
+
+    /// Whether there are no labels.
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+}
+
+impl TryFrom<BTreeMap<String, String>> for Labels {
+    type Error = LabelsError;
+    fn try_from(map: BTreeMap<String, String>) -> Result<Self, LabelsError> {
+        Labels::parse(map)
+    }
+}
+
+impl From<Labels> for BTreeMap<String, String> {
+    fn from(l: Labels) -> Self {
+        l.0
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn wire_names_round_trip() {
+        for t in EventType::ALL {
+            assert_eq!(t.as_str().parse::<EventType>(), Ok(*t));
+            assert_eq!(
+                serde_json::to_string(t).unwrap(),
+                format!("\"{}\"", t.as_str())
+            );
+        }
+        assert!("worker.exploded".parse::<EventType>().is_err());
+    }
+
+    #[test]
+    fn labels_limits() {
+        let many: BTreeMap<_, _> = (0..33).map(|i| (format!("k{i}"), String::new())).collect();
+        assert_eq!(Labels::parse(many), Err(LabelsError::TooMany { got: 33 }));
+        let long_key = BTreeMap::from([("k".repeat(65), "v".into())]);
+        assert_eq!(Labels::parse(long_key), Err(LabelsError::Key));
+        let long_value = BTreeMap::from([("k".into(), "v".repeat(257))]);
+        assert!(Labels::parse(long_value).is_err());
+        let ok = BTreeMap::from([("k".repeat(64), "v".repeat(256))]);
+        assert!(Labels::parse(ok).is_ok());
+    }
+}
