@@ -1,1 +1,114 @@
+//! # rollcall-store
+//!
+//! rollcall's durable state behind one narrow trait, [`Store`]: workers,
+//! machines, the event log and API tokens. The store is the source of truth;
+//! the server's liveness engine keeps only the freshness of heartbeats in
+//! memory and writes *changes of state* here, in batches.
+//!
+//! ## Layout
+//!
+//! - [`records`]: the typed rows.
+//! - [`sqlite`]: the embedded default (WAL, one process per file).
+//!
+//! ## Guarantees every implementation gives
+//!
+//! - [`Store::commit`] applies a batch in one transaction: each write only if
+//!   the worker still has the status and session it expects; the events of
+//!   applied writes; and, for every machine the batch touched, its derived
+//!   status (`online` iff one of its workers is online or draining) with a
+//!   `machine.*` event when it changed.
+//! - Event `seq` is strictly increasing in commit order and never reused,
+//!   even after pruning.
+//! - `last_heartbeat_at` is only ever moved forward, and only within the
+//!   session it was measured in.
 
+pub mod records;
+pub mod sqlite;
+
+use async_trait::async_trait;
+use rollcall_core::{MachineId, MachineStatus, Timestamp, TokenId, WorkerId};
+use thiserror::Error;
+
+pub use records::*;
+
+/// Errors from the store.
+#[derive(Debug, Error)]
+pub enum StoreError {
+    /// The database could not be reached or answered with an error.
+    #[error("database error: {0}")]
+    Database(#[from] sqlx::Error),
+    /// Migrations failed.
+    #[error("migration failed: {0}")]
+    Migrate(#[from] sqlx::migrate::MigrateError),
+    /// A row held something this version cannot read.
+    #[error("corrupt row: {0}")]
+    Corrupt(String),
+    /// Another process holds this database.
+    #[error("{0}")]
+    Locked(String),
+}
+
+pub type Result<T, E = StoreError> = std::result::Result<T, E>;
+
+/// The storage contract. See the crate docs for the guarantees.
+#[async_trait]
+pub trait Store: Send + Sync + std::fmt::Debug + 'static {
+    /// Answers when the database does (for `/readyz`).
+    async fn ping(&self) -> Result<()>;
+
+    /// Every worker, for loading the liveness engine at start-up.
+    async fn load_workers(&self) -> Result<Vec<WorkerRecord>>;
+
+    /// Applies a batch of conditional writes in one transaction.
+    async fn commit(&self, writes: Vec<WorkerWrite>) -> Result<CommitResult>;
+
+    /// Re-derives every machine's status from its workers and records a
+    /// `machine.*` event for each that was wrong (rows edited from outside).
+    async fn reconcile_machines(&self, at: Timestamp) -> Result<Vec<EventRecord>>;
+
+    /// Writes heartbeat times behind; marks of an ended session are ignored.
+    async fn flush_heartbeats(&self, marks: &[HeartbeatMark]) -> Result<()>;
+
+    async fn get_worker(&self, id: &WorkerId) -> Result<Option<WorkerRecord>>;
+    async fn list_workers(
+        &self,
+        filter: &WorkerFilter,
+        after: Option<&WorkerId>,
+        limit: usize,
+    ) -> Result<Page<WorkerRecord>>;
+
+    async fn get_machine(&self, id: &MachineId) -> Result<Option<MachineRecord>>;
+    async fn list_machines(
+        &self,
+        status: Option<MachineStatus>,
+        after: Option<&MachineId>,
+        limit: usize,
+    ) -> Result<Page<MachineRecord>>;
+
+    /// Events with `seq > after`, oldest first.
+    async fn list_events(
+        &self,
+        filter: &EventFilter,
+        after: i64,
+        limit: usize,
+    ) -> Result<Page<EventRecord>>;
+    /// The largest `seq` ever assigned (0 if none).
+    async fn last_seq(&self) -> Result<i64>;
+
+    async fn insert_token(&self, token: &TokenRecord) -> Result<()>;
+    async fn list_tokens(&self, after: Option<&TokenId>, limit: usize) -> Result<Page<TokenRecord>>;
+    async fn all_tokens(&self) -> Result<Vec<TokenRecord>>;
+    /// Whether a token was deleted.
+    async fn delete_token(&self, id: &TokenId) -> Result<bool>;
+    /// Records when tokens were last used (written behind).
+    async fn touch_tokens(&self, uses: &[(TokenId, Timestamp)]) -> Result<()>;
+    /// Deletes tokens whose expiry is at or before `now`; returns their ids.
+    async fn delete_expired_tokens(&self, now: Timestamp) -> Result<Vec<TokenId>>;
+
+    /// Offline workers whose status changed at or before `before`.
+    async fn offline_workers_since(&self, before: Timestamp) -> Result<Vec<WorkerRecord>>;
+    /// Deletes machines that have no workers; returns how many.
+    async fn forget_empty_machines(&self) -> Result<u64>;
+    /// Deletes events at or before `before`; returns how many.
+    async fn prune_events(&self, before: Timestamp) -> Result<u64>;
+}

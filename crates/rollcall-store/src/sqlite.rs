@@ -1,0 +1,712 @@
+//! The embedded SQLite store: the default, for one rollcall process.
+//!
+//! - WAL journal, `synchronous = FULL`: a commit survives a crash of the
+//!   process and of the machine.
+//! - All writes go through one connection, so write transactions never race
+//!   each other for SQLite's lock; reads use a pool of their own and never
+//!   wait for writes (WAL readers see the last commit).
+//! - One process per database file: [`SqliteStore::open`] takes an exclusive
+//!   lock on `<file>.lock` and refuses to open while another process holds it.
+
+use std::collections::BTreeMap;
+use std::fs::File;
+use std::path::{Path, PathBuf};
+use std::str::FromStr;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use rollcall_core::{
+    EventReason, EventType, Labels, MachineId, MachineStatus, OfflineReason, Status, Timestamp,
+    TokenHash, TokenId, TokenKind, WorkerId, WorkerName,
+};
+use sqlx::sqlite::{
+    SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteRow,
+    SqliteSynchronous,
+};
+use sqlx::{QueryBuilder, Row, Sqlite, Transaction};
+
+use crate::records::*;
+use crate::{Result, Store, StoreError};
+
+/// SQLite implementation of [`Store`].
+#[derive(Debug)]
+pub struct SqliteStore {
+    /// Exactly one connection: the only writer.
+    writer: SqlitePool,
+    /// Read-only connections for queries.
+    reader: SqlitePool,
+    /// Held for the life of the store; dropping it releases the file lock.
+    _lock: File,
+    path: PathBuf,
+}
+
+/// Fields of a worker row, in the order the `SELECT`s below list them.
+const WORKER_COLUMNS: &str = "id, name, machine_id, status, offline_reason, session, labels, \
+     heartbeat_interval_ms, stale_after_ms, registered_at, last_heartbeat_at, status_changed_at, token_hash";
+
+const MACHINE_SELECT: &str = "SELECT m.id, m.hostname, m.labels, m.status, m.first_seen_at, \
+     m.last_seen_at, m.status_changed_at, \
+     (SELECT COUNT(*) FROM workers w WHERE w.machine_id = m.id AND w.status IN ('online', 'draining')) AS workers_online, \
+     (SELECT COUNT(*) FROM workers w WHERE w.machine_id = m.id) AS workers_total \
+     FROM machines m";
+
+impl SqliteStore {
+    /// Opens (creating if needed) the database at a `sqlite://PATH` URL or a
+    /// plain path, takes the process lock and runs the migrations.
+    pub async fn open(url: &str) -> Result<Self> {
+        let path = PathBuf::from(
+            url.strip_prefix("sqlite://")
+                .or_else(|| url.strip_prefix("sqlite:"))
+                .unwrap_or(url),
+        );
+        if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+            std::fs::create_dir_all(dir).map_err(|e| {
+                StoreError::Locked(format!("cannot create directory {}: {e}", dir.display()))
+            })?;
+        }
+        let lock = take_lock(&path)?;
+        let options = SqliteConnectOptions::new()
+            .filename(&path)
+            .create_if_missing(true)
+            .journal_mode(SqliteJournalMode::Wal)
+            .synchronous(SqliteSynchronous::Full)
+            .foreign_keys(true)
+            .busy_timeout(Duration::from_secs(10))
+            .pragma("temp_store", "memory")
+            .statement_cache_capacity(256);
+        let writer = SqlitePoolOptions::new()
+            .max_connections(1)
+            .min_connections(1)
+            .acquire_timeout(Duration::from_secs(30))
+            .connect_with(options.clone())
+            .await?;
+        sqlx::migrate!("migrations/sqlite").run(&writer).await?;
+        let reader = SqlitePoolOptions::new()
+            .max_connections(4)
+            .acquire_timeout(Duration::from_secs(30))
+            .connect_with(options.read_only(true))
+            .await?;
+        Ok(SqliteStore {
+            writer,
+            reader,
+            _lock: lock,
+            path,
+        })
+    }
+
+    /// The database file.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Closes both pools, finishing the WAL checkpoint.
+    pub async fn close(&self) {
+        self.reader.close().await;
+        self.writer.close().await;
+    }
+}
+
+fn take_lock(db: &Path) -> Result<File> {
+    let mut lock_path = db.as_os_str().to_owned();
+    lock_path.push(".lock");
+    let lock_path = PathBuf::from(lock_path);
+    let file = File::options()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&lock_path)
+        .map_err(|e| StoreError::Locked(format!("cannot open {}: {e}", lock_path.display())))?;
+    match file.try_lock() {
+        Ok(()) => Ok(file),
+        Err(std::fs::TryLockError::WouldBlock) => Err(StoreError::Locked(format!(
+            "database {} is in use by another rollcall process (lock {} is held); \
+             only one process may serve a SQLite database",
+            db.display(),
+            lock_path.display()
+        ))),
+        Err(std::fs::TryLockError::Error(e)) => Err(StoreError::Locked(format!(
+            "cannot lock {}: {e}",
+            lock_path.display()
+        ))),
+    }
+}
+
+fn corrupt(what: impl std::fmt::Display) -> StoreError {
+    StoreError::Corrupt(what.to_string())
+}
+
+fn parse<T: FromStr>(s: &str, what: &str) -> Result<T>
+where
+    T::Err: std::fmt::Display,
+{
+    s.parse::<T>()
+        .map_err(|e| corrupt(format!("{what}: {e}")))
+}
+
+fn labels_from(json: &str) -> Result<Labels> {
+    let map: BTreeMap<String, String> =
+        serde_json::from_str(json).map_err(|e| corrupt(format!("labels: {e}")))?;
+    Labels::parse(map).map_err(|e| corrupt(format!("labels: {e}")))
+}
+
+fn labels_json(l: &Labels) -> String {
+    serde_json::to_string(l.as_map()).expect("a string map always serialises")
+}
+
+fn ms(d: Duration) -> i64 {
+    i64::try_from(d.as_millis()).unwrap_or(i64::MAX)
+}
+
+fn worker_from(row: &SqliteRow) -> Result<WorkerRecord> {
+    let id: String = row.try_get("id")?;
+    let name: String = row.try_get("name")?;
+    let machine_id: String = row.try_get("machine_id")?;
+    let status: String = row.try_get("status")?;
+    let reason: Option<String> = row.try_get("offline_reason")?;
+    let labels: String = row.try_get("labels")?;
+    let token_hash: String = row.try_get("token_hash")?;
+    Ok(WorkerRecord {
+        id: WorkerId::parse(&id).map_err(corrupt)?,
+        name: WorkerName::parse(&name).map_err(corrupt)?,
+        machine_id: MachineId::parse(&machine_id).map_err(corrupt)?,
+        status: parse::<Status>(&status, "status")?,
+        offline_reason: reason
+            .map(|r| parse::<OfflineReason>(&r, "offline_reason"))
+            .transpose()?,
+        session: row.try_get::<i64, _>("session")? as u64,
+        labels: labels_from(&labels)?,
+        heartbeat_interval: Duration::from_millis(
+            row.try_get::<i64, _>("heartbeat_interval_ms")? as u64
+        ),
+        stale_after: Duration::from_millis(row.try_get::<i64, _>("stale_after_ms")? as u64),
+        registered_at: Timestamp::from_millis(row.try_get("registered_at")?),
+        last_heartbeat_at: row
+            .try_get::<Option<i64>, _>("last_heartbeat_at")?
+            .map(Timestamp::from_millis),
+        status_changed_at: Timestamp::from_millis(row.try_get("status_changed_at")?),
+        token_hash: TokenHash::from_hex(&token_hash).ok_or_else(|| corrupt("token_hash"))?,
+    })
+}
+
+fn machine_from(row: &SqliteRow) -> Result<MachineRecord> {
+    let id: String = row.try_get("id")?;
+    let status: String = row.try_get("status")?;
+    let labels: String = row.try_get("labels")?;
+    Ok(MachineRecord {
+        id: MachineId::parse(&id).map_err(corrupt)?,
+        hostname: row.try_get("hostname")?,
+        labels: labels_from(&labels)?,
+        status: parse::<MachineStatus>(&status, "machine status")?,
+        workers_online: row.try_get::<i64, _>("workers_online")? as u64,
+        workers_total: row.try_get::<i64, _>("workers_total")? as u64,
+        first_seen_at: Timestamp::from_millis(row.try_get("first_seen_at")?),
+        last_seen_at: Timestamp::from_millis(row.try_get("last_seen_at")?),
+        status_changed_at: Timestamp::from_millis(row.try_get("status_changed_at")?),
+    })
+}
+
+fn event_from(row: &SqliteRow) -> Result<EventRecord> {
+    let kind: String = row.try_get("type")?;
+    let worker_id: Option<String> = row.try_get("worker_id")?;
+    let machine_id: String = row.try_get("machine_id")?;
+    let reason: Option<String> = row.try_get("reason")?;
+    Ok(EventRecord {
+        seq: row.try_get("seq")?,
+        at: Timestamp::from_millis(row.try_get("at")?),
+        kind: parse::<EventType>(&kind, "event type")?,
+        worker_id: worker_id
+            .map(|w| WorkerId::parse(&w).map_err(corrupt))
+            .transpose()?,
+        machine_id: MachineId::parse(&machine_id).map_err(corrupt)?,
+        reason: reason
+            .map(|r| parse::<EventReason>(&r, "event reason"))
+            .transpose()?,
+        session: row.try_get::<Option<i64>, _>("session")?.map(|s| s as u64),
+        detection_lag_ms: row.try_get("detection_lag_ms")?,
+    })
+}
+
+fn token_from(row: &SqliteRow) -> Result<TokenRecord> {
+    let id: String = row.try_get("id")?;
+    let kind: String = row.try_get("kind")?;
+    let hash: String = row.try_get("hash")?;
+    Ok(TokenRecord {
+        id: TokenId::parse(&id).map_err(corrupt)?,
+        kind: TokenKind::parse(&kind).ok_or_else(|| corrupt("token kind"))?,
+        name: row.try_get("name")?,
+        hash: TokenHash::from_hex(&hash).ok_or_else(|| corrupt("token hash"))?,
+        created_at: Timestamp::from_millis(row.try_get("created_at")?),
+        expires_at: row
+            .try_get::<Option<i64>, _>("expires_at")?
+            .map(Timestamp::from_millis),
+        last_used_at: row
+            .try_get::<Option<i64>, _>("last_used_at")?
+            .map(Timestamp::from_millis),
+    })
+}
+
+fn page<T>(mut items: Vec<T>, limit: usize) -> Page<T> {
+    let more = items.len() > limit;
+    items.truncate(limit);
+    Page { items, more }
+}
+
+/// The next `seq`s come from `sqlite_sequence`, which (unlike `MAX(seq)`)
+/// never goes back when old events are pruned.
+async fn current_seq(tx: &mut Transaction<'_, Sqlite>) -> Result<i64> {
+    let seq: Option<i64> =
+        sqlx::query_scalar("SELECT seq FROM sqlite_sequence WHERE name = 'events'")
+            .fetch_optional(&mut **tx)
+            .await?;
+    Ok(seq.unwrap_or(0))
+}
+
+async fn insert_events(tx: &mut Transaction<'_, Sqlite>, events: &[EventRecord]) -> Result<()> {
+    for chunk in events.chunks(500) {
+        let mut qb: QueryBuilder<Sqlite> = QueryBuilder::new(
+            "INSERT INTO events (seq, at, type, worker_id, machine_id, reason, session, detection_lag_ms) ",
+        );
+        qb.push_values(chunk, |mut b, e| {
+            b.push_bind(e.seq)
+                .push_bind(e.at.as_millis())
+                .push_bind(e.kind.as_str())
+                .push_bind(e.worker_id.as_ref().map(|w| w.as_str().to_owned()))
+                .push_bind(e.machine_id.as_str().to_owned())
+                .push_bind(e.reason.map(|r| r.as_str()))
+                .push_bind(e.session.map(|s| s as i64))
+                .push_bind(e.detection_lag_ms);
+        });
+        qb.build().execute(&mut **tx).await?;
+    }
+    Ok(())
+}
+
+/// Sets each machine's status from its workers; returns the machine events.
+async fn derive_machines(
+    tx: &mut Transaction<'_, Sqlite>,
+    machines: impl IntoIterator<Item = (MachineId, Timestamp)>,
+    seq: &mut i64,
+) -> Result<Vec<EventRecord>> {
+    let mut events = Vec::new();
+    for (id, at) in machines {
+        let row: Option<(String, i64)> = sqlx::query_as(
+            "SELECT m.status, (SELECT COUNT(*) FROM workers w WHERE w.machine_id = m.id \
+             AND w.status IN ('online', 'draining')) FROM machines m WHERE m.id = ?",
+        )
+        .bind(id.as_str())
+        .fetch_optional(&mut **tx)
+        .await?;
+        let Some((stored, live)) = row else { continue };
+        let derived = if live > 0 {
+            MachineStatus::Online
+        } else {
+            MachineStatus::Offline
+        };
+        if parse::<MachineStatus>(&stored, "machine status")? == derived {
+            continue;
+        }
+        sqlx::query("UPDATE machines SET status = ?, status_changed_at = ? WHERE id = ?")
+            .bind(derived.as_str())
+            .bind(at.as_millis())
+            .bind(id.as_str())
+            .execute(&mut **tx)
+            .await?;
+        *seq += 1;
+        events.push(EventRecord {
+            seq: *seq,
+            at,
+            kind: match derived {
+                MachineStatus::Online => EventType::MachineOnline,
+                MachineStatus::Offline => EventType::MachineOffline,
+            },
+            worker_id: None,
+            machine_id: id,
+            reason: None,
+            session: None,
+            detection_lag_ms: None,
+        });
+    }
+    Ok(events)
+}
+
+async fn upsert_machine(tx: &mut Transaction<'_, Sqlite>, m: &MachineUpsert) -> Result<()> {
+    sqlx::query(
+        "INSERT INTO machines (id, hostname, labels, status, first_seen_at, last_seen_at, status_changed_at) \
+         VALUES (?1, ?2, ?3, 'offline', ?4, ?4, ?4) \
+         ON CONFLICT (id) DO UPDATE SET \
+           hostname = COALESCE(excluded.hostname, machines.hostname), \
+           labels = CASE WHEN ?5 THEN excluded.labels ELSE machines.labels END, \
+           last_seen_at = MAX(machines.last_seen_at, excluded.last_seen_at)",
+    )
+    .bind(m.id.as_str())
+    .bind(m.hostname.as_deref())
+    .bind(m.labels.as_ref().map(labels_json).unwrap_or_else(|| "{}".into()))
+    .bind(m.seen_at.as_millis())
+    .bind(m.labels.is_some())
+    .execute(&mut **tx)
+    .await?;
+    Ok(())
+}
+
+async fn put_worker(
+    tx: &mut Transaction<'_, Sqlite>,
+    r: &WorkerRecord,
+    expect: Option<Expect>,
+) -> Result<bool> {
+    let sql = match expect {
+        None => format!(
+            "INSERT INTO workers ({WORKER_COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13) \
+             ON CONFLICT DO NOTHING"
+        ),
+        Some(_) => "UPDATE workers SET name = ?2, machine_id = ?3, status = ?4, offline_reason = ?5, \
+             session = ?6, labels = ?7, heartbeat_interval_ms = ?8, stale_after_ms = ?9, \
+             registered_at = ?10, last_heartbeat_at = ?11, status_changed_at = ?12, token_hash = ?13 \
+             WHERE id = ?1 AND status = ?14 AND session = ?15"
+            .to_owned(),
+    };
+    let mut q = sqlx::query(&sql)
+        .bind(r.id.as_str())
+        .bind(r.name.as_str())
+        .bind(r.machine_id.as_str())
+        .bind(r.status.as_str())
+        .bind(r.offline_reason.map(|x| x.as_str()))
+        .bind(r.session as i64)
+        .bind(labels_json(&r.labels))
+        .bind(ms(r.heartbeat_interval))
+        .bind(ms(r.stale_after))
+        .bind(r.registered_at.as_millis())
+        .bind(r.last_heartbeat_at.map(|t| t.as_millis()))
+        .bind(r.status_changed_at.as_millis())
+        .bind(r.token_hash.to_hex());
+    if let Some(e) = expect {
+        q = q.bind(e.status.as_str()).bind(e.session as i64);
+    }
+    Ok(q.execute(&mut **tx).await?.rows_affected() == 1)
+}
+
+#[async_trait]
+impl Store for SqliteStore {
+    async fn ping(&self) -> Result<()> {
+        sqlx::query("SELECT 1").execute(&self.reader).await?;
+        Ok(())
+    }
+
+    async fn load_workers(&self) -> Result<Vec<WorkerRecord>> {
+        let rows = sqlx::query(&format!("SELECT {WORKER_COLUMNS} FROM workers"))
+            .fetch_all(&self.writer)
+            .await?;
+        rows.iter().map(worker_from).collect()
+    }
+
+    async fn commit(&self, writes: Vec<WorkerWrite>) -> Result<CommitResult> {
+        let mut tx = self.writer.begin().await?;
+        let mut seq = current_seq(&mut tx).await?;
+        let mut applied = Vec::with_capacity(writes.len());
+        let mut events = Vec::new();
+        let mut machines: BTreeMap<MachineId, Timestamp> = BTreeMap::new();
+        for write in writes {
+            let (ok, worker_id, machine_id, new_events) = match write {
+                WorkerWrite::Put {
+                    record,
+                    expect,
+                    machine,
+                    events,
+                } => {
+                    if let Some(m) = &machine {
+                        upsert_machine(&mut tx, m).await?;
+                    }
+                    let ok = put_worker(&mut tx, &record, expect).await?;
+                    (ok, record.id, record.machine_id, events)
+                }
+                WorkerWrite::Delete {
+                    id,
+                    machine_id,
+                    expect,
+                    events,
+                } => {
+                    let n = sqlx::query(
+                        "DELETE FROM workers WHERE id = ? AND status = ? AND session = ?",
+                    )
+                    .bind(id.as_str())
+                    .bind(expect.status.as_str())
+                    .bind(expect.session as i64)
+                    .execute(&mut *tx)
+                    .await?
+                    .rows_affected();
+                    (n == 1, id, machine_id, events)
+                }
+            };
+            applied.push(ok);
+            if !ok {
+                continue;
+            }
+            for e in new_events {
+                seq += 1;
+                let at = machines.entry(machine_id.clone()).or_insert(e.at);
+                *at = (*at).max(e.at);
+                events.push(EventRecord {
+                    seq,
+                    at: e.at,
+                    kind: e.kind,
+                    worker_id: Some(worker_id.clone()),
+                    machine_id: machine_id.clone(),
+                    reason: e.reason,
+                    session: e.session,
+                    detection_lag_ms: e.detection_lag_ms,
+                });
+            }
+            machines.entry(machine_id).or_insert(Timestamp::EPOCH);
+        }
+        let machine_events = derive_machines(&mut tx, machines, &mut seq).await?;
+        events.extend(machine_events);
+        insert_events(&mut tx, &events).await?;
+        tx.commit().await?;
+        Ok(CommitResult { applied, events })
+    }
+
+    async fn reconcile_machines(&self, at: Timestamp) -> Result<Vec<EventRecord>> {
+        let mut tx = self.writer.begin().await?;
+        let ids: Vec<String> = sqlx::query_scalar("SELECT id FROM machines")
+            .fetch_all(&mut *tx)
+            .await?;
+        let ids = ids
+            .iter()
+            .map(|id| Ok((MachineId::parse(id).map_err(corrupt)?, at)))
+            .collect::<Result<Vec<_>>>()?;
+        let mut seq = current_seq(&mut tx).await?;
+        let events = derive_machines(&mut tx, ids, &mut seq).await?;
+        insert_events(&mut tx, &events).await?;
+        tx.commit().await?;
+        Ok(events)
+    }
+
+    async fn flush_heartbeats(&self, marks: &[HeartbeatMark]) -> Result<()> {
+        if marks.is_empty() {
+            return Ok(());
+        }
+        let mut tx = self.writer.begin().await?;
+        let mut machines: BTreeMap<&MachineId, Timestamp> = BTreeMap::new();
+        for m in marks {
+            sqlx::query(
+                "UPDATE workers SET last_heartbeat_at = MAX(COALESCE(last_heartbeat_at, 0), ?1) \
+                 WHERE id = ?2 AND session = ?3",
+            )
+            .bind(m.at.as_millis())
+            .bind(m.worker_id.as_str())
+            .bind(m.session as i64)
+            .execute(&mut *tx)
+            .await?;
+            let t = machines.entry(&m.machine_id).or_insert(m.at);
+            *t = (*t).max(m.at);
+        }
+        for (id, at) in machines {
+            sqlx::query("UPDATE machines SET last_seen_at = MAX(last_seen_at, ?) WHERE id = ?")
+                .bind(at.as_millis())
+                .bind(id.as_str())
+                .execute(&mut *tx)
+                .await?;
+        }
+        tx.commit().await?;
+        Ok(())
+    }
+
+    async fn get_worker(&self, id: &WorkerId) -> Result<Option<WorkerRecord>> {
+        let row = sqlx::query(&format!("SELECT {WORKER_COLUMNS} FROM workers WHERE id = ?"))
+            .bind(id.as_str())
+            .fetch_optional(&self.reader)
+            .await?;
+        row.as_ref().map(worker_from).transpose()
+    }
+
+    async fn list_workers(
+        &self,
+        filter: &WorkerFilter,
+        after: Option<&WorkerId>,
+        limit: usize,
+    ) -> Result<Page<WorkerRecord>> {
+        let mut qb: QueryBuilder<Sqlite> =
+            QueryBuilder::new(format!("SELECT {WORKER_COLUMNS} FROM workers WHERE 1 = 1"));
+        if let Some(s) = filter.status {
+            qb.push(" AND status = ").push_bind(s.as_str());
+        }
+        if let Some(m) = &filter.machine_id {
+            qb.push(" AND machine_id = ").push_bind(m.as_str().to_owned());
+        }
+        if let Some(a) = after {
+            qb.push(" AND id > ").push_bind(a.as_str().to_owned());
+        }
+        qb.push(" ORDER BY id LIMIT ").push_bind(limit as i64 + 1);
+        let rows = qb.build().fetch_all(&self.reader).await?;
+        let items = rows.iter().map(worker_from).collect::<Result<Vec<_>>>()?;
+        Ok(page(items, limit))
+    }
+
+    async fn get_machine(&self, id: &MachineId) -> Result<Option<MachineRecord>> {
+        let row = sqlx::query(&format!("{MACHINE_SELECT} WHERE m.id = ?"))
+            .bind(id.as_str())
+            .fetch_optional(&self.reader)
+            .await?;
+        row.as_ref().map(machine_from).transpose()
+    }
+
+    async fn list_machines(
+        &self,
+        status: Option<MachineStatus>,
+        after: Option<&MachineId>,
+        limit: usize,
+    ) -> Result<Page<MachineRecord>> {
+        let mut qb: QueryBuilder<Sqlite> =
+            QueryBuilder::new(format!("{MACHINE_SELECT} WHERE 1 = 1"));
+        if let Some(s) = status {
+            qb.push(" AND m.status = ").push_bind(s.as_str());
+        }
+        if let Some(a) = after {
+            qb.push(" AND m.id > ").push_bind(a.as_str().to_owned());
+        }
+        qb.push(" ORDER BY m.id LIMIT ").push_bind(limit as i64 + 1);
+        let rows = qb.build().fetch_all(&self.reader).await?;
+        let items = rows.iter().map(machine_from).collect::<Result<Vec<_>>>()?;
+        Ok(page(items, limit))
+    }
+
+    async fn list_events(
+        &self,
+        filter: &EventFilter,
+        after: i64,
+        limit: usize,
+    ) -> Result<Page<EventRecord>> {
+        let mut qb: QueryBuilder<Sqlite> = QueryBuilder::new(
+            "SELECT seq, at, type, worker_id, machine_id, reason, session, detection_lag_ms \
+             FROM events WHERE seq > ",
+        );
+        qb.push_bind(after);
+        if let Some(w) = &filter.worker_id {
+            qb.push(" AND worker_id = ").push_bind(w.as_str().to_owned());
+        }
+        if let Some(m) = &filter.machine_id {
+            qb.push(" AND machine_id = ").push_bind(m.as_str().to_owned());
+        }
+        if let Some(k) = filter.kind {
+            qb.push(" AND type = ").push_bind(k.as_str());
+        }
+        qb.push(" ORDER BY seq LIMIT ").push_bind(limit as i64 + 1);
+        let rows = qb.build().fetch_all(&self.reader).await?;
+        let items = rows.iter().map(event_from).collect::<Result<Vec<_>>>()?;
+        Ok(page(items, limit))
+    }
+
+    async fn last_seq(&self) -> Result<i64> {
+        let seq: Option<i64> =
+            sqlx::query_scalar("SELECT seq FROM sqlite_sequence WHERE name = 'events'")
+                .fetch_optional(&self.reader)
+                .await?;
+        Ok(seq.unwrap_or(0))
+    }
+
+    async fn insert_token(&self, t: &TokenRecord) -> Result<()> {
+        sqlx::query(
+            "INSERT INTO tokens (id, kind, name, hash, created_at, expires_at, last_used_at) \
+             VALUES (?, ?, ?, ?, ?, ?, ?)",
+        )
+        .bind(t.id.as_str())
+        .bind(t.kind.as_str())
+        .bind(&t.name)
+        .bind(t.hash.to_hex())
+        .bind(t.created_at.as_millis())
+        .bind(t.expires_at.map(|x| x.as_millis()))
+        .bind(t.last_used_at.map(|x| x.as_millis()))
+        .execute(&self.writer)
+        .await?;
+        Ok(())
+    }
+
+    async fn list_tokens(&self, after: Option<&TokenId>, limit: usize) -> Result<Page<TokenRecord>> {
+        let rows = sqlx::query(
+            "SELECT id, kind, name, hash, created_at, expires_at, last_used_at FROM tokens \
+             WHERE id > ? ORDER BY id LIMIT ?",
+        )
+        .bind(after.map(|a| a.as_str()).unwrap_or(""))
+        .bind(limit as i64 + 1)
+        .fetch_all(&self.reader)
+        .await?;
+        let items = rows.iter().map(token_from).collect::<Result<Vec<_>>>()?;
+        Ok(page(items, limit))
+    }
+
+    async fn all_tokens(&self) -> Result<Vec<TokenRecord>> {
+        let rows = sqlx::query(
+            "SELECT id, kind, name, hash, created_at, expires_at, last_used_at FROM tokens",
+        )
+        .fetch_all(&self.writer)
+        .await?;
+        rows.iter().map(token_from).collect()
+    }
+
+    async fn delete_token(&self, id: &TokenId) -> Result<bool> {
+        let n = sqlx::query("DELETE FROM tokens WHERE id = ?")
+            .bind(id.as_str())
+            .execute(&self.writer)
+            .await?
+            .rows_affected();
+        Ok(n == 1)
+    }
+
+    async fn touch_tokens(&self, uses: &[(TokenId, Timestamp)]) -> Result<()> {
+        if uses.is_empty() {
+            return Ok(());
+        }
+        let mut tx = self.writer.begin().await?;
+        for (id, at) in uses {
+            sqlx::query(
+                "UPDATE tokens SET last_used_at = MAX(COALESCE(last_used_at, 0), ?) WHERE id = ?",
+            )
+            .bind(at.as_millis())
+            .bind(id.as_str())
+            .execute(&mut *tx)
+            .await?;
+        }
+        tx.commit().await?;
+        Ok(())
+    }
+
+    async fn delete_expired_tokens(&self, now: Timestamp) -> Result<Vec<TokenId>> {
+        let ids: Vec<String> = sqlx::query_scalar(
+            "DELETE FROM tokens WHERE expires_at IS NOT NULL AND expires_at <= ? RETURNING id",
+        )
+        .bind(now.as_millis())
+        .fetch_all(&self.writer)
+        .await?;
+        ids.iter()
+            .map(|id| TokenId::parse(id).map_err(corrupt))
+            .collect()
+    }
+
+    async fn offline_workers_since(&self, before: Timestamp) -> Result<Vec<WorkerRecord>> {
+        let rows = sqlx::query(&format!(
+            "SELECT {WORKER_COLUMNS} FROM workers WHERE status = 'offline' AND status_changed_at <= ?"
+        ))
+        .bind(before.as_millis())
+        .fetch_all(&self.reader)
+        .await?;
+        rows.iter().map(worker_from).collect()
+    }
+
+    async fn forget_empty_machines(&self) -> Result<u64> {
+        let n = sqlx::query(
+            "DELETE FROM machines WHERE NOT EXISTS (SELECT 1 FROM workers w WHERE w.machine_id = machines.id)",
+        )
+        .execute(&self.writer)
+        .await?
+        .rows_affected();
+        Ok(n)
+    }
+
+    async fn prune_events(&self, before: Timestamp) -> Result<u64> {
+        let n = sqlx::query("DELETE FROM events WHERE at <= ?")
+            .bind(before.as_millis())
+            .execute(&self.writer)
+            .await?
+            .rows_affected();
+        Ok(n)
+    }
+}
