@@ -1,0 +1,300 @@
+//! The wire types of the HTTP contract, with their OpenAPI schemas.
+
+use std::collections::BTreeMap;
+
+use rollcall_core::{
+    policy, EventReason, EventType, MachineStatus, OfflineReason, Status, Timestamp, TokenKind,
+};
+use rollcall_store::{EventRecord, MachineRecord, TokenRecord, WorkerRecord};
+use serde::{Deserialize, Serialize};
+use utoipa::ToSchema;
+
+use crate::engine::Engine;
+
+fn ms(d: std::time::Duration) -> u64 {
+    d.as_millis() as u64
+}
+
+/// A worker.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct Worker {
+    #[schema(example = "wkr_01JDQ5ZK3M8Y2W0N4T6R9B7C5A")]
+    pub id: String,
+    #[schema(example = "render-1")]
+    pub name: String,
+    #[schema(example = "host-a")]
+    pub machine_id: String,
+    pub status: Status,
+    pub offline_reason: Option<OfflineReason>,
+    /// +1 on every offline → online transition and every registration.
+    pub session: u64,
+    pub labels: BTreeMap<String, String>,
+    pub heartbeat_interval_ms: u64,
+    pub stale_after_ms: u64,
+    #[schema(value_type = String, format = DateTime)]
+    pub registered_at: Timestamp,
+    #[schema(value_type = Option<String>, format = DateTime)]
+    pub last_heartbeat_at: Option<Timestamp>,
+    /// When the worker goes stale unless it beats; null while offline.
+    #[schema(value_type = Option<String>, format = DateTime)]
+    pub deadline_at: Option<Timestamp>,
+    #[schema(value_type = String, format = DateTime)]
+    pub status_changed_at: Timestamp,
+}
+
+impl Worker {
+    /// A worker as committed, with a known deadline.
+    pub fn new(r: &WorkerRecord, deadline: Option<Timestamp>) -> Self {
+        Worker {
+            id: r.id.to_string(),
+            name: r.name.to_string(),
+            machine_id: r.machine_id.to_string(),
+            status: r.status,
+            offline_reason: r.offline_reason,
+            session: r.session,
+            labels: r.labels.as_map().clone(),
+            heartbeat_interval_ms: ms(r.heartbeat_interval),
+            stale_after_ms: ms(r.stale_after),
+            registered_at: r.registered_at,
+            last_heartbeat_at: r.last_heartbeat_at,
+            deadline_at: if r.status.is_live() { deadline } else { None },
+            status_changed_at: r.status_changed_at,
+        }
+    }
+
+    /// A worker read from the store, with the engine's fresher heartbeat
+    /// time and deadline when it holds the same session.
+    pub fn from_store(r: &WorkerRecord, engine: &Engine) -> Self {
+        if let Some(live) = engine.get(&r.id) {
+            if live.record.session == r.session && live.record.status == r.status {
+                let mut merged = r.clone();
+                merged.last_heartbeat_at =
+                    merged.last_heartbeat_at.max(live.record.last_heartbeat_at);
+                return Worker::new(&merged, Some(live.deadline));
+            }
+        }
+        let d = policy::deadline(r.last_heartbeat_at, Some(r.registered_at), r.stale_after);
+        Worker::new(r, Some(d))
+    }
+}
+
+/// A machine.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct Machine {
+    #[schema(example = "host-a")]
+    pub id: String,
+    pub hostname: Option<String>,
+    pub labels: BTreeMap<String, String>,
+    pub status: MachineStatus,
+    /// Online or draining workers.
+    pub workers_online: u64,
+    pub workers_total: u64,
+    #[schema(value_type = String, format = DateTime)]
+    pub first_seen_at: Timestamp,
+    #[schema(value_type = String, format = DateTime)]
+    pub last_seen_at: Timestamp,
+    #[schema(value_type = String, format = DateTime)]
+    pub status_changed_at: Timestamp,
+}
+
+impl From<&MachineRecord> for Machine {
+    fn from(m: &MachineRecord) -> Self {
+        Machine {
+            id: m.id.to_string(),
+            hostname: m.hostname.clone(),
+            labels: m.labels.as_map().clone(),
+            status: m.status,
+            workers_online: m.workers_online,
+            workers_total: m.workers_total,
+            first_seen_at: m.first_seen_at,
+            last_seen_at: m.last_seen_at,
+            status_changed_at: m.status_changed_at,
+        }
+    }
+}
+
+/// A machine with its workers.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct MachineDetail {
+    #[serde(flatten)]
+    pub machine: Machine,
+    pub workers: Vec<Worker>,
+}
+
+/// An entry of the event log.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct Event {
+    pub seq: i64,
+    #[schema(value_type = String, format = DateTime)]
+    pub at: Timestamp,
+    #[serde(rename = "type")]
+    pub kind: EventType,
+    pub worker_id: Option<String>,
+    pub machine_id: String,
+    pub reason: Option<EventReason>,
+    pub session: Option<u64>,
+    /// Stale transitions only: milliseconds from the deadline to marking.
+    pub detection_lag_ms: Option<i64>,
+}
+
+impl From<&EventRecord> for Event {
+    fn from(e: &EventRecord) -> Self {
+        Event {
+            seq: e.seq,
+            at: e.at,
+            kind: e.kind,
+            worker_id: e.worker_id.as_ref().map(|w| w.to_string()),
+            machine_id: e.machine_id.to_string(),
+            reason: e.reason,
+            session: e.session,
+            detection_lag_ms: e.detection_lag_ms,
+        }
+    }
+}
+
+/// A page of a list.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct Page<T> {
+    pub items: Vec<T>,
+    /// Pass back as `cursor` (events: as `after`) for the next page; null on
+    /// the last page.
+    pub next_cursor: Option<String>,
+}
+
+/// The machine part of a registration.
+#[derive(Debug, Clone, Deserialize, ToSchema)]
+pub struct MachineSpec {
+    pub id: String,
+    pub hostname: Option<String>,
+    pub labels: Option<BTreeMap<String, String>>,
+}
+
+/// `POST /v1/workers`.
+#[derive(Debug, Clone, Deserialize, ToSchema)]
+pub struct RegisterRequest {
+    pub name: String,
+    pub machine: MachineSpec,
+    pub labels: Option<BTreeMap<String, String>>,
+    pub heartbeat_interval_ms: Option<u64>,
+    pub stale_after_ms: Option<u64>,
+}
+
+/// A registered worker and its token (shown once).
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct Registered {
+    pub worker: Worker,
+    #[schema(example = "rc_worker_…")]
+    pub token: String,
+}
+
+/// The answer to a heartbeat.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct HeartbeatResponse {
+    pub status: Status,
+    pub session: u64,
+    /// True when this heartbeat brought an offline worker back.
+    pub resumed: bool,
+    #[schema(value_type = String, format = DateTime)]
+    pub deadline_at: Timestamp,
+    pub heartbeat_interval_ms: u64,
+}
+
+/// One entry of a batch heartbeat.
+#[derive(Debug, Clone, Deserialize, ToSchema)]
+pub struct BatchEntry {
+    pub worker_id: String,
+    pub token: String,
+}
+
+/// `POST /v1/heartbeats`.
+#[derive(Debug, Clone, Deserialize, ToSchema)]
+pub struct BatchRequest {
+    pub heartbeats: Vec<BatchEntry>,
+}
+
+/// One result of a batch heartbeat, in request order.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct BatchResult {
+    pub worker_id: String,
+    pub ok: bool,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub status: Option<Status>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub session: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub resumed: Option<bool>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<String>, format = DateTime)]
+    pub deadline_at: Option<Timestamp>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error: Option<BatchError>,
+}
+
+/// Why one entry of a batch failed.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct BatchError {
+    pub code: String,
+    pub message: String,
+}
+
+/// The answer to a batch heartbeat.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct BatchResponse {
+    pub results: Vec<BatchResult>,
+}
+
+/// `POST /v1/workers/{id}/offline`.
+#[derive(Debug, Clone, Deserialize, ToSchema)]
+pub struct OfflineRequest {
+    /// `shutdown` (default) or `exited`.
+    pub reason: Option<String>,
+}
+
+/// `POST /v1/tokens`.
+#[derive(Debug, Clone, Deserialize, ToSchema)]
+pub struct CreateTokenRequest {
+    /// `enroll` or `read`.
+    pub kind: String,
+    pub name: String,
+    pub expires_in_ms: Option<u64>,
+}
+
+/// A created token, with its secret (shown once).
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct CreatedToken {
+    pub id: String,
+    pub kind: TokenKind,
+    pub name: String,
+    pub token: String,
+    #[schema(value_type = Option<String>, format = DateTime)]
+    pub expires_at: Option<Timestamp>,
+}
+
+/// A token as listed: never the secret.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct TokenInfo {
+    pub id: String,
+    pub kind: TokenKind,
+    pub name: String,
+    #[schema(value_type = String, format = DateTime)]
+    pub created_at: Timestamp,
+    #[schema(value_type = Option<String>, format = DateTime)]
+    pub expires_at: Option<Timestamp>,
+    #[schema(value_type = Option<String>, format = DateTime)]
+    pub last_used_at: Option<Timestamp>,
+}
+
+impl From<&TokenRecord> for TokenInfo {
+    fn from(t: &TokenRecord) -> Self {
+        TokenInfo {
+            id: t.id.to_string(),
+            kind: t.kind,
+            name: t.name.clone(),
+            created_at: t.created_at,
+            expires_at: t.expires_at,
+            last_used_at: t.last_used_at,
+        }
+    }
+}
+
+pub use crate::cleanup::{CleanupReport, StaleReport};

@@ -1,0 +1,169 @@
+//! Request extraction in the contract's order: authentication (401), then
+//! permission (403), then body size (413), then content (400, 404, 409).
+//!
+//! [`Caller`] authenticates from the headers. Path and query parameters are
+//! extracted without failing ([`PathId`], [`Q`]) so that their errors are
+//! reported only after the permission check. Handlers take the body raw and
+//! read it with [`json_body`] once the caller is allowed, so that an
+//! unauthorised client is never told anything about its payload.
+
+use axum::body::Body;
+use axum::extract::{FromRequestParts, Path, Query};
+use axum::http::header::AUTHORIZATION;
+use axum::http::request::Parts;
+use http_body_util::BodyExt;
+use rollcall_core::{TokenKind, WorkerId};
+use serde::de::DeserializeOwned;
+
+use super::error::ApiError;
+use super::AppState;
+use crate::auth::Principal;
+
+/// The body limit of most requests.
+pub const BODY_LIMIT: usize = 64 * 1024;
+/// The body limit of `POST /v1/heartbeats`.
+pub const BATCH_BODY_LIMIT: usize = 1024 * 1024;
+
+/// The authenticated caller.
+#[derive(Debug, Clone)]
+pub struct Caller(pub Principal);
+
+impl FromRequestParts<AppState> for Caller {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
+        let header = parts.headers.get(AUTHORIZATION).map(|v| v.as_bytes());
+        let p = state
+            .tokens
+            .authenticate(&state.engine, header, state.clock.now())?;
+        Ok(Caller(p))
+    }
+}
+
+fn kinds(allowed: &[TokenKind]) -> String {
+    allowed
+        .iter()
+        .map(|k| k.as_str())
+        .collect::<Vec<_>>()
+        .join(" or ")
+}
+
+impl Caller {
+    /// Requires one of the given token kinds.
+    pub fn require(&self, allowed: &[TokenKind]) -> Result<(), ApiError> {
+        if allowed.contains(&self.0.kind()) {
+            Ok(())
+        } else {
+            Err(ApiError::forbidden(format!(
+                "a {} token may not make this call (needs {})",
+                self.0.kind(),
+                kinds(allowed)
+            )))
+        }
+    }
+
+    /// Requires the token of the worker named by the path (or admin, when
+    /// `admin_too`). A worker token on any other worker's path is 403,
+    /// whether or not that worker exists.
+    pub fn require_own_worker(&self, path: &PathId, admin_too: bool) -> Result<(), ApiError> {
+        match &self.0 {
+            Principal::Worker(own) if path.0.as_deref() == Some(own.as_str()) => Ok(()),
+            Principal::Worker(_) => Err(ApiError::forbidden(
+                "a worker token may only act on its own worker",
+            )),
+            Principal::Admin if admin_too => Ok(()),
+            other => Err(ApiError::forbidden(format!(
+                "a {} token may not make this call (needs this worker's own token{})",
+                other.kind(),
+                if admin_too { " or admin" } else { "" }
+            ))),
+        }
+    }
+}
+
+/// The `{id}` path parameter, `None` if it could not be decoded.
+#[derive(Debug, Clone)]
+pub struct PathId(pub Option<String>);
+
+impl PathId {
+    /// The path as a worker id; anything else names no worker (404).
+    pub fn worker(&self) -> Result<WorkerId, ApiError> {
+        self.0
+            .as_deref()
+            .and_then(|s| WorkerId::parse(s).ok())
+            .ok_or_else(|| ApiError::not_found("worker not found"))
+    }
+}
+
+impl<S: Send + Sync> FromRequestParts<S> for PathId {
+    type Rejection = std::convert::Infallible;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Self::Rejection> {
+        Ok(PathId(
+            Path::<String>::from_request_parts(parts, state)
+                .await
+                .ok()
+                .map(|p| p.0),
+        ))
+    }
+}
+
+/// Query parameters, with any error held until the handler asks.
+#[derive(Debug)]
+pub struct Q<T>(pub Result<T, ApiError>);
+
+impl<T> Q<T> {
+    /// The parameters, or a 400 naming what is wrong.
+    pub fn get(self) -> Result<T, ApiError> {
+        self.0
+    }
+}
+
+impl<T: DeserializeOwned + Send, S: Send + Sync> FromRequestParts<S> for Q<T> {
+    type Rejection = std::convert::Infallible;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Self::Rejection> {
+        Ok(Q(Query::<T>::from_request_parts(parts, state)
+            .await
+            .map(|q| q.0)
+            .map_err(|e| {
+                ApiError::invalid(format!("invalid query: {}", e.body_text()))
+            })))
+    }
+}
+
+/// Reads the body up to `limit` bytes (413 beyond).
+pub async fn read_body(body: Body, limit: usize) -> Result<bytes::Bytes, ApiError> {
+    let limited = http_body_util::Limited::new(body, limit);
+    match limited.collect().await {
+        Ok(c) => Ok(c.to_bytes()),
+        Err(e) if e.is::<http_body_util::LengthLimitError>() => {
+            Err(ApiError::PayloadTooLarge(limit))
+        }
+        Err(e) => Err(ApiError::invalid(format!(
+            "could not read the request body: {e}"
+        ))),
+    }
+}
+
+/// Reads and parses a JSON body (413 beyond `limit`, 400 if malformed).
+pub async fn json_body<T: DeserializeOwned>(body: Body, limit: usize) -> Result<T, ApiError> {
+    let bytes = read_body(body, limit).await?;
+    parse_json(&bytes)
+}
+
+/// Like [`json_body`], but an empty body is `None`.
+pub async fn optional_json_body<T: DeserializeOwned>(
+    body: Body,
+    limit: usize,
+) -> Result<Option<T>, ApiError> {
+    let bytes = read_body(body, limit).await?;
+    if bytes.iter().all(|b| b.is_ascii_whitespace()) {
+        return Ok(None);
+    }
+    parse_json(&bytes).map(Some)
+}
+
+fn parse_json<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
+    serde_json::from_slice(bytes).map_err(|e| ApiError::invalid(format!("invalid JSON body: {e}")))
+}

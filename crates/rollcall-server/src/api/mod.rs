@@ -1,0 +1,93 @@
+//! The HTTP API (axum): routing, shared state and the handlers, one module
+//! per resource. The contract is `API.md`; `/openapi.json` is generated from
+//! the handlers here.
+
+pub mod dto;
+pub mod error;
+pub mod events;
+pub mod extract;
+pub mod machines;
+pub mod openapi;
+pub mod ops;
+pub mod tokens;
+pub mod workers;
+
+use std::sync::Arc;
+
+use axum::response::IntoResponse;
+use axum::routing::{get, post};
+use axum::Router;
+use rollcall_core::LivenessPolicy;
+use rollcall_store::Store;
+
+use crate::auth::Tokens;
+use crate::cleanup::Cleaner;
+use crate::clock::Clock;
+use crate::engine::Engine;
+use crate::hub::Hub;
+use crate::writer::Writer;
+use error::ApiError;
+
+/// What every handler can reach.
+#[derive(Debug, Clone)]
+pub struct AppState {
+    pub store: Arc<dyn Store>,
+    pub engine: Arc<Engine>,
+    pub writer: Writer,
+    pub tokens: Arc<Tokens>,
+    pub hub: Hub,
+    pub clock: Arc<dyn Clock>,
+    pub policy: LivenessPolicy,
+    pub cleaner: Cleaner,
+}
+
+/// Page sizes: 1–1000, default 100.
+pub fn parse_limit(limit: Option<&str>) -> Result<usize, ApiError> {
+    match limit {
+        None => Ok(100),
+        Some(l) => l
+            .parse::<usize>()
+            .ok()
+            .filter(|n| (1..=1000).contains(n))
+            .ok_or_else(|| {
+                ApiError::invalid(format!(
+                    "limit must be an integer from 1 to 1000, got {l:?}"
+                ))
+            }),
+    }
+}
+
+/// The router of the whole API.
+pub fn router(state: AppState) -> Router {
+    Router::new()
+        .route("/healthz", get(ops::healthz))
+        .route("/readyz", get(ops::readyz))
+        .route("/openapi.json", get(ops::openapi))
+        .route("/v1/tokens", post(tokens::create).get(tokens::list))
+        .route("/v1/tokens/{id}", axum::routing::delete(tokens::delete))
+        .route("/v1/workers", post(workers::register).get(workers::list))
+        .route(
+            "/v1/workers/{id}",
+            get(workers::get).delete(workers::delete),
+        )
+        .route("/v1/workers/{id}/heartbeat", post(workers::heartbeat))
+        .route("/v1/workers/{id}/drain", post(workers::drain))
+        .route("/v1/workers/{id}/offline", post(workers::offline))
+        .route("/v1/heartbeats", post(workers::batch_heartbeats))
+        .route("/v1/machines", get(machines::list))
+        .route("/v1/machines/{id}", get(machines::get))
+        .route("/v1/events", get(events::list))
+        .route("/v1/cleanup/stale", post(ops::cleanup_stale))
+        .route("/v1/cleanup/all", post(ops::cleanup_all))
+        .fallback(not_found)
+        .method_not_allowed_fallback(method_not_allowed)
+        .with_state(state)
+}
+
+async fn not_found() -> impl IntoResponse {
+    ApiError::not_found("no such endpoint")
+}
+
+async fn method_not_allowed() -> impl IntoResponse {
+    ApiError::MethodNotAllowed
+}

@@ -1,0 +1,425 @@
+//! Worker endpoints: registration, heartbeats, drain, offline, delete, reads.
+
+use std::time::Duration;
+
+use axum::body::Body;
+use axum::extract::State;
+use axum::http::StatusCode;
+use axum::Json;
+use rollcall_core::{Labels, MachineId, OfflineReason, Status, TokenKind, WorkerId, WorkerName};
+use rollcall_store::WorkerFilter;
+use serde::Deserialize;
+
+use super::dto::{
+    BatchError, BatchRequest, BatchResponse, BatchResult, HeartbeatResponse, OfflineRequest, Page,
+    RegisterRequest, Registered, Worker,
+};
+use super::error::{ApiError, ErrorBody};
+use super::extract::{
+    json_body, optional_json_body, Caller, PathId, BATCH_BODY_LIMIT, BODY_LIMIT, Q,
+};
+use super::{parse_limit, AppState};
+use crate::auth::Principal;
+use crate::engine::{Beat, FastBeat};
+use crate::writer::{Registration, Reply, Request, WriteError};
+
+/// The most heartbeats in one batch.
+pub const MAX_BATCH_HEARTBEATS: usize = 1000;
+/// Hostnames: at most the DNS limit.
+const MAX_HOSTNAME: usize = 253;
+
+fn labels(
+    map: Option<std::collections::BTreeMap<String, String>>,
+    what: &str,
+) -> Result<Labels, ApiError> {
+    Labels::parse(map.unwrap_or_default()).map_err(|e| ApiError::invalid(format!("{what}: {e}")))
+}
+
+/// Register a worker (or register it again).
+#[utoipa::path(
+    post, path = "/v1/workers", tag = "workers",
+    request_body = RegisterRequest,
+    responses(
+        (status = 201, description = "Registered a new worker", body = Registered),
+        (status = 200, description = "Registered an existing worker again: new session, new token", body = Registered),
+        (status = 400, body = ErrorBody), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody),
+        (status = 413, body = ErrorBody),
+    ),
+    security(("bearer" = []))
+)]
+pub async fn register(
+    State(s): State<AppState>,
+    caller: Caller,
+    body: Body,
+) -> Result<(StatusCode, Json<Registered>), ApiError> {
+    caller.require(&[TokenKind::Enroll, TokenKind::Admin])?;
+    let req: RegisterRequest = json_body(body, BODY_LIMIT).await?;
+    let name = WorkerName::parse(&req.name).map_err(|e| ApiError::invalid(format!("name: {e}")))?;
+    let machine_id = MachineId::parse(&req.machine.id)
+        .map_err(|e| ApiError::invalid(format!("machine.id: {e}")))?;
+    if let Some(h) = &req.machine.hostname {
+        if h.is_empty() || h.chars().count() > MAX_HOSTNAME {
+            return Err(ApiError::invalid(format!(
+                "machine.hostname must be 1 to {MAX_HOSTNAME} characters"
+            )));
+        }
+    }
+    let machine_labels = match req.machine.labels {
+        Some(m) => Some(labels(Some(m), "machine.labels")?),
+        None => None,
+    };
+    let labels = labels(req.labels, "labels")?;
+    let intervals = s
+        .policy
+        .resolve(
+            req.heartbeat_interval_ms.map(Duration::from_millis),
+            req.stale_after_ms.map(Duration::from_millis),
+        )
+        .map_err(|e| ApiError::invalid(e.to_string()))?;
+    let reply = s
+        .writer
+        .submit(Request::Register(Registration {
+            name,
+            machine_id,
+            hostname: req.machine.hostname,
+            machine_labels,
+            labels,
+            intervals,
+        }))
+        .await?;
+    let Reply::Registered {
+        record,
+        deadline,
+        token,
+        created,
+    } = reply
+    else {
+        return Err(ApiError::Internal);
+    };
+    let status = if created {
+        StatusCode::CREATED
+    } else {
+        StatusCode::OK
+    };
+    Ok((
+        status,
+        Json(Registered {
+            worker: Worker::new(&record, Some(deadline)),
+            token,
+        }),
+    ))
+}
+
+fn beat_response(beat: Beat, resumed: bool) -> HeartbeatResponse {
+    HeartbeatResponse {
+        status: beat.status,
+        session: beat.session,
+        resumed,
+        deadline_at: beat.deadline,
+        heartbeat_interval_ms: beat.heartbeat_interval.as_millis() as u64,
+    }
+}
+
+/// Takes one heartbeat of an authenticated worker: in memory when it is
+/// live, through the writer when it is offline or has a change queued.
+async fn beat(s: &AppState, id: &WorkerId) -> Result<HeartbeatResponse, ApiError> {
+    let now = s.clock.now();
+    match s.engine.heartbeat(id, now) {
+        FastBeat::Done(b) => Ok(beat_response(b, false)),
+        FastBeat::Unknown => Err(ApiError::Unauthorized(
+            "unknown, expired or revoked token".into(),
+        )),
+        FastBeat::NeedsWriter => match s
+            .writer
+            .submit(Request::Heartbeat {
+                id: id.clone(),
+                at: now,
+            })
+            .await
+        {
+            Ok(Reply::Beat { beat, resumed }) => Ok(beat_response(beat, resumed)),
+            Ok(_) => Err(ApiError::Internal),
+            // Deleted between authentication and now: its token is gone.
+            Err(WriteError::NotFound) => Err(ApiError::Unauthorized(
+                "unknown, expired or revoked token".into(),
+            )),
+            Err(e) => Err(e.into()),
+        },
+    }
+}
+
+/// A worker's heartbeat.
+#[utoipa::path(
+    post, path = "/v1/workers/{id}/heartbeat", tag = "workers",
+    params(("id" = String, Path, description = "Worker id")),
+    request_body(content = Object, description = "Optional, may be empty or {}"),
+    responses(
+        (status = 200, body = HeartbeatResponse),
+        (status = 401, body = ErrorBody), (status = 403, body = ErrorBody), (status = 413, body = ErrorBody),
+    ),
+    security(("bearer" = []))
+)]
+pub async fn heartbeat(
+    State(s): State<AppState>,
+    caller: Caller,
+    path: PathId,
+    body: Body,
+) -> Result<Json<HeartbeatResponse>, ApiError> {
+    caller.require_own_worker(&path, false)?;
+    let _: Option<serde_json::Value> = optional_json_body(body, BODY_LIMIT).await?;
+    let id = path.worker()?;
+    Ok(Json(beat(&s, &id).await?))
+}
+
+/// Heartbeats for many workers at once (agents hosting many workers).
+#[utoipa::path(
+    post, path = "/v1/heartbeats", tag = "workers",
+    request_body = BatchRequest,
+    responses(
+        (status = 200, body = BatchResponse),
+        (status = 400, body = ErrorBody), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody),
+        (status = 413, body = ErrorBody),
+    ),
+    security(("bearer" = []))
+)]
+pub async fn batch_heartbeats(
+    State(s): State<AppState>,
+    caller: Caller,
+    body: Body,
+) -> Result<Json<BatchResponse>, ApiError> {
+    caller.require(&[TokenKind::Enroll, TokenKind::Admin])?;
+    let req: BatchRequest = json_body(body, BATCH_BODY_LIMIT).await?;
+    if req.heartbeats.len() > MAX_BATCH_HEARTBEATS {
+        return Err(ApiError::invalid(format!(
+            "at most {MAX_BATCH_HEARTBEATS} heartbeats per batch, got {}",
+            req.heartbeats.len()
+        )));
+    }
+    let now = s.clock.now();
+    let futures = req.heartbeats.into_iter().map(|entry| {
+        let s = s.clone();
+        async move {
+            let outcome = match s.tokens.authenticate_token(&s.engine, &entry.token, now) {
+                Err(e) => Err(ApiError::from(e)),
+                Ok(Principal::Worker(own)) if own.as_str() == entry.worker_id => {
+                    beat(&s, &own).await
+                }
+                Ok(Principal::Worker(_)) => Err(ApiError::forbidden(
+                    "a worker token may only act on its own worker",
+                )),
+                Ok(p) => Err(ApiError::forbidden(format!(
+                    "a {} token cannot send heartbeats; only the worker's own token can",
+                    p.kind()
+                ))),
+            };
+            match outcome {
+                Ok(r) => BatchResult {
+                    worker_id: entry.worker_id,
+                    ok: true,
+                    status: Some(r.status),
+                    session: Some(r.session),
+                    resumed: Some(r.resumed),
+                    deadline_at: Some(r.deadline_at),
+                    error: None,
+                },
+                Err(e) => BatchResult {
+                    worker_id: entry.worker_id,
+                    ok: false,
+                    status: None,
+                    session: None,
+                    resumed: None,
+                    deadline_at: None,
+                    error: Some(BatchError {
+                        code: e.code().into(),
+                        message: e.message(),
+                    }),
+                },
+            }
+        }
+    });
+    let results = futures::future::join_all(futures).await;
+    Ok(Json(BatchResponse { results }))
+}
+
+fn worker_reply(reply: Reply) -> Result<Json<Worker>, ApiError> {
+    match reply {
+        Reply::Worker { record, deadline } => Ok(Json(Worker::new(&record, deadline))),
+        _ => Err(ApiError::Internal),
+    }
+}
+
+/// Drain a worker: it finishes its work and takes no more.
+#[utoipa::path(
+    post, path = "/v1/workers/{id}/drain", tag = "workers",
+    params(("id" = String, Path, description = "Worker id")),
+    responses(
+        (status = 200, body = Worker),
+        (status = 401, body = ErrorBody), (status = 403, body = ErrorBody), (status = 404, body = ErrorBody),
+        (status = 409, description = "The worker is offline", body = ErrorBody),
+    ),
+    security(("bearer" = []))
+)]
+pub async fn drain(
+    State(s): State<AppState>,
+    caller: Caller,
+    path: PathId,
+    body: Body,
+) -> Result<Json<Worker>, ApiError> {
+    caller.require_own_worker(&path, true)?;
+    let _: Option<serde_json::Value> = optional_json_body(body, BODY_LIMIT).await?;
+    let id = path.worker()?;
+    worker_reply(s.writer.submit(Request::Drain { id }).await?)
+}
+
+/// Mark a worker offline (graceful shutdown, or its process exited).
+#[utoipa::path(
+    post, path = "/v1/workers/{id}/offline", tag = "workers",
+    params(("id" = String, Path, description = "Worker id")),
+    request_body(content = OfflineRequest, description = "Optional; reason defaults to shutdown"),
+    responses(
+        (status = 200, description = "Offline; calling again changes nothing", body = Worker),
+        (status = 400, body = ErrorBody), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody),
+        (status = 404, body = ErrorBody),
+    ),
+    security(("bearer" = []))
+)]
+pub async fn offline(
+    State(s): State<AppState>,
+    caller: Caller,
+    path: PathId,
+    body: Body,
+) -> Result<Json<Worker>, ApiError> {
+    caller.require_own_worker(&path, true)?;
+    let req: Option<OfflineRequest> = optional_json_body(body, BODY_LIMIT).await?;
+    let reason = match req.and_then(|r| r.reason).as_deref() {
+        None | Some("shutdown") => OfflineReason::Shutdown,
+        Some("exited") => OfflineReason::Exited,
+        Some(other) => {
+            return Err(ApiError::invalid(format!(
+                "reason must be \"shutdown\" or \"exited\", got {other:?}"
+            )))
+        }
+    };
+    let id = path.worker()?;
+    worker_reply(s.writer.submit(Request::Offline { id, reason }).await?)
+}
+
+/// Delete a worker: revoke its token and forget it.
+#[utoipa::path(
+    delete, path = "/v1/workers/{id}", tag = "workers",
+    params(("id" = String, Path, description = "Worker id")),
+    responses(
+        (status = 204, description = "Deleted"),
+        (status = 401, body = ErrorBody), (status = 403, body = ErrorBody), (status = 404, body = ErrorBody),
+    ),
+    security(("bearer" = []))
+)]
+pub async fn delete(
+    State(s): State<AppState>,
+    caller: Caller,
+    path: PathId,
+) -> Result<StatusCode, ApiError> {
+    caller.require(&[TokenKind::Admin])?;
+    let id = path.worker()?;
+    match s.writer.submit(Request::Delete { id }).await? {
+        Reply::Deleted => Ok(StatusCode::NO_CONTENT),
+        _ => Err(ApiError::Internal),
+    }
+}
+
+/// Filters and paging of `GET /v1/workers`.
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
+pub struct WorkerQuery {
+    /// `online`, `draining` or `offline`.
+    pub status: Option<String>,
+    pub machine_id: Option<String>,
+    /// 1–1000, default 100.
+    pub limit: Option<String>,
+    pub cursor: Option<String>,
+}
+
+/// List workers.
+#[utoipa::path(
+    get, path = "/v1/workers", tag = "workers",
+    params(WorkerQuery),
+    responses(
+        (status = 200, body = Page<Worker>),
+        (status = 400, body = ErrorBody), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody),
+    ),
+    security(("bearer" = []))
+)]
+pub async fn list(
+    State(s): State<AppState>,
+    caller: Caller,
+    q: Q<WorkerQuery>,
+) -> Result<Json<Page<Worker>>, ApiError> {
+    caller.require(&[TokenKind::Read, TokenKind::Admin])?;
+    let q = q.get()?;
+    let limit = parse_limit(q.limit.as_deref())?;
+    let status = q
+        .status
+        .as_deref()
+        .map(|v| {
+            v.parse::<Status>().map_err(|_| {
+                ApiError::invalid(format!(
+                    "status must be online, draining or offline, got {v:?}"
+                ))
+            })
+        })
+        .transpose()?;
+    let machine_id = q
+        .machine_id
+        .as_deref()
+        .map(|m| MachineId::parse(m).map_err(|e| ApiError::invalid(format!("machine_id: {e}"))))
+        .transpose()?;
+    let after = q
+        .cursor
+        .as_deref()
+        .map(|c| {
+            WorkerId::parse(c)
+                .map_err(|_| ApiError::invalid("cursor is not one this server issued"))
+        })
+        .transpose()?;
+    let page = s
+        .store
+        .list_workers(&WorkerFilter { status, machine_id }, after.as_ref(), limit)
+        .await?;
+    let next_cursor = if page.more {
+        page.items.last().map(|w| w.id.to_string())
+    } else {
+        None
+    };
+    Ok(Json(Page {
+        items: page
+            .items
+            .iter()
+            .map(|r| Worker::from_store(r, &s.engine))
+            .collect(),
+        next_cursor,
+    }))
+}
+
+/// Get one worker.
+#[utoipa::path(
+    get, path = "/v1/workers/{id}", tag = "workers",
+    params(("id" = String, Path, description = "Worker id")),
+    responses(
+        (status = 200, body = Worker),
+        (status = 401, body = ErrorBody), (status = 403, body = ErrorBody), (status = 404, body = ErrorBody),
+    ),
+    security(("bearer" = []))
+)]
+pub async fn get(
+    State(s): State<AppState>,
+    caller: Caller,
+    path: PathId,
+) -> Result<Json<Worker>, ApiError> {
+    caller.require(&[TokenKind::Read, TokenKind::Admin])?;
+    let id = path.worker()?;
+    let record = s
+        .store
+        .get_worker(&id)
+        .await?
+        .ok_or_else(|| ApiError::not_found("worker not found"))?;
+    Ok(Json(Worker::from_store(&record, &s.engine)))
+}

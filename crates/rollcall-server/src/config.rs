@@ -1,0 +1,353 @@
+//! Server configuration: flags > `ROLLCALL_*` environment > TOML file >
+//! defaults.
+//!
+//! Each layer is a [`RawConfig`] of optional strings; [`RawConfig::over`]
+//! stacks them and [`RawConfig::resolve`] checks the result, failing with a
+//! message that names the offending key. Durations are written like `200ms`,
+//! `30s`, `2m`, `7d`.
+
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use rollcall_core::policy::IntervalKeys;
+use rollcall_core::{Intervals, LivenessPolicy};
+use serde::Deserialize;
+use thiserror::Error;
+
+/// One layer of configuration; every key optional.
+#[derive(Debug, Clone, Default, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct RawConfig {
+    pub listen: Option<String>,
+    pub database_url: Option<String>,
+    pub data_dir: Option<String>,
+    pub heartbeat_interval: Option<String>,
+    pub stale_after: Option<String>,
+    pub sweep_interval: Option<String>,
+    pub cleanup_interval: Option<String>,
+    pub flush_interval: Option<String>,
+    pub min_heartbeat_interval: Option<String>,
+    pub max_stale_after: Option<String>,
+    pub metrics_listen: Option<String>,
+    pub metrics_token: Option<String>,
+    pub forget_offline_after: Option<String>,
+    pub event_retention: Option<String>,
+    pub admin_token: Option<String>,
+    pub admin_token_file: Option<String>,
+}
+
+/// A configuration problem, naming the key.
+#[derive(Debug, Clone, Error, PartialEq, Eq)]
+pub enum ConfigError {
+    #[error("config key `{key}`: {message}")]
+    Invalid { key: &'static str, message: String },
+    #[error("config file {path}: {message}")]
+    File { path: String, message: String },
+}
+
+fn invalid(key: &'static str, message: impl Into<String>) -> ConfigError {
+    ConfigError::Invalid {
+        key,
+        message: message.into(),
+    }
+}
+
+/// The resolved configuration.
+#[derive(Clone)]
+pub struct Config {
+    pub listen: SocketAddr,
+    pub database_url: String,
+    pub data_dir: PathBuf,
+    pub policy: LivenessPolicy,
+    pub sweep_interval: Duration,
+    pub cleanup_interval: Duration,
+    pub flush_interval: Duration,
+    pub metrics_listen: Option<SocketAddr>,
+    pub metrics_token: Option<String>,
+    pub forget_offline_after: Duration,
+    pub event_retention: Duration,
+    pub admin_token: Option<String>,
+    pub admin_token_file: Option<PathBuf>,
+}
+
+impl fmt::Debug for Config {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        // Secrets are never printed, only whether they are set.
+        f.debug_struct("Config")
+            .field("listen", &self.listen)
+            .field("database_url", &redact_url(&self.database_url))
+            .field("data_dir", &self.data_dir)
+            .field("policy", &self.policy)
+            .field("sweep_interval", &self.sweep_interval)
+            .field("cleanup_interval", &self.cleanup_interval)
+            .field("flush_interval", &self.flush_interval)
+            .field("metrics_listen", &self.metrics_listen)
+            .field(
+                "metrics_token",
+                &self.metrics_token.as_ref().map(|_| "<set>"),
+            )
+            .field("forget_offline_after", &self.forget_offline_after)
+            .field("event_retention", &self.event_retention)
+            .field("admin_token", &self.admin_token.as_ref().map(|_| "<set>"))
+            .field("admin_token_file", &self.admin_token_file)
+            .finish()
+    }
+}
+
+/// A database URL without its password.
+pub fn redact_url(url: &str) -> String {
+    match (url.find("://"), url.rfind('@')) {
+        (Some(s), Some(at)) if at > s => {
+            let creds = &url[s + 3..at];
+            match creds.split_once(':') {
+                Some((user, _)) => format!("{}{}:***{}", &url[..s + 3], user, &url[at..]),
+                None => url.to_owned(),
+            }
+        }
+        _ => url.to_owned(),
+    }
+}
+
+/// Parses a duration such as `200ms`, `30s`, `2m`, `7d`.
+pub fn parse_duration(key: &'static str, s: &str) -> Result<Duration, ConfigError> {
+    let d = humantime::parse_duration(s.trim()).map_err(|e| {
+        invalid(
+            key,
+            format!("{s:?} is not a duration ({e}); write e.g. 200ms, 30s, 2m, 7d"),
+        )
+    })?;
+    if d.is_zero() {
+        return Err(invalid(key, "must be greater than zero"));
+    }
+    Ok(d)
+}
+
+fn opt_duration(key: &'static str, v: &Option<String>) -> Result<Option<Duration>, ConfigError> {
+    v.as_deref().map(|s| parse_duration(key, s)).transpose()
+}
+
+fn addr(key: &'static str, s: &str) -> Result<SocketAddr, ConfigError> {
+    s.trim().parse().map_err(|e| {
+        invalid(
+            key,
+            format!("{s:?} is not a socket address such as 127.0.0.1:7373 ({e})"),
+        )
+    })
+}
+
+impl RawConfig {
+    /// Parses a TOML file's text.
+    pub fn from_toml(path: &str, text: &str) -> Result<Self, ConfigError> {
+        toml::from_str(text).map_err(|e| ConfigError::File {
+            path: path.to_owned(),
+            message: e.message().to_owned(),
+        })
+    }
+
+    /// `self`, with keys it lacks taken from `lower`.
+    pub fn over(self, lower: RawConfig) -> RawConfig {
+        macro_rules! pick {
+            ($($f:ident),*) => { RawConfig { $($f: self.$f.or(lower.$f)),* } };
+        }
+        pick!(
+            listen,
+            database_url,
+            data_dir,
+            heartbeat_interval,
+            stale_after,
+            sweep_interval,
+            cleanup_interval,
+            flush_interval,
+            min_heartbeat_interval,
+            max_stale_after,
+            metrics_listen,
+            metrics_token,
+            forget_offline_after,
+            event_retention,
+            admin_token,
+            admin_token_file
+        )
+    }
+
+    /// Applies defaults and checks everything.
+    pub fn resolve(self) -> Result<Config, ConfigError> {
+        let listen = addr("listen", self.listen.as_deref().unwrap_or("127.0.0.1:7373"))?;
+        let data_dir = PathBuf::from(self.data_dir.as_deref().unwrap_or("./rollcall-data"));
+        if data_dir.as_os_str().is_empty() {
+            return Err(invalid("data_dir", "must not be empty"));
+        }
+        let database_url = match self.database_url {
+            Some(u) => u,
+            None => format!("sqlite://{}", data_dir.join("rollcall.db").display()),
+        };
+        if !(database_url.starts_with("sqlite:")) {
+            let hint = if database_url.starts_with("postgres") {
+                "PostgreSQL is not supported by this build yet"
+            } else {
+                "expected sqlite://PATH"
+            };
+            return Err(invalid("database_url", format!("unsupported URL ({hint})")));
+        }
+
+        let heartbeat = opt_duration("heartbeat_interval", &self.heartbeat_interval)?;
+        let stale = opt_duration("stale_after", &self.stale_after)?;
+        let defaults = Intervals::complete(
+            heartbeat,
+            stale,
+            Intervals {
+                heartbeat_interval: Duration::from_secs(30),
+                stale_after: Duration::from_secs(90),
+            },
+        );
+        defaults
+            .check_consistent(IntervalKeys::CONFIG)
+            .map_err(|e| invalid("stale_after", e.to_string()))?;
+        let min_heartbeat_interval =
+            opt_duration("min_heartbeat_interval", &self.min_heartbeat_interval)?
+                .unwrap_or(Duration::from_millis(50));
+        let max_stale_after = opt_duration("max_stale_after", &self.max_stale_after)?
+            .unwrap_or(Duration::from_secs(86_400));
+        if defaults.heartbeat_interval < min_heartbeat_interval {
+            return Err(invalid(
+                "heartbeat_interval",
+                format!(
+                    "{:?} is below min_heartbeat_interval ({:?})",
+                    defaults.heartbeat_interval, min_heartbeat_interval
+                ),
+            ));
+        }
+        if defaults.stale_after > max_stale_after {
+            return Err(invalid(
+                "stale_after",
+                format!(
+                    "{:?} is above max_stale_after ({:?})",
+                    defaults.stale_after, max_stale_after
+                ),
+            ));
+        }
+
+        let metrics_listen = self
+            .metrics_listen
+            .as_deref()
+            .map(|s| addr("metrics_listen", s))
+            .transpose()?;
+        let metrics_token = self.metrics_token.filter(|t| !t.is_empty());
+        let admin_token = match self.admin_token {
+            Some(t) if t.trim().len() < 16 => {
+                return Err(invalid(
+                    "admin_token",
+                    "must be at least 16 characters (use a long random value)",
+                ))
+            }
+            other => other.map(|t| t.trim().to_owned()),
+        };
+
+        Ok(Config {
+            listen,
+            database_url,
+            data_dir,
+            policy: LivenessPolicy {
+                defaults,
+                min_heartbeat_interval,
+                max_stale_after,
+            },
+            sweep_interval: opt_duration("sweep_interval", &self.sweep_interval)?
+                .unwrap_or(Duration::from_secs(120)),
+            cleanup_interval: opt_duration("cleanup_interval", &self.cleanup_interval)?
+                .unwrap_or(Duration::from_secs(600)),
+            flush_interval: opt_duration("flush_interval", &self.flush_interval)?
+                .unwrap_or(Duration::from_secs(5)),
+            metrics_listen,
+            metrics_token,
+            forget_offline_after: opt_duration("forget_offline_after", &self.forget_offline_after)?
+                .unwrap_or(Duration::from_secs(7 * 86_400)),
+            event_retention: opt_duration("event_retention", &self.event_retention)?
+                .unwrap_or(Duration::from_secs(30 * 86_400)),
+            admin_token,
+            admin_token_file: self.admin_token_file.map(PathBuf::from),
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn raw(pairs: &[(&str, &str)]) -> RawConfig {
+        let text: String = pairs
+            .iter()
+            .map(|(k, v)| format!("{k} = {v:?}\n"))
+            .collect();
+        RawConfig::from_toml("test.toml", &text).unwrap()
+    }
+
+    #[test]
+    fn defaults_match_the_contract() {
+        let c = RawConfig::default().resolve().unwrap();
+        assert_eq!(c.listen.to_string(), "127.0.0.1:7373");
+        assert_eq!(c.database_url, "sqlite://./rollcall-data/rollcall.db");
+        assert_eq!(
+            c.policy.defaults.heartbeat_interval,
+            Duration::from_secs(30)
+        );
+        assert_eq!(c.policy.defaults.stale_after, Duration::from_secs(90));
+        assert_eq!(c.sweep_interval, Duration::from_secs(120));
+        assert_eq!(c.cleanup_interval, Duration::from_secs(600));
+        assert_eq!(c.flush_interval, Duration::from_secs(5));
+        assert_eq!(c.policy.min_heartbeat_interval, Duration::from_millis(50));
+        assert_eq!(c.policy.max_stale_after, Duration::from_secs(86_400));
+        assert_eq!(c.forget_offline_after, Duration::from_secs(7 * 86_400));
+        assert_eq!(c.event_retention, Duration::from_secs(30 * 86_400));
+    }
+
+    #[test]
+    fn one_interval_implies_the_other() {
+        let c = raw(&[("heartbeat_interval", "100ms")]).resolve().unwrap();
+        assert_eq!(c.policy.defaults.stale_after, Duration::from_millis(300));
+        let c = raw(&[("stale_after", "1s")]).resolve().unwrap();
+        assert_eq!(
+            c.policy.defaults.heartbeat_interval,
+            Duration::from_millis(333)
+        );
+    }
+
+    #[test]
+    fn errors_name_the_key() {
+        let e = raw(&[("heartbeat_interval", "10s"), ("stale_after", "15s")])
+            .resolve()
+            .unwrap_err();
+        assert!(e.to_string().contains("stale_after"), "{e}");
+        let e = raw(&[("sweep_interval", "soon")]).resolve().unwrap_err();
+        assert!(e.to_string().contains("`sweep_interval`"), "{e}");
+        let e = raw(&[("listen", "nowhere")]).resolve().unwrap_err();
+        assert!(e.to_string().contains("`listen`"), "{e}");
+        let e = raw(&[("heartbeat_interval", "10ms")])
+            .resolve()
+            .unwrap_err();
+        assert!(e.to_string().contains("`heartbeat_interval`"), "{e}");
+        let e = raw(&[("flush_interval", "0s")]).resolve().unwrap_err();
+        assert!(e.to_string().contains("`flush_interval`"), "{e}");
+        let e = RawConfig::from_toml("x.toml", "stale_afterr = \"1s\"").unwrap_err();
+        assert!(e.to_string().contains("stale_afterr"), "{e}");
+    }
+
+    #[test]
+    fn layers_stack_in_order() {
+        let flags = raw(&[("listen", "127.0.0.1:1")]);
+        let file = raw(&[("listen", "127.0.0.1:2"), ("flush_interval", "7s")]);
+        let c = flags.over(file).resolve().unwrap();
+        assert_eq!(c.listen.port(), 1);
+        assert_eq!(c.flush_interval, Duration::from_secs(7));
+    }
+
+    #[test]
+    fn secrets_are_redacted() {
+        let mut c = RawConfig::default().resolve().unwrap();
+        c.admin_token = Some("rc_admin_supersecretvalue".into());
+        c.database_url = "postgres://u:pw@h/db".into();
+        let s = format!("{c:?}");
+        assert!(!s.contains("supersecret") && !s.contains("pw@"), "{s}");
+    }
+}

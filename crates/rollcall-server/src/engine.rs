@@ -1,0 +1,425 @@
+//! The liveness engine: every known worker in memory, with its deadline.
+//!
+//! A heartbeat of a live worker is a hash-map update under one shard's lock:
+//! no I/O, no allocation, no timer operation. Deadlines sit in a min-heap
+//! with lazy re-insertion: a heartbeat only moves the deadline stored on the
+//! worker; when the heap's entry comes due, the detector compares it with the
+//! worker's current deadline and pushes it back if it moved. So the heap
+//! holds about one entry per live worker, and each is revisited about once
+//! per `stale_after`, however often the worker beats.
+//!
+//! Status changes are not made here. They are planned by the transition
+//! writer (which owns them, one at a time, in order), committed to the store,
+//! and only then applied to the engine with [`Engine::apply`]. While a change
+//! for a worker is queued (`pending > 0`) its heartbeats take the writer's
+//! path too, so a heartbeat and an expiry are always ordered: the heartbeat
+//! either extends the deadline before the detector claims it, or is applied
+//! after the expiry has committed, and resumes the worker.
+
+use std::cmp::Reverse;
+use std::collections::hash_map::{Entry, RandomState};
+use std::collections::{BinaryHeap, HashMap};
+use std::hash::BuildHasher;
+use std::time::Duration;
+
+use parking_lot::Mutex;
+use rollcall_core::policy;
+use rollcall_core::{MachineId, Status, Timestamp, TokenHash, WorkerId, WorkerName};
+use rollcall_store::{HeartbeatMark, WorkerRecord};
+use tokio::sync::Notify;
+
+const SHARDS: usize = 64;
+
+/// A worker as the engine holds it.
+#[derive(Debug, Clone)]
+pub struct Live {
+    /// The worker as last committed, except `last_heartbeat_at`, which runs
+    /// ahead of the store (written behind).
+    pub record: WorkerRecord,
+    /// When the worker goes stale unless it beats; meaningful while live.
+    pub deadline: Timestamp,
+    /// Changes queued in the writer for this worker.
+    pending: u32,
+    /// `last_heartbeat_at` changed since the last flush.
+    dirty: bool,
+}
+
+#[derive(Debug, Default)]
+struct Shard {
+    workers: HashMap<WorkerId, Live>,
+    /// Workers whose heartbeat time has not been written behind yet.
+    dirty: Vec<WorkerId>,
+}
+
+/// A heartbeat accepted in memory.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Beat {
+    pub status: Status,
+    pub session: u64,
+    pub deadline: Timestamp,
+    pub heartbeat_interval: Duration,
+}
+
+/// The outcome of the heartbeat fast path.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FastBeat {
+    /// Accepted in memory.
+    Done(Beat),
+    /// The worker is offline or has a change queued: the heartbeat must be
+    /// ordered behind it by the writer.
+    NeedsWriter,
+    /// No such worker.
+    Unknown,
+}
+
+/// A worker whose deadline passed, claimed for a stale transition.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Expiry {
+    pub id: WorkerId,
+    pub session: u64,
+    pub deadline: Timestamp,
+}
+
+/// Whose a presented worker token is.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum TokenOwner {
+    /// The token belongs to the given worker.
+    Worker(WorkerId),
+    /// No worker has this token.
+    Unknown,
+}
+
+/// Counts of workers by status, for metrics and the dashboard.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Census {
+    pub online: u64,
+    pub draining: u64,
+    pub offline: u64,
+}
+
+/// See the module docs.
+#[derive(Debug)]
+pub struct Engine {
+    shards: Box<[Mutex<Shard>]>,
+    /// Token hash → worker, for authenticating worker tokens.
+    tokens: Box<[Mutex<HashMap<TokenHash, WorkerId>>]>,
+    /// (machine, name) → worker, for re-registration. Only the writer uses it.
+    names: Mutex<HashMap<(MachineId, WorkerName), WorkerId>>,
+    timers: Mutex<BinaryHeap<Reverse<(Timestamp, WorkerId)>>>,
+    /// Wakes the detector when an earlier deadline than it sleeps for arrives.
+    timer_changed: Notify,
+    hasher: RandomState,
+}
+
+impl Default for Engine {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Engine {
+    /// An empty engine.
+    pub fn new() -> Self {
+        Engine {
+            shards: (0..SHARDS).map(|_| Mutex::default()).collect(),
+            tokens: (0..SHARDS).map(|_| Mutex::default()).collect(),
+            names: Mutex::default(),
+            timers: Mutex::default(),
+            timer_changed: Notify::new(),
+            hasher: RandomState::new(),
+        }
+    }
+
+    fn shard(&self, id: &WorkerId) -> &Mutex<Shard> {
+        &self.shards[(self.hasher.hash_one(id) as usize) % SHARDS]
+    }
+
+    fn token_shard(&self, hash: &TokenHash) -> &Mutex<HashMap<TokenHash, WorkerId>> {
+        &self.tokens[hash.as_bytes()[0] as usize % SHARDS]
+    }
+
+    /// Loads workers from the store at start-up (or when this replica takes
+    /// over). Live workers get the restart grace: a full `stale_after` from
+    /// `ready_at` (DESIGN invariant 6).
+    pub fn load(&self, records: Vec<WorkerRecord>, ready_at: Timestamp) {
+        for record in records {
+            let stored = policy::deadline(
+                record.last_heartbeat_at,
+                Some(record.registered_at),
+                record.stale_after,
+            );
+            let deadline = policy::restart_deadline(stored, ready_at, record.stale_after);
+            self.apply(record, deadline);
+        }
+    }
+
+    /// Who a worker token belongs to. The lookup is by hash; the final
+    /// comparison against the worker's stored hash is constant-time.
+    pub fn token_owner(&self, hash: &TokenHash) -> TokenOwner {
+        let Some(id) = self.token_shard(hash).lock().get(hash).cloned() else {
+            return TokenOwner::Unknown;
+        };
+        let shard = self.shard(&id).lock();
+        match shard.workers.get(&id) {
+            Some(live) if live.record.token_hash.ct_eq(hash) => TokenOwner::Worker(id),
+            _ => TokenOwner::Unknown,
+        }
+    }
+
+    /// The heartbeat fast path: memory only.
+    pub fn heartbeat(&self, id: &WorkerId, now: Timestamp) -> FastBeat {
+        let mut guard = self.shard(id).lock();
+        let shard = &mut *guard;
+        let Some(live) = shard.workers.get_mut(id) else {
+            return FastBeat::Unknown;
+        };
+        if live.pending > 0 || !live.record.status.is_live() {
+            return FastBeat::NeedsWriter;
+        }
+        live.record.last_heartbeat_at = Some(now);
+        live.deadline = live.deadline.max(now.plus(live.record.stale_after));
+        if !live.dirty {
+            live.dirty = true;
+            shard.dirty.push(id.clone());
+        }
+        FastBeat::Done(Beat {
+            status: live.record.status,
+            session: live.record.session,
+            deadline: live.deadline,
+            heartbeat_interval: live.record.heartbeat_interval,
+        })
+    }
+
+    /// A copy of a worker's state.
+    pub fn get(&self, id: &WorkerId) -> Option<Live> {
+        self.shard(id).lock().workers.get(id).cloned()
+    }
+
+    /// The worker registered under a name on a machine, if any.
+    pub fn by_name(&self, machine: &MachineId, name: &WorkerName) -> Option<WorkerId> {
+        self.names
+            .lock()
+            .get(&(machine.clone(), name.clone()))
+            .cloned()
+    }
+
+    /// Marks a change as queued for a worker (see the module docs). Returns
+    /// false if the worker is unknown.
+    pub fn begin_change(&self, id: &WorkerId) -> bool {
+        match self.shard(id).lock().workers.get_mut(id) {
+            Some(live) => {
+                live.pending += 1;
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// Marks a queued change as done.
+    pub fn end_change(&self, id: &WorkerId) {
+        if let Some(live) = self.shard(id).lock().workers.get_mut(id) {
+            live.pending = live.pending.saturating_sub(1);
+        }
+    }
+
+    /// Installs a committed worker state. Within one session the heartbeat
+    /// time and the deadline only move forward, so a heartbeat taken in
+    /// memory meanwhile is never lost.
+    pub fn apply(&self, record: WorkerRecord, deadline: Timestamp) {
+        let id = record.id.clone();
+        let new_hash = record.token_hash;
+        let key = (record.machine_id.clone(), record.name.clone());
+        let live_now = record.status.is_live();
+        let old_hash;
+        {
+            let mut shard = self.shard(&id).lock();
+            match shard.workers.entry(id.clone()) {
+                Entry::Occupied(mut o) => {
+                    let live = o.get_mut();
+                    old_hash = Some(live.record.token_hash);
+                    let mut record = record;
+                    let mut deadline = deadline;
+                    if live.record.session == record.session {
+                        record.last_heartbeat_at =
+                            record.last_heartbeat_at.max(live.record.last_heartbeat_at);
+                        if live.record.status.is_live() && record.status.is_live() {
+                            deadline = deadline.max(live.deadline);
+                        }
+                    }
+                    live.record = record;
+                    live.deadline = deadline;
+                }
+                Entry::Vacant(v) => {
+                    old_hash = None;
+                    v.insert(Live {
+                        record,
+                        deadline,
+                        pending: 0,
+                        dirty: false,
+                    });
+                }
+            }
+        }
+        if old_hash.is_none_or(|h| h != new_hash) {
+            if let Some(old) = old_hash {
+                self.token_shard(&old).lock().remove(&old);
+            }
+            self.token_shard(&new_hash)
+                .lock()
+                .insert(new_hash, id.clone());
+        }
+        self.names.lock().insert(key, id.clone());
+        if live_now {
+            self.arm(id, deadline);
+        }
+    }
+
+    /// Forgets a worker (deleted or forgotten).
+    pub fn remove(&self, id: &WorkerId) {
+        let removed = self.shard(id).lock().workers.remove(id);
+        if let Some(live) = removed {
+            let hash = live.record.token_hash;
+            let mut tokens = self.token_shard(&hash).lock();
+            if tokens.get(&hash) == Some(id) {
+                tokens.remove(&hash);
+            }
+            drop(tokens);
+            let key = (live.record.machine_id, live.record.name);
+            let mut names = self.names.lock();
+            if names.get(&key) == Some(id) {
+                names.remove(&key);
+            }
+        }
+    }
+
+    /// Puts a timer for `id` at `at` into the heap.
+    pub fn arm(&self, id: WorkerId, at: Timestamp) {
+        let mut timers = self.timers.lock();
+        let earliest = timers.peek().map(|Reverse((t, _))| *t);
+        timers.push(Reverse((at, id)));
+        drop(timers);
+        if earliest.is_none_or(|e| at < e) {
+            self.timer_changed.notify_one();
+        }
+    }
+
+    /// The earliest armed deadline.
+    pub fn next_deadline(&self) -> Option<Timestamp> {
+        self.timers.lock().peek().map(|Reverse((t, _))| *t)
+    }
+
+    /// Resolves when a timer earlier than the one last seen is armed.
+    pub async fn timer_changed(&self) {
+        self.timer_changed.notified().await
+    }
+
+    /// Takes due timers and claims up to `max` workers whose deadline has
+    /// really passed (marking a change as queued for each). Timers of workers
+    /// that beat meanwhile are pushed back to their current deadline; timers
+    /// of workers that are gone, offline or busy are dropped (the writer arms
+    /// a fresh one when it finishes a change).
+    pub fn claim_expired(&self, now: Timestamp, max: usize) -> Vec<Expiry> {
+        let mut claimed = Vec::new();
+        let mut timers = self.timers.lock();
+        while claimed.len() < max {
+            match timers.peek() {
+                Some(Reverse((t, _))) if policy::is_expired(*t, now) => {}
+                _ => break,
+            }
+            let Some(Reverse((_, id))) = timers.pop() else {
+                break;
+            };
+            let mut shard = self.shard(&id).lock();
+            let Some(live) = shard.workers.get_mut(&id) else {
+                continue;
+            };
+            if !live.record.status.is_live() || live.pending > 0 {
+                continue;
+            }
+            if policy::is_expired(live.deadline, now) {
+                live.pending += 1;
+                claimed.push(Expiry {
+                    id: id.clone(),
+                    session: live.record.session,
+                    deadline: live.deadline,
+                });
+            } else {
+                timers.push(Reverse((live.deadline, id.clone())));
+            }
+        }
+        claimed
+    }
+
+    /// Live workers whose deadline has passed and that have no change
+    /// queued, found by a full scan. Only the periodic sweep uses this, as a
+    /// safety net behind the timers.
+    pub fn overdue(&self, now: Timestamp) -> Vec<Expiry> {
+        let mut out = Vec::new();
+        for shard in self.shards.iter() {
+            let mut shard = shard.lock();
+            for (id, live) in shard.workers.iter_mut() {
+                if live.record.status.is_live()
+                    && live.pending == 0
+                    && policy::is_expired(live.deadline, now)
+                {
+                    live.pending += 1;
+                    out.push(Expiry {
+                        id: id.clone(),
+                        session: live.record.session,
+                        deadline: live.deadline,
+                    });
+                }
+            }
+        }
+        out
+    }
+
+    /// Takes the heartbeat times not yet written behind.
+    pub fn take_dirty(&self) -> Vec<HeartbeatMark> {
+        let mut marks = Vec::new();
+        for shard in self.shards.iter() {
+            let mut guard = shard.lock();
+            let shard = &mut *guard;
+            for id in std::mem::take(&mut shard.dirty) {
+                if let Some(live) = shard.workers.get_mut(&id) {
+                    live.dirty = false;
+                    if let Some(at) = live.record.last_heartbeat_at {
+                        marks.push(HeartbeatMark {
+                            worker_id: id,
+                            machine_id: live.record.machine_id.clone(),
+                            session: live.record.session,
+                            at,
+                        });
+                    }
+                }
+            }
+        }
+        marks
+    }
+
+    /// Ids, statuses and sessions of every worker (for the sweep).
+    pub fn statuses(&self) -> HashMap<WorkerId, (Status, u64)> {
+        let mut out = HashMap::new();
+        for shard in self.shards.iter() {
+            for (id, live) in shard.lock().workers.iter() {
+                out.insert(id.clone(), (live.record.status, live.record.session));
+            }
+        }
+        out
+    }
+
+    /// Workers by status.
+    pub fn census(&self) -> Census {
+        let mut c = Census::default();
+        for shard in self.shards.iter() {
+            for live in shard.lock().workers.values() {
+                match live.record.status {
+                    Status::Online => c.online += 1,
+                    Status::Draining => c.draining += 1,
+                    Status::Offline => c.offline += 1,
+                }
+            }
+        }
+        c
+    }
+}

@@ -1,0 +1,65 @@
+//! Write-behind of heartbeat times (and token last-use times).
+//!
+//! Heartbeats are taken in memory; every `flush_interval` the times that
+//! changed are written to the store in one transaction, for display and for
+//! restarts. Nothing relies on the stored time being fresher than that: the
+//! engine holds the truth while it runs, and a restart grants a full grace
+//! period anyway.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use rollcall_store::Store;
+use tokio_util::sync::CancellationToken;
+use tracing::warn;
+
+use crate::auth::Tokens;
+use crate::engine::Engine;
+
+/// See the module docs.
+#[derive(Debug, Clone)]
+pub struct Flusher {
+    engine: Arc<Engine>,
+    tokens: Arc<Tokens>,
+    store: Arc<dyn Store>,
+}
+
+impl Flusher {
+    pub fn new(engine: Arc<Engine>, tokens: Arc<Tokens>, store: Arc<dyn Store>) -> Self {
+        Flusher {
+            engine,
+            tokens,
+            store,
+        }
+    }
+
+    /// Writes everything pending; returns how many heartbeat times.
+    pub async fn step(&self) -> usize {
+        let marks = self.engine.take_dirty();
+        let n = marks.len();
+        if let Err(e) = self.store.flush_heartbeats(&marks).await {
+            warn!(error = %e, marks = n, "writing heartbeat times behind failed; will retry");
+            // Put them back by re-marking: the next heartbeat does, and the
+            // stored value is display-only. Nothing is lost for liveness.
+        }
+        let uses = self.tokens.take_uses();
+        if let Err(e) = self.store.touch_tokens(&uses).await {
+            warn!(error = %e, "writing token last-use times failed");
+        }
+        n
+    }
+
+    /// Runs every `interval` until `stop` is cancelled, then flushes once more.
+    pub async fn run(self, interval: Duration, stop: CancellationToken) {
+        let mut tick = tokio::time::interval(interval);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        tick.tick().await;
+        loop {
+            tokio::select! {
+                _ = stop.cancelled() => break,
+                _ = tick.tick() => { self.step().await; }
+            }
+        }
+        self.step().await;
+    }
+}

@@ -1,0 +1,763 @@
+//! The transition writer: the one place where worker statuses change.
+//!
+//! Every change (registration, resume, drain, offline, delete, expiry,
+//! forgetting) is a [`Request`] sent to a single task. It takes whatever
+//! requests are queued (up to [`MAX_BATCH`]), plans each with the pure FSM in
+//! arrival order — later requests for the same worker see the result of
+//! earlier ones — and commits all resulting writes in one store transaction,
+//! each conditional on the status and session it expects. Only after the
+//! commit does it update the engine, publish the events and answer the
+//! callers (DESIGN invariant 5). One task, in order, is what makes per-worker
+//! changes serial (invariant 3) without a lock per worker.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use rollcall_core::fsm::{self, Command, FsmError, Transition};
+use rollcall_core::{
+    Intervals, Labels, MachineId, OfflineReason, Status, Timestamp, TokenHash, TokenKind, WorkerId,
+    WorkerName,
+};
+use rollcall_store::{
+    EventRecord, Expect, MachineUpsert, NewEvent, Store, WorkerRecord, WorkerWrite,
+};
+use thiserror::Error;
+use tokio::sync::{mpsc, oneshot};
+use tracing::{error, info, warn};
+
+use crate::clock::Clock;
+use crate::engine::{Beat, Engine, Expiry};
+use crate::hub::Hub;
+
+/// The most requests committed in one transaction.
+pub const MAX_BATCH: usize = 8_192;
+
+/// After a failed commit, a claimed expiry is retried this much later.
+const EXPIRY_RETRY: Duration = Duration::from_millis(250);
+
+/// A registration, validated.
+#[derive(Debug, Clone)]
+pub struct Registration {
+    pub name: WorkerName,
+    pub machine_id: MachineId,
+    pub hostname: Option<String>,
+    pub machine_labels: Option<Labels>,
+    pub labels: Labels,
+    pub intervals: Intervals,
+}
+
+/// A change to make.
+#[derive(Debug, Clone)]
+pub enum Request {
+    Register(Registration),
+    /// A heartbeat that could not be taken in memory (the worker is offline
+    /// or has a change queued), received at `at`.
+    Heartbeat {
+        id: WorkerId,
+        at: Timestamp,
+    },
+    Drain {
+        id: WorkerId,
+    },
+    Offline {
+        id: WorkerId,
+        reason: OfflineReason,
+    },
+    /// An admin deletes the worker.
+    Delete {
+        id: WorkerId,
+    },
+    /// Cleanup forgets a worker that has been offline since at least
+    /// `offline_since`.
+    Forget {
+        id: WorkerId,
+        offline_since: Timestamp,
+    },
+    /// The detector claimed an expired deadline.
+    Expire(Expiry),
+    /// The sweep found the store disagreeing with the engine: reload the
+    /// worker from the store, which is the truth.
+    Reload {
+        id: WorkerId,
+    },
+}
+
+impl Request {
+    /// The existing worker this request changes, if it names one.
+    fn worker(&self) -> Option<&WorkerId> {
+        match self {
+            Request::Register(_) => None,
+            Request::Heartbeat { id, .. }
+            | Request::Drain { id }
+            | Request::Offline { id, .. }
+            | Request::Delete { id }
+            | Request::Forget { id, .. }
+            | Request::Reload { id } => Some(id),
+            Request::Expire(e) => Some(&e.id),
+        }
+    }
+}
+
+/// What a committed request did.
+#[derive(Debug, Clone)]
+pub enum Reply {
+    Registered {
+        record: WorkerRecord,
+        deadline: Timestamp,
+        /// The new worker token, shown once.
+        token: String,
+        /// False when an existing worker was registered again.
+        created: bool,
+    },
+    Beat {
+        beat: Beat,
+        resumed: bool,
+    },
+    Worker {
+        record: WorkerRecord,
+        deadline: Option<Timestamp>,
+    },
+    Deleted,
+    /// An expiry or forgetting: whether it changed anything, and where.
+    Swept {
+        applied: bool,
+        machine_id: MachineId,
+    },
+    Reloaded,
+}
+
+/// Why a request was not carried out.
+#[derive(Debug, Clone, Error, PartialEq, Eq)]
+pub enum WriteError {
+    #[error("worker not found")]
+    NotFound,
+    #[error("{0}")]
+    Conflict(String),
+    #[error("the store is unavailable: {0}")]
+    Unavailable(String),
+}
+
+struct Job {
+    req: Request,
+    reply: Option<oneshot::Sender<Result<Reply, WriteError>>>,
+    /// Set when submitting marked a change as queued on this worker.
+    holds: Option<WorkerId>,
+}
+
+/// Handle for submitting requests; cheap to clone.
+#[derive(Debug, Clone)]
+pub struct Writer {
+    tx: mpsc::Sender<Job>,
+    engine: Arc<Engine>,
+}
+
+impl std::fmt::Debug for Job {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Job").field("req", &self.req).finish()
+    }
+}
+
+impl Writer {
+    /// Starts the writer task. It ends when every `Writer` handle is dropped
+    /// and the queue is drained.
+    pub fn start(
+        store: Arc<dyn Store>,
+        engine: Arc<Engine>,
+        hub: Hub,
+        clock: Arc<dyn Clock>,
+    ) -> (Writer, tokio::task::JoinHandle<()>) {
+        let (tx, rx) = mpsc::channel(MAX_BATCH * 4);
+        let task = WriterTask {
+            store,
+            engine: engine.clone(),
+            hub,
+            clock,
+        };
+        let handle = tokio::spawn(task.run(rx));
+        (Writer { tx, engine }, handle)
+    }
+
+    /// Submits a request and waits until it is committed (or refused).
+    pub async fn submit(&self, req: Request) -> Result<Reply, WriteError> {
+        let (tx, rx) = oneshot::channel();
+        self.enqueue(req, Some(tx), false).await?;
+        rx.await
+            .map_err(|_| WriteError::Unavailable("the server is shutting down".into()))?
+    }
+
+    /// Submits a detector expiry (already claimed in the engine) without
+    /// waiting for it.
+    pub async fn expire(&self, e: Expiry) -> Result<(), WriteError> {
+        self.enqueue(Request::Expire(e), None, true).await
+    }
+
+    /// Submits an expiry and waits for its outcome (used by the sweep).
+    pub async fn expire_and_wait(&self, e: Expiry) -> Result<Reply, WriteError> {
+        let (tx, rx) = oneshot::channel();
+        self.enqueue(Request::Expire(e), Some(tx), true).await?;
+        rx.await
+            .map_err(|_| WriteError::Unavailable("the server is shutting down".into()))?
+    }
+
+    async fn enqueue(
+        &self,
+        req: Request,
+        reply: Option<oneshot::Sender<Result<Reply, WriteError>>>,
+        already_claimed: bool,
+    ) -> Result<(), WriteError> {
+        let holds = match req.worker() {
+            Some(id) if already_claimed => Some(id.clone()),
+            Some(id) if !matches!(req, Request::Reload { .. }) => {
+                if !self.engine.begin_change(id) {
+                    return Err(WriteError::NotFound);
+                }
+                Some(id.clone())
+            }
+            _ => None,
+        };
+        let job = Job { req, reply, holds };
+        if let Err(mpsc::error::SendError(job)) = self.tx.send(job).await {
+            if let Some(id) = &job.holds {
+                self.engine.end_change(id);
+            }
+            return Err(WriteError::Unavailable(
+                "the server is shutting down".into(),
+            ));
+        }
+        Ok(())
+    }
+}
+
+struct WriterTask {
+    store: Arc<dyn Store>,
+    engine: Arc<Engine>,
+    hub: Hub,
+    clock: Arc<dyn Clock>,
+}
+
+/// A worker's state as the batch being planned sees it.
+#[derive(Debug, Clone)]
+struct Slot {
+    /// `None`: deleted in this batch (or never existed).
+    state: Option<(WorkerRecord, Timestamp)>,
+    /// Some write for this worker was planned.
+    written: bool,
+    /// A planned write was not applied (or the commit failed).
+    failed: bool,
+    /// Reload from the store instead of installing `state`.
+    reload: bool,
+}
+
+/// The outcome planned for one job, settled after the commit.
+struct Planned {
+    worker: Option<WorkerId>,
+    result: Result<Reply, WriteError>,
+}
+
+fn new_events(t: &Transition, at: Timestamp, lag: Option<i64>) -> Vec<NewEvent> {
+    t.events
+        .iter()
+        .map(|e| NewEvent {
+            at,
+            kind: e.kind,
+            reason: e.reason,
+            session: Some(e.session),
+            detection_lag_ms: if e.reason == Some(rollcall_core::EventReason::Stale) {
+                lag
+            } else {
+                None
+            },
+        })
+        .collect()
+}
+
+fn fsm_error(e: FsmError) -> WriteError {
+    match e {
+        FsmError::NotFound => WriteError::NotFound,
+        FsmError::DrainOffline => {
+            WriteError::Conflict("the worker is offline and cannot be drained".into())
+        }
+        FsmError::ReasonNotRequestable(r) => {
+            WriteError::Conflict(format!("offline reason {r} cannot be requested"))
+        }
+    }
+}
+
+fn expect_of(r: &WorkerRecord) -> Expect {
+    Expect {
+        status: r.status,
+        session: r.session,
+    }
+}
+
+fn deadline_of(r: &WorkerRecord, deadline: Timestamp) -> Option<Timestamp> {
+    r.status.is_live().then_some(deadline)
+}
+
+impl WriterTask {
+    async fn run(self, mut rx: mpsc::Receiver<Job>) {
+        let mut jobs = Vec::with_capacity(MAX_BATCH);
+        while rx.recv_many(&mut jobs, MAX_BATCH).await > 0 {
+            self.process(std::mem::take(&mut jobs)).await;
+        }
+    }
+
+    fn slot<'a>(&self, work: &'a mut HashMap<WorkerId, Slot>, id: &WorkerId) -> &'a mut Slot {
+        work.entry(id.clone()).or_insert_with(|| Slot {
+            state: self.engine.get(id).map(|l| (l.record, l.deadline)),
+            written: false,
+            failed: false,
+            reload: false,
+        })
+    }
+
+    async fn process(&self, jobs: Vec<Job>) {
+        let now = self.clock.now();
+        let mut work: HashMap<WorkerId, Slot> = HashMap::new();
+        let mut names: HashMap<(MachineId, WorkerName), WorkerId> = HashMap::new();
+        let mut writes: Vec<WorkerWrite> = Vec::new();
+        let mut write_owner: Vec<WorkerId> = Vec::new();
+        let mut planned: Vec<Planned> = Vec::with_capacity(jobs.len());
+
+        for job in &jobs {
+            let p = self.plan(
+                &job.req,
+                now,
+                &mut work,
+                &mut names,
+                &mut writes,
+                &mut write_owner,
+            );
+            planned.push(p);
+        }
+
+        let mut committed: Vec<EventRecord> = Vec::new();
+        if !writes.is_empty() {
+            let n = writes.len();
+            match self.store.commit(writes).await {
+                Ok(result) => {
+                    for (i, ok) in result.applied.iter().enumerate() {
+                        if !ok {
+                            if let Some(slot) = work.get_mut(&write_owner[i]) {
+                                slot.failed = true;
+                            }
+                        }
+                    }
+                    committed = result.events;
+                }
+                Err(e) => {
+                    error!(error = %e, writes = n, "committing transitions failed");
+                    for slot in work.values_mut() {
+                        if slot.written {
+                            slot.failed = true;
+                            slot.reload = false;
+                        }
+                    }
+                    for p in planned.iter_mut() {
+                        let touched_failed = p
+                            .worker
+                            .as_ref()
+                            .and_then(|w| work.get(w))
+                            .is_some_and(|s| s.failed);
+                        if touched_failed {
+                            p.result = Err(WriteError::Unavailable(e.to_string()));
+                        }
+                    }
+                    self.install(&work).await;
+                    self.settle(jobs, planned, &work, now, true).await;
+                    return;
+                }
+            }
+        }
+
+        // Writes whose condition did not hold: the store changed under us
+        // (edited from outside). Its row is the truth; reload it.
+        for (id, slot) in work.iter_mut() {
+            if slot.failed {
+                slot.reload = true;
+                warn!(worker_id = %id, "conditional write not applied; reloading the worker from the store");
+            }
+        }
+        for p in planned.iter_mut() {
+            let failed = p
+                .worker
+                .as_ref()
+                .and_then(|w| work.get(w))
+                .is_some_and(|s| s.failed);
+            if failed {
+                p.result = match &p.result {
+                    Ok(Reply::Swept { machine_id, .. }) => Ok(Reply::Swept {
+                        applied: false,
+                        machine_id: machine_id.clone(),
+                    }),
+                    _ => Err(WriteError::Conflict(
+                        "the worker was changed concurrently; retry".into(),
+                    )),
+                };
+            }
+        }
+
+        self.install(&work).await;
+        for e in &committed {
+            log_event(e);
+        }
+        self.hub.publish(committed);
+        self.settle(jobs, planned, &work, now, false).await;
+    }
+
+    /// Brings the engine in line with what was committed.
+    async fn install(&self, work: &HashMap<WorkerId, Slot>) {
+        for (id, slot) in work {
+            if slot.failed && !slot.reload {
+                // The commit failed: the engine keeps what it had.
+                continue;
+            }
+            if slot.reload {
+                match self.store.get_worker(id).await {
+                    Ok(Some(record)) => {
+                        let d = rollcall_core::policy::deadline(
+                            record.last_heartbeat_at,
+                            Some(record.registered_at),
+                            record.stale_after,
+                        );
+                        self.engine.apply(record, d);
+                    }
+                    Ok(None) => self.engine.remove(id),
+                    Err(e) => error!(worker_id = %id, error = %e, "reloading a worker failed"),
+                }
+                continue;
+            }
+            match &slot.state {
+                Some((record, deadline)) => self.engine.apply(record.clone(), *deadline),
+                None => self.engine.remove(id),
+            }
+        }
+    }
+
+    /// Releases queued-change marks and answers the callers.
+    async fn settle(
+        &self,
+        jobs: Vec<Job>,
+        planned: Vec<Planned>,
+        work: &HashMap<WorkerId, Slot>,
+        now: Timestamp,
+        commit_failed: bool,
+    ) {
+        for (job, p) in jobs.into_iter().zip(planned) {
+            if let Some(id) = &job.holds {
+                self.engine.end_change(id);
+                if commit_failed {
+                    if let Request::Expire(e) = &job.req {
+                        self.engine.arm(e.id.clone(), now.plus(EXPIRY_RETRY));
+                    }
+                }
+                // A change that left the worker live re-arms its timer (the
+                // detector drops timers of busy workers).
+                if let Some(Slot {
+                    state: Some((r, d)),
+                    ..
+                }) = work.get(id)
+                {
+                    if r.status.is_live() {
+                        self.engine.arm(id.clone(), *d);
+                    }
+                }
+            }
+            if let Some(tx) = job.reply {
+                let _ = tx.send(p.result);
+            }
+        }
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn plan(
+        &self,
+        req: &Request,
+        now: Timestamp,
+        work: &mut HashMap<WorkerId, Slot>,
+        names: &mut HashMap<(MachineId, WorkerName), WorkerId>,
+        writes: &mut Vec<WorkerWrite>,
+        write_owner: &mut Vec<WorkerId>,
+    ) -> Planned {
+        let mut push = |owner: &WorkerId, w: WorkerWrite, work: &mut HashMap<WorkerId, Slot>| {
+            writes.push(w);
+            write_owner.push(owner.clone());
+            if let Some(s) = work.get_mut(owner) {
+                s.written = true;
+            }
+        };
+        match req {
+            Request::Register(reg) => {
+                let key = (reg.machine_id.clone(), reg.name.clone());
+                let existing = names
+                    .get(&key)
+                    .cloned()
+                    .or_else(|| self.engine.by_name(&reg.machine_id, &reg.name));
+                let current = existing
+                    .as_ref()
+                    .and_then(|id| self.slot(work, id).state.clone());
+                let t = match fsm::transition(
+                    current.as_ref().map(|(r, _)| r.state()),
+                    Command::Register,
+                    now,
+                ) {
+                    Ok(t) => t,
+                    Err(e) => {
+                        return Planned {
+                            worker: existing,
+                            result: Err(fsm_error(e)),
+                        }
+                    }
+                };
+                let id = match (&existing, &current) {
+                    (Some(id), Some(_)) => id.clone(),
+                    _ => WorkerId::generate(now, rand::random()),
+                };
+                let token = TokenKind::Worker.secret(rand::random());
+                let next = t.next.expect("registration leaves a worker");
+                let record = WorkerRecord {
+                    id: id.clone(),
+                    name: reg.name.clone(),
+                    machine_id: reg.machine_id.clone(),
+                    status: next.status,
+                    offline_reason: next.offline_reason,
+                    session: next.session,
+                    labels: reg.labels.clone(),
+                    heartbeat_interval: reg.intervals.heartbeat_interval,
+                    stale_after: reg.intervals.stale_after,
+                    registered_at: now,
+                    last_heartbeat_at: None,
+                    status_changed_at: next.status_changed_at,
+                    token_hash: TokenHash::of(&token),
+                };
+                let deadline = now.plus(reg.intervals.stale_after);
+                let write = WorkerWrite::Put {
+                    record: record.clone(),
+                    expect: current.as_ref().map(|(r, _)| expect_of(r)),
+                    machine: Some(MachineUpsert {
+                        id: reg.machine_id.clone(),
+                        hostname: reg.hostname.clone(),
+                        labels: reg.machine_labels.clone(),
+                        seen_at: now,
+                    }),
+                    events: new_events(&t, now, None),
+                };
+                let slot = self.slot(work, &id);
+                slot.state = Some((record.clone(), deadline));
+                push(&id, write, work);
+                names.insert(key, id.clone());
+                Planned {
+                    worker: Some(id),
+                    result: Ok(Reply::Registered {
+                        record,
+                        deadline,
+                        token,
+                        created: current.is_none(),
+                    }),
+                }
+            }
+            Request::Heartbeat { id, at } => {
+                let Some((mut record, mut deadline)) = self.slot(work, id).state.clone() else {
+                    return not_found(id);
+                };
+                let t = match fsm::transition(Some(record.state()), Command::Heartbeat, now) {
+                    Ok(t) => t,
+                    Err(e) => return failed(id, e),
+                };
+                let resumed = t.resumed();
+                let expect = expect_of(&record);
+                record.set_state(t.next.expect("a heartbeat keeps the worker"));
+                record.last_heartbeat_at = record.last_heartbeat_at.max(Some(*at));
+                deadline = if resumed {
+                    (*at).max(now).plus(record.stale_after)
+                } else {
+                    deadline.max(at.plus(record.stale_after))
+                };
+                self.slot(work, id).state = Some((record.clone(), deadline));
+                if t.changed() {
+                    push(
+                        id,
+                        WorkerWrite::Put {
+                            record: record.clone(),
+                            expect: Some(expect),
+                            machine: None,
+                            events: new_events(&t, now, None),
+                        },
+                        work,
+                    );
+                }
+                Planned {
+                    worker: Some(id.clone()),
+                    result: Ok(Reply::Beat {
+                        beat: Beat {
+                            status: record.status,
+                            session: record.session,
+                            deadline,
+                            heartbeat_interval: record.heartbeat_interval,
+                        },
+                        resumed,
+                    }),
+                }
+            }
+            Request::Drain { id } => self.simple(id, Command::Drain, now, work, &mut push),
+            Request::Offline { id, reason } => {
+                self.simple(id, Command::Offline(*reason), now, work, &mut push)
+            }
+            Request::Delete { id } | Request::Forget { id, .. } => {
+                let Some((record, _)) = self.slot(work, id).state.clone() else {
+                    return not_found(id);
+                };
+                if let Request::Forget { offline_since, .. } = req {
+                    if record.status != Status::Offline || record.status_changed_at > *offline_since
+                    {
+                        return Planned {
+                            worker: Some(id.clone()),
+                            result: Ok(Reply::Swept {
+                                applied: false,
+                                machine_id: record.machine_id,
+                            }),
+                        };
+                    }
+                }
+                let t = match fsm::transition(Some(record.state()), Command::Delete, now) {
+                    Ok(t) => t,
+                    Err(e) => return failed(id, e),
+                };
+                self.slot(work, id).state = None;
+                let machine_id = record.machine_id.clone();
+                push(
+                    id,
+                    WorkerWrite::Delete {
+                        id: id.clone(),
+                        machine_id: record.machine_id.clone(),
+                        expect: expect_of(&record),
+                        events: new_events(&t, now, None),
+                    },
+                    work,
+                );
+                Planned {
+                    worker: Some(id.clone()),
+                    result: Ok(match req {
+                        Request::Forget { .. } => Reply::Swept {
+                            applied: true,
+                            machine_id,
+                        },
+                        _ => Reply::Deleted,
+                    }),
+                }
+            }
+            Request::Expire(e) => {
+                let Some((mut record, deadline)) = self.slot(work, &e.id).state.clone() else {
+                    return not_found(&e.id);
+                };
+                let t = match fsm::transition(
+                    Some(record.state()),
+                    Command::Expire { session: e.session },
+                    now,
+                ) {
+                    Ok(t) => t,
+                    Err(err) => return failed(&e.id, err),
+                };
+                let machine_id = record.machine_id.clone();
+                if t.changed() {
+                    let expect = expect_of(&record);
+                    record.set_state(t.next.expect("expiry keeps the worker"));
+                    let lag = now.diff_ms(e.deadline).max(0);
+                    self.slot(work, &e.id).state = Some((record.clone(), deadline));
+                    push(
+                        &e.id,
+                        WorkerWrite::Put {
+                            record,
+                            expect: Some(expect),
+                            machine: None,
+                            events: new_events(&t, now, Some(lag)),
+                        },
+                        work,
+                    );
+                }
+                Planned {
+                    worker: Some(e.id.clone()),
+                    result: Ok(Reply::Swept {
+                        applied: t.changed(),
+                        machine_id,
+                    }),
+                }
+            }
+            Request::Reload { id } => {
+                self.slot(work, id).reload = true;
+                Planned {
+                    worker: Some(id.clone()),
+                    result: Ok(Reply::Reloaded),
+                }
+            }
+        }
+    }
+
+    fn simple(
+        &self,
+        id: &WorkerId,
+        cmd: Command,
+        now: Timestamp,
+        work: &mut HashMap<WorkerId, Slot>,
+        push: &mut impl FnMut(&WorkerId, WorkerWrite, &mut HashMap<WorkerId, Slot>),
+    ) -> Planned {
+        let Some((mut record, deadline)) = self.slot(work, id).state.clone() else {
+            return not_found(id);
+        };
+        let t = match fsm::transition(Some(record.state()), cmd, now) {
+            Ok(t) => t,
+            Err(e) => return failed(id, e),
+        };
+        if t.changed() {
+            let expect = expect_of(&record);
+            record.set_state(t.next.expect("this command keeps the worker"));
+            self.slot(work, id).state = Some((record.clone(), deadline));
+            push(
+                id,
+                WorkerWrite::Put {
+                    record: record.clone(),
+                    expect: Some(expect),
+                    machine: None,
+                    events: new_events(&t, now, None),
+                },
+                work,
+            );
+        }
+        Planned {
+            worker: Some(id.clone()),
+            result: Ok(Reply::Worker {
+                deadline: deadline_of(&record, deadline),
+                record,
+            }),
+        }
+    }
+}
+
+fn not_found(id: &WorkerId) -> Planned {
+    Planned {
+        worker: Some(id.clone()),
+        result: Err(WriteError::NotFound),
+    }
+}
+
+fn failed(id: &WorkerId, e: FsmError) -> Planned {
+    Planned {
+        worker: Some(id.clone()),
+        result: Err(fsm_error(e)),
+    }
+}
+
+/// One info line per transition.
+fn log_event(e: &EventRecord) {
+    info!(
+        seq = e.seq,
+        event = e.kind.as_str(),
+        worker_id = e.worker_id.as_ref().map(|w| w.as_str()),
+        machine_id = e.machine_id.as_str(),
+        reason = e.reason.map(|r| r.as_str()),
+        session = e.session,
+        detection_lag_ms = e.detection_lag_ms,
+        "transition"
+    );
+}

@@ -1,0 +1,183 @@
+//! `rollcall serve`: configuration layering, logging, signals, and the
+//! "listening" line.
+
+use std::process::ExitCode;
+use std::sync::Arc;
+
+use clap::{Args, ValueEnum};
+use rollcall_server::{RawConfig, SystemClock};
+use tracing_subscriber::EnvFilter;
+
+/// Log output format.
+#[derive(Debug, Clone, Copy, ValueEnum)]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+/// Flags of `rollcall serve`. Every setting can also come from a
+/// `ROLLCALL_*` environment variable or the TOML file given by `--config`;
+/// flags win over the environment, which wins over the file.
+#[derive(Debug, Args)]
+pub struct ServeArgs {
+    /// TOML file with any of the settings below (keys as in the long flags,
+    /// with underscores: stale_after = "90s").
+    #[arg(long, env = "ROLLCALL_CONFIG")]
+    config: Option<String>,
+    /// Address to serve on; a port of 0 picks a free one.
+    #[arg(long, env = "ROLLCALL_LISTEN")]
+    listen: Option<String>,
+    /// sqlite://PATH (default: sqlite://<data-dir>/rollcall.db).
+    #[arg(long, env = "ROLLCALL_DATABASE_URL")]
+    database_url: Option<String>,
+    /// Where the database and the generated admin token live.
+    #[arg(long, env = "ROLLCALL_DATA_DIR")]
+    data_dir: Option<String>,
+    /// Default heartbeat interval of workers (default 30s).
+    #[arg(long, env = "ROLLCALL_HEARTBEAT_INTERVAL")]
+    heartbeat_interval: Option<String>,
+    /// Default time without a heartbeat after which a worker is stale
+    /// (default 90s; at least 2 × heartbeat interval).
+    #[arg(long, env = "ROLLCALL_STALE_AFTER")]
+    stale_after: Option<String>,
+    /// How often the safety-net sweep runs (default 2m).
+    #[arg(long, env = "ROLLCALL_SWEEP_INTERVAL")]
+    sweep_interval: Option<String>,
+    /// How often the full cleanup runs (default 10m).
+    #[arg(long, env = "ROLLCALL_CLEANUP_INTERVAL")]
+    cleanup_interval: Option<String>,
+    /// How often heartbeat times are written behind (default 5s).
+    #[arg(long, env = "ROLLCALL_FLUSH_INTERVAL")]
+    flush_interval: Option<String>,
+    /// Smallest heartbeat interval a worker may ask for (default 50ms).
+    #[arg(long, env = "ROLLCALL_MIN_HEARTBEAT_INTERVAL")]
+    min_heartbeat_interval: Option<String>,
+    /// Largest stale_after a worker may ask for (default 1d).
+    #[arg(long, env = "ROLLCALL_MAX_STALE_AFTER")]
+    max_stale_after: Option<String>,
+    /// Serve /metrics on a separate address.
+    #[arg(long, env = "ROLLCALL_METRICS_LISTEN")]
+    metrics_listen: Option<String>,
+    /// Forget workers offline for longer than this (default 7d).
+    #[arg(long, env = "ROLLCALL_FORGET_OFFLINE_AFTER")]
+    forget_offline_after: Option<String>,
+    /// Prune events older than this (default 30d).
+    #[arg(long, env = "ROLLCALL_EVENT_RETENTION")]
+    event_retention: Option<String>,
+    /// Log format on stderr.
+    #[arg(long, env = "ROLLCALL_LOG_FORMAT", value_enum, default_value = "text")]
+    log_format: LogFormat,
+}
+
+impl ServeArgs {
+    fn raw(&self) -> RawConfig {
+        RawConfig {
+            listen: self.listen.clone(),
+            database_url: self.database_url.clone(),
+            data_dir: self.data_dir.clone(),
+            heartbeat_interval: self.heartbeat_interval.clone(),
+            stale_after: self.stale_after.clone(),
+            sweep_interval: self.sweep_interval.clone(),
+            cleanup_interval: self.cleanup_interval.clone(),
+            flush_interval: self.flush_interval.clone(),
+            min_heartbeat_interval: self.min_heartbeat_interval.clone(),
+            max_stale_after: self.max_stale_after.clone(),
+            metrics_listen: self.metrics_listen.clone(),
+            // Secrets come only from the environment or the file.
+            metrics_token: std::env::var("ROLLCALL_METRICS_TOKEN").ok(),
+            forget_offline_after: self.forget_offline_after.clone(),
+            event_retention: self.event_retention.clone(),
+            admin_token: std::env::var("ROLLCALL_ADMIN_TOKEN").ok(),
+            admin_token_file: None,
+        }
+    }
+}
+
+fn init_logging(format: LogFormat) {
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .with_writer(std::io::stderr);
+    match format {
+        LogFormat::Text => builder.init(),
+        LogFormat::Json => builder.json().init(),
+    }
+}
+
+/// Resolves the layered configuration.
+fn config(args: &ServeArgs) -> Result<rollcall_server::Config, String> {
+    let file = match &args.config {
+        Some(path) => {
+            let text =
+                std::fs::read_to_string(path).map_err(|e| format!("config file {path}: {e}"))?;
+            RawConfig::from_toml(path, &text).map_err(|e| e.to_string())?
+        }
+        None => RawConfig::default(),
+    };
+    args.raw().over(file).resolve().map_err(|e| e.to_string())
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+            .expect("installing a SIGTERM handler");
+        tokio::select! {
+            _ = ctrl_c => {}
+            _ = term.recv() => {}
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = ctrl_c.await;
+    }
+}
+
+/// Runs the server; exit code 2 for configuration errors, 1 for failures.
+pub fn main(args: ServeArgs) -> ExitCode {
+    init_logging(args.log_format);
+    let config = match config(&args) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("rollcall: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("rollcall: cannot start the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(run(config)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("rollcall: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run(config: rollcall_server::Config) -> anyhow::Result<()> {
+    let listener = tokio::net::TcpListener::bind(config.listen)
+        .await
+        .map_err(|e| anyhow::anyhow!("config key `listen`: cannot bind {}: {e}", config.listen))?;
+    let mut running = rollcall_server::start(config, listener, Arc::new(SystemClock)).await?;
+    // The one line on stdout: scripts and tests wait for it.
+    println!("rollcall listening on http://{}", running.addr());
+    tracing::info!(addr = %running.addr(), "ready");
+    tokio::select! {
+        r = running.stopped() => r?,
+        _ = shutdown_signal() => {
+            tracing::info!("shutting down");
+            running.shutdown().await?;
+        }
+    }
+    Ok(())
+}
