@@ -96,7 +96,8 @@ pub trait Store: Send + Sync + std::fmt::Debug + 'static {
     async fn last_seq(&self) -> Result<i64>;
 
     async fn insert_token(&self, token: &TokenRecord) -> Result<()>;
-    async fn list_tokens(&self, after: Option<&TokenId>, limit: usize) -> Result<Page<TokenRecord>>;
+    async fn list_tokens(&self, after: Option<&TokenId>, limit: usize)
+        -> Result<Page<TokenRecord>>;
     async fn all_tokens(&self) -> Result<Vec<TokenRecord>>;
     /// Whether a token was deleted.
     async fn delete_token(&self, id: &TokenId) -> Result<bool>;

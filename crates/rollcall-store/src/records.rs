@@ -118,6 +118,10 @@ pub struct MachineUpsert {
 }
 
 /// One write of a batch.
+// `Put` is the common case (every transition but a delete); boxing its
+// record would cost an allocation per write and change the public API for
+// no gain: writes are moved into a batch, not copied around.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum WorkerWrite {
     /// Inserts the worker (`expect: None`, fails if it exists) or replaces

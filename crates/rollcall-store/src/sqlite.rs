@@ -23,7 +23,7 @@ use sqlx::sqlite::{
     SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteRow,
     SqliteSynchronous,
 };
-use sqlx::{QueryBuilder, Row, Sqlite, Transaction};
+use sqlx::{Connection, QueryBuilder, Row, Sqlite, Transaction};
 
 use crate::records::*;
 use crate::{Result, Store, StoreError};
@@ -139,8 +139,7 @@ fn parse<T: FromStr>(s: &str, what: &str) -> Result<T>
 where
     T::Err: std::fmt::Display,
 {
-    s.parse::<T>()
-        .map_err(|e| corrupt(format!("{what}: {e}")))
+    s.parse::<T>().map_err(|e| corrupt(format!("{what}: {e}")))
 }
 
 fn labels_from(json: &str) -> Result<Labels> {
@@ -243,6 +242,12 @@ fn token_from(row: &SqliteRow) -> Result<TokenRecord> {
             .try_get::<Option<i64>, _>("last_used_at")?
             .map(Timestamp::from_millis),
     })
+}
+
+/// The SQL `LIMIT` that fetches one row more than `limit` (to tell whether
+/// more follow), without overflowing for huge limits.
+fn fetch_limit(limit: usize) -> i64 {
+    i64::try_from(limit).unwrap_or(i64::MAX).saturating_add(1)
 }
 
 fn page<T>(mut items: Vec<T>, limit: usize) -> Page<T> {
@@ -360,7 +365,11 @@ async fn put_worker(
         ),
         Some(_) => "UPDATE workers SET name = ?2, machine_id = ?3, status = ?4, offline_reason = ?5, \
              session = ?6, labels = ?7, heartbeat_interval_ms = ?8, stale_after_ms = ?9, \
-             registered_at = ?10, last_heartbeat_at = ?11, status_changed_at = ?12, token_hash = ?13 \
+             registered_at = ?10, \
+             last_heartbeat_at = CASE WHEN session = ?6 \
+               THEN MAX(COALESCE(last_heartbeat_at, ?11), COALESCE(?11, last_heartbeat_at)) \
+               ELSE ?11 END, \
+             status_changed_at = ?12, token_hash = ?13 \
              WHERE id = ?1 AND status = ?14 AND session = ?15"
             .to_owned(),
     };
@@ -412,10 +421,24 @@ impl Store for SqliteStore {
                     machine,
                     events,
                 } => {
-                    if let Some(m) = &machine {
-                        upsert_machine(&mut tx, m).await?;
-                    }
-                    let ok = put_worker(&mut tx, &record, expect).await?;
+                    let ok = match &machine {
+                        // The machine row must exist before a worker refers
+                        // to it, but a write that is not applied changes
+                        // nothing: upsert it in a savepoint, undone if the
+                        // worker's condition does not hold.
+                        Some(m) => {
+                            let mut sp = tx.begin().await?;
+                            upsert_machine(&mut sp, m).await?;
+                            let ok = put_worker(&mut sp, &record, expect).await?;
+                            if ok {
+                                sp.commit().await?;
+                            } else {
+                                sp.rollback().await?;
+                            }
+                            ok
+                        }
+                        None => put_worker(&mut tx, &record, expect).await?,
+                    };
                     (ok, record.id, record.machine_id, events)
                 }
                 WorkerWrite::Delete {
@@ -487,7 +510,7 @@ impl Store for SqliteStore {
         let mut tx = self.writer.begin().await?;
         let mut machines: BTreeMap<&MachineId, Timestamp> = BTreeMap::new();
         for m in marks {
-            sqlx::query(
+            let n = sqlx::query(
                 "UPDATE workers SET last_heartbeat_at = MAX(COALESCE(last_heartbeat_at, 0), ?1) \
                  WHERE id = ?2 AND session = ?3",
             )
@@ -495,7 +518,13 @@ impl Store for SqliteStore {
             .bind(m.worker_id.as_str())
             .bind(m.session as i64)
             .execute(&mut *tx)
-            .await?;
+            .await?
+            .rows_affected();
+            if n == 0 {
+                // A mark of an ended session (or a forgotten worker) is
+                // ignored entirely, machine included.
+                continue;
+            }
             let t = machines.entry(&m.machine_id).or_insert(m.at);
             *t = (*t).max(m.at);
         }
@@ -511,10 +540,12 @@ impl Store for SqliteStore {
     }
 
     async fn get_worker(&self, id: &WorkerId) -> Result<Option<WorkerRecord>> {
-        let row = sqlx::query(&format!("SELECT {WORKER_COLUMNS} FROM workers WHERE id = ?"))
-            .bind(id.as_str())
-            .fetch_optional(&self.reader)
-            .await?;
+        let row = sqlx::query(&format!(
+            "SELECT {WORKER_COLUMNS} FROM workers WHERE id = ?"
+        ))
+        .bind(id.as_str())
+        .fetch_optional(&self.reader)
+        .await?;
         row.as_ref().map(worker_from).transpose()
     }
 
@@ -530,12 +561,13 @@ impl Store for SqliteStore {
             qb.push(" AND status = ").push_bind(s.as_str());
         }
         if let Some(m) = &filter.machine_id {
-            qb.push(" AND machine_id = ").push_bind(m.as_str().to_owned());
+            qb.push(" AND machine_id = ")
+                .push_bind(m.as_str().to_owned());
         }
         if let Some(a) = after {
             qb.push(" AND id > ").push_bind(a.as_str().to_owned());
         }
-        qb.push(" ORDER BY id LIMIT ").push_bind(limit as i64 + 1);
+        qb.push(" ORDER BY id LIMIT ").push_bind(fetch_limit(limit));
         let rows = qb.build().fetch_all(&self.reader).await?;
         let items = rows.iter().map(worker_from).collect::<Result<Vec<_>>>()?;
         Ok(page(items, limit))
@@ -563,7 +595,8 @@ impl Store for SqliteStore {
         if let Some(a) = after {
             qb.push(" AND m.id > ").push_bind(a.as_str().to_owned());
         }
-        qb.push(" ORDER BY m.id LIMIT ").push_bind(limit as i64 + 1);
+        qb.push(" ORDER BY m.id LIMIT ")
+            .push_bind(fetch_limit(limit));
         let rows = qb.build().fetch_all(&self.reader).await?;
         let items = rows.iter().map(machine_from).collect::<Result<Vec<_>>>()?;
         Ok(page(items, limit))
@@ -581,15 +614,18 @@ impl Store for SqliteStore {
         );
         qb.push_bind(after);
         if let Some(w) = &filter.worker_id {
-            qb.push(" AND worker_id = ").push_bind(w.as_str().to_owned());
+            qb.push(" AND worker_id = ")
+                .push_bind(w.as_str().to_owned());
         }
         if let Some(m) = &filter.machine_id {
-            qb.push(" AND machine_id = ").push_bind(m.as_str().to_owned());
+            qb.push(" AND machine_id = ")
+                .push_bind(m.as_str().to_owned());
         }
         if let Some(k) = filter.kind {
             qb.push(" AND type = ").push_bind(k.as_str());
         }
-        qb.push(" ORDER BY seq LIMIT ").push_bind(limit as i64 + 1);
+        qb.push(" ORDER BY seq LIMIT ")
+            .push_bind(fetch_limit(limit));
         let rows = qb.build().fetch_all(&self.reader).await?;
         let items = rows.iter().map(event_from).collect::<Result<Vec<_>>>()?;
         Ok(page(items, limit))
@@ -620,13 +656,17 @@ impl Store for SqliteStore {
         Ok(())
     }
 
-    async fn list_tokens(&self, after: Option<&TokenId>, limit: usize) -> Result<Page<TokenRecord>> {
+    async fn list_tokens(
+        &self,
+        after: Option<&TokenId>,
+        limit: usize,
+    ) -> Result<Page<TokenRecord>> {
         let rows = sqlx::query(
             "SELECT id, kind, name, hash, created_at, expires_at, last_used_at FROM tokens \
              WHERE id > ? ORDER BY id LIMIT ?",
         )
         .bind(after.map(|a| a.as_str()).unwrap_or(""))
-        .bind(limit as i64 + 1)
+        .bind(fetch_limit(limit))
         .fetch_all(&self.reader)
         .await?;
         let items = rows.iter().map(token_from).collect::<Result<Vec<_>>>()?;
