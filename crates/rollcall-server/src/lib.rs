@@ -24,7 +24,9 @@
 //! [`start`] opens the store, loads every worker into the engine with the
 //! restart grace, starts the background tasks and begins serving on the
 //! caller's listener. [`Running::shutdown`] stops accepting requests, lets
-//! in-flight ones finish, drains the writer and flushes heartbeat times.
+//! in-flight ones finish (event streams end; a client that is not reading
+//! gets a short grace, then its connection is closed), drains the writer and
+//! flushes heartbeat times.
 
 pub mod api;
 pub mod auth;
@@ -51,6 +53,7 @@ use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
+pub use api::stream::StreamSettings;
 pub use cleanup::Cleaner;
 pub use clock::{Clock, SystemClock};
 pub use config::{Config, RawConfig};
@@ -204,8 +207,19 @@ pub async fn start(
     listener: TcpListener,
     clock: Arc<dyn Clock>,
 ) -> anyhow::Result<Running> {
+    start_with_stream_settings(config, listener, clock, StreamSettings::default()).await
+}
+
+/// Like [`start`], with the event stream's timings (keep-alive, how long a
+/// client that stopped reading is waited for) changed; tests shorten them.
+pub async fn start_with_stream_settings(
+    config: Config,
+    listener: TcpListener,
+    clock: Arc<dyn Clock>,
+    stream: StreamSettings,
+) -> anyhow::Result<Running> {
     let store = open_store(&config).await?;
-    start_with_store(config, listener, clock, store).await
+    launch(config, listener, clock, store, stream).await
 }
 
 /// Like [`start`], with a store opened by the caller.
@@ -214,6 +228,17 @@ pub async fn start_with_store(
     listener: TcpListener,
     clock: Arc<dyn Clock>,
     store: Arc<dyn Store>,
+) -> anyhow::Result<Running> {
+    launch(config, listener, clock, store, StreamSettings::default()).await
+}
+
+/// Everything [`start`] does, with the store and the stream timings given.
+async fn launch(
+    config: Config,
+    listener: TcpListener,
+    clock: Arc<dyn Clock>,
+    store: Arc<dyn Store>,
+    stream: StreamSettings,
 ) -> anyhow::Result<Running> {
     let addr = listener.local_addr()?;
     let existing_tokens = store.all_tokens().await?;
@@ -273,11 +298,16 @@ pub async fn start_with_store(
         clock,
         policy: config.policy,
         cleaner: cleaner.clone(),
+        stream,
+        shutdown: stop.child_token(),
     };
     let app = api::router(state).layer(tower_http::catch_panic::CatchPanicLayer::custom(|_| {
         axum::response::IntoResponse::into_response(api::error::ApiError::Internal)
     }));
     let http_stop = stop.clone();
+    // Connections that stop reading are closed rather than waited for, so
+    // an event stream to a stuck client cannot hang shutdown.
+    let listener = api::stream::GuardedListener::new(listener, stream, stop.clone());
     let http = tokio::spawn(async move {
         axum::serve(listener, app)
             .with_graceful_shutdown(async move { http_stop.cancelled().await })

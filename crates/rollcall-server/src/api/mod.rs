@@ -9,6 +9,7 @@ pub mod extract;
 pub mod machines;
 pub mod openapi;
 pub mod ops;
+pub mod stream;
 pub mod tokens;
 pub mod workers;
 
@@ -19,6 +20,7 @@ use axum::routing::{get, post};
 use axum::Router;
 use rollcall_core::LivenessPolicy;
 use rollcall_store::Store;
+use tokio_util::sync::CancellationToken;
 
 use crate::auth::Tokens;
 use crate::cleanup::Cleaner;
@@ -39,6 +41,11 @@ pub struct AppState {
     pub clock: Arc<dyn Clock>,
     pub policy: LivenessPolicy,
     pub cleaner: Cleaner,
+    /// Timings of `GET /v1/events/stream`.
+    pub stream: stream::StreamSettings,
+    /// Cancelled when the server shuts down, so that the responses that
+    /// never end by themselves (event streams) end and shutdown completes.
+    pub shutdown: CancellationToken,
 }
 
 /// Page sizes: 1–1000, default 100.
@@ -77,6 +84,7 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/machines", get(machines::list))
         .route("/v1/machines/{id}", get(machines::get))
         .route("/v1/events", get(events::list))
+        .route("/v1/events/stream", get(stream::stream))
         .route("/v1/cleanup/stale", post(ops::cleanup_stale))
         .route("/v1/cleanup/all", post(ops::cleanup_all))
         .fallback(not_found)

@@ -3,7 +3,7 @@
 use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa::{Modify, OpenApi};
 
-use super::{dto, error, events, machines, ops, tokens, workers};
+use super::{dto, error, events, machines, ops, stream, tokens, workers};
 
 struct Bearer;
 
@@ -28,7 +28,7 @@ impl Modify for Bearer {
         workers::register, workers::heartbeat, workers::batch_heartbeats, workers::drain,
         workers::offline, workers::delete, workers::list, workers::get,
         machines::list, machines::get,
-        events::list,
+        events::list, stream::stream,
         ops::cleanup_stale, ops::cleanup_all, ops::healthz, ops::readyz,
     ),
     components(schemas(error::ErrorBody, dto::Worker, dto::Machine, dto::Event)),
