@@ -651,6 +651,20 @@ impl WriterTask {
                 let Some((mut record, deadline)) = self.slot(work, &e.id).state.clone() else {
                     return not_found(&e.id);
                 };
+                // The claim was made before this job reached the writer. A
+                // heartbeat that found it queued takes this path too and may
+                // have been ordered first, extending the deadline and
+                // answering the worker: then the deadline has not passed
+                // and the expiry lost the race (settling re-arms the timer).
+                if !rollcall_core::policy::is_expired(deadline, now) {
+                    return Planned {
+                        worker: Some(e.id.clone()),
+                        result: Ok(Reply::Swept {
+                            applied: false,
+                            machine_id: record.machine_id,
+                        }),
+                    };
+                }
                 let t = match fsm::transition(
                     Some(record.state()),
                     Command::Expire { session: e.session },
@@ -663,7 +677,7 @@ impl WriterTask {
                 if t.changed() {
                     let expect = expect_of(&record);
                     record.set_state(t.next.expect("expiry keeps the worker"));
-                    let lag = now.diff_ms(e.deadline).max(0);
+                    let lag = now.diff_ms(deadline).max(0);
                     self.slot(work, &e.id).state = Some((record.clone(), deadline));
                     push(
                         &e.id,
