@@ -7,10 +7,18 @@
 //! read it with [`json_body`] once the caller is allowed, so that an
 //! unauthorised client is never told anything about its payload.
 
-use axum::body::Body;
-use axum::extract::{FromRequestParts, Path, Query};
-use axum::http::header::AUTHORIZATION;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::task::{Context, Poll};
+
+use axum::body::{Body, HttpBody};
+use axum::extract::{FromRequestParts, Path, Query, Request};
+use axum::http::header::{AUTHORIZATION, CONNECTION};
 use axum::http::request::Parts;
+use axum::http::{HeaderValue, Version};
+use axum::middleware::Next;
+use axum::response::Response;
 use http_body_util::BodyExt;
 use rollcall_core::{TokenKind, WorkerId};
 use serde::de::DeserializeOwned;
@@ -166,4 +174,60 @@ pub async fn optional_json_body<T: DeserializeOwned>(
 
 fn parse_json<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
     serde_json::from_slice(bytes).map_err(|e| ApiError::invalid(format!("invalid JSON body: {e}")))
+}
+
+/// A request body that records whether it was read to the end.
+struct Tracked {
+    inner: Body,
+    done: Arc<AtomicBool>,
+}
+
+impl HttpBody for Tracked {
+    type Data = bytes::Bytes;
+    type Error = axum::Error;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<http_body::Frame<Self::Data>, Self::Error>>> {
+        let polled = Pin::new(&mut self.inner).poll_frame(cx);
+        if matches!(polled, Poll::Ready(None)) || self.inner.is_end_stream() {
+            self.done.store(true, Ordering::Release);
+        }
+        polled
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+/// Middleware: a request refused before its body was read to the end (401,
+/// 403, 413 come before the body is read) is answered with
+/// `Connection: close`. The server closes such a connection anyway, since
+/// the rest of the body is still on it; saying so keeps clients from reusing
+/// it for their next request, which would then fail.
+pub async fn close_if_body_unread(req: Request, next: Next) -> Response {
+    if req.body().is_end_stream() || req.version() > Version::HTTP_11 {
+        return next.run(req).await;
+    }
+    let done = Arc::new(AtomicBool::new(false));
+    let tracked = done.clone();
+    let req = req.map(|inner| {
+        Body::new(Tracked {
+            inner,
+            done: tracked,
+        })
+    });
+    let mut response = next.run(req).await;
+    if !done.load(Ordering::Acquire) {
+        response
+            .headers_mut()
+            .insert(CONNECTION, HeaderValue::from_static("close"));
+    }
+    response
 }

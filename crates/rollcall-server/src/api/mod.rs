@@ -89,6 +89,7 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/cleanup/all", post(ops::cleanup_all))
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
+        .layer(axum::middleware::from_fn(extract::close_if_body_unread))
         .with_state(state)
 }
 
