@@ -2,6 +2,7 @@
 //! per resource. The contract is `API.md`; `/openapi.json` is generated from
 //! the handlers here.
 
+pub mod dashboard;
 pub mod dto;
 pub mod error;
 pub mod events;
@@ -67,6 +68,8 @@ pub fn parse_limit(limit: Option<&str>) -> Result<usize, ApiError> {
 /// The router of the whole API.
 pub fn router(state: AppState) -> Router {
     Router::new()
+        .route("/", get(dashboard::page))
+        .route("/assets/{name}", get(dashboard::asset))
         .route("/healthz", get(ops::healthz))
         .route("/readyz", get(ops::readyz))
         .route("/openapi.json", get(ops::openapi))

@@ -3,7 +3,7 @@
 use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa::{Modify, OpenApi};
 
-use super::{dto, error, events, machines, ops, stream, tokens, workers};
+use super::{dashboard, dto, error, events, machines, ops, stream, tokens, workers};
 
 struct Bearer;
 
@@ -30,6 +30,7 @@ impl Modify for Bearer {
         machines::list, machines::get,
         events::list, stream::stream,
         ops::cleanup_stale, ops::cleanup_all, ops::healthz, ops::readyz,
+        dashboard::page,
     ),
     components(schemas(error::ErrorBody, dto::Worker, dto::Machine, dto::Event)),
     modifiers(&Bearer),
