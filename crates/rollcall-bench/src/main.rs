@@ -19,6 +19,7 @@
 
 mod load;
 mod server;
+mod store;
 
 use std::time::{Duration, Instant};
 
@@ -67,6 +68,17 @@ enum Cmd {
         #[arg(long, default_value_t = 100_000)]
         workers: usize,
     },
+    /// The store alone: K transitions of N workers committed as one batch.
+    StoreCommit {
+        #[arg(long, default_value_t = 10_000)]
+        workers: usize,
+        #[arg(long, default_value_t = 1_000)]
+        transitions: usize,
+        #[arg(long, default_value_t = 100)]
+        machines: usize,
+        #[arg(long, default_value_t = 5)]
+        rounds: usize,
+    },
     /// Internal: the do-nothing HTTP server used as the baseline.
     #[command(hide = true)]
     BaselineServer,
@@ -84,13 +96,25 @@ fn main() -> Result<()> {
             connections,
             duration,
             rounds,
-        } => rt.block_on(heartbeat(cli.rollcall, workers, connections, duration, rounds)),
+        } => rt.block_on(heartbeat(
+            cli.rollcall,
+            workers,
+            connections,
+            duration,
+            rounds,
+        )),
         Cmd::Detection {
             workers,
             stop,
             stale_after,
         } => rt.block_on(detection(cli.rollcall, workers, stop, stale_after)),
         Cmd::Rss { workers } => rt.block_on(rss(cli.rollcall, workers)),
+        Cmd::StoreCommit {
+            workers,
+            transitions,
+            machines,
+            rounds,
+        } => rt.block_on(store::commit(workers, transitions, machines, rounds)),
     }
 }
 
@@ -123,10 +147,21 @@ async fn heartbeat(
     let mut rc_runs = Vec::new();
     for round in 0..rounds {
         let b = load::run(baseline.addr, &noop, connections, duration).await?;
-        println!("round {round}: baseline   {:>10.0} req/s  p50 {:?}  p99 {:?}", b.rate(), b.p(0.5), b.p(0.99));
+        println!(
+            "round {round}: baseline   {:>10.0} req/s  p50 {:?}  p99 {:?}",
+            b.rate(),
+            b.p(0.5),
+            b.p(0.99)
+        );
         base_runs.push(b);
         let r = load::run(rc.addr, &targets, connections, duration).await?;
-        println!("round {round}: rollcall   {:>10.0} req/s  p50 {:?}  p99 {:?}  errors {}", r.rate(), r.p(0.5), r.p(0.99), r.errors);
+        println!(
+            "round {round}: rollcall   {:>10.0} req/s  p50 {:?}  p99 {:?}  errors {}",
+            r.rate(),
+            r.p(0.5),
+            r.p(0.99),
+            r.errors
+        );
         if r.errors > 0 {
             bail!("{} heartbeats failed", r.errors);
         }
@@ -145,9 +180,20 @@ async fn heartbeat(
         .collect();
     let last = rc_runs.last().context("no runs")?;
     println!();
-    println!("heartbeats/s (median of {rounds}): rollcall {r:.0}, do-nothing axum {b:.0}, ratio {:.2}", r / b);
-    println!("per-round ratios: {:?}", ratios.iter().map(|x| format!("{x:.2}")).collect::<Vec<_>>());
-    println!("rollcall latency (last round): p50 {:?} p99 {:?} p999 {:?}", last.p(0.5), last.p(0.99), last.p(0.999));
+    println!(
+        "heartbeats/s (median of {rounds}): rollcall {r:.0}, do-nothing axum {b:.0}, ratio {:.2}",
+        r / b
+    );
+    println!(
+        "per-round ratios: {:?}",
+        ratios.iter().map(|x| format!("{x:.2}")).collect::<Vec<_>>()
+    );
+    println!(
+        "rollcall latency (last round): p50 {:?} p99 {:?} p999 {:?}",
+        last.p(0.5),
+        last.p(0.99),
+        last.p(0.999)
+    );
     println!("server RSS: {} MiB", rc.rss_kib()? / 1024);
     println!(
         "{}",
@@ -174,50 +220,96 @@ async fn detection(
     let rc = Rollcall::start(bin, &[]).await?;
     let hb = stale_after / 4;
     let registered = rc
-        .register_many(workers, 64, stale_after.as_millis() as u64, Some(hb.as_millis() as u64))
+        .register_many(
+            workers,
+            64,
+            stale_after.as_millis() as u64,
+            Some(hb.as_millis() as u64),
+        )
         .await?;
-    println!("registered {} workers (stale_after {stale_after:?}, heartbeat {hb:?})", registered.len());
+    println!(
+        "registered {} workers (stale_after {stale_after:?}, heartbeat {hb:?})",
+        registered.len()
+    );
     let enroll = rc.create_token("enroll").await?;
-    let after = rc.last_seq().await?;
-
     // Keep everyone alive with batched heartbeats; at `stop_at`, drop the
     // first `stop` workers from the batches.
     let stopped = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    // Rounds in a row that resumed no worker: the fleet is steady.
+    let quiet_rounds = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
     let keeper = {
         let rc = rc.clone();
         let stopped = stopped.clone();
+        let quiet_rounds = quiet_rounds.clone();
         let registered = registered.clone();
         tokio::spawn(async move {
             loop {
-                let from = if stopped.load(std::sync::atomic::Ordering::SeqCst) { stop } else { 0 };
+                let from = if stopped.load(std::sync::atomic::Ordering::SeqCst) {
+                    stop
+                } else {
+                    0
+                };
                 let started = Instant::now();
-                let chunks: Vec<_> = registered[from..].chunks(1000).map(|c| c.to_vec()).collect();
+                let chunks: Vec<_> = registered[from..]
+                    .chunks(1000)
+                    .map(|c| c.to_vec())
+                    .collect();
                 let sends = chunks.into_iter().map(|c| rc.batch_heartbeat(&enroll, c));
+                let mut resumed = 0;
                 for r in futures::future::join_all(sends).await {
-                    if let Err(e) = r {
-                        eprintln!("batch heartbeat failed: {e:#}");
+                    match r {
+                        Ok(n) => resumed += n,
+                        Err(e) => eprintln!("batch heartbeat failed: {e:#}"),
                     }
+                }
+                if resumed == 0 {
+                    quiet_rounds.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                } else {
+                    quiet_rounds.store(0, std::sync::atomic::Ordering::SeqCst);
                 }
                 tokio::time::sleep(hb.saturating_sub(started.elapsed())).await;
             }
         })
     };
+    // Registering takes longer than `stale_after`, so the first workers may
+    // have gone stale already; the keeper's first rounds bring every worker
+    // back online. The measurement starts once the log is quiet.
+    let steady = Instant::now();
+    while quiet_rounds.load(std::sync::atomic::Ordering::SeqCst) < 3 {
+        anyhow::ensure!(
+            steady.elapsed() < Duration::from_secs(120),
+            "the fleet never became steady"
+        );
+        tokio::time::sleep(hb).await;
+    }
+    let after = rc.last_seq().await?;
     tokio::time::sleep(stale_after * 2).await;
     let warm = rc.offline_events(after).await?;
-    anyhow::ensure!(warm.is_empty(), "{} workers went offline while being kept alive", warm.len());
+    anyhow::ensure!(
+        warm.is_empty(),
+        "{} workers went offline while being kept alive",
+        warm.len()
+    );
     stopped.store(true, std::sync::atomic::Ordering::SeqCst);
     let stopped_at = Instant::now();
     let mut lags = Vec::new();
     while stopped_at.elapsed() < stale_after * 3 + Duration::from_secs(10) {
         let events = rc.offline_events(after).await?;
         if events.len() >= stop {
-            lags = events.iter().filter_map(|e| e["detection_lag_ms"].as_i64()).collect();
+            lags = events
+                .iter()
+                .filter_map(|e| e["detection_lag_ms"].as_i64())
+                .collect();
             break;
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     keeper.abort();
-    anyhow::ensure!(lags.len() == stop, "only {} of {stop} workers were marked offline", lags.len());
+    anyhow::ensure!(
+        lags.len() == stop,
+        "only {} of {stop} workers were marked offline",
+        lags.len()
+    );
     lags.sort_unstable();
     let false_offline = rc.offline_events(after).await?.len() - stop;
     println!(

@@ -7,7 +7,6 @@ use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 
-
 use anyhow::{anyhow, bail, Context, Result};
 use serde_json::{json, Value};
 
@@ -28,7 +27,7 @@ fn sibling(name: &str) -> Result<PathBuf> {
 fn spawn_listening(mut cmd: Command) -> Result<(Child, SocketAddr)> {
     let mut child = cmd
         .stdout(Stdio::piped())
-        .stderr(Stdio::null())
+        .stderr(std::fs::File::create("/tmp/bench-server.log")?)
         .spawn()
         .with_context(|| format!("starting {cmd:?}"))?;
     let stdout = child.stdout.take().context("no stdout")?;
@@ -81,7 +80,10 @@ impl Rollcall {
             .arg(dir.path())
             .args(extra)
             .env("ROLLCALL_ADMIN_TOKEN", &admin)
-            .env("RUST_LOG", "warn");
+            .env(
+                "RUST_LOG",
+                std::env::var("BENCH_SERVER_LOG").unwrap_or("warn".into()),
+            );
         let (child, addr) = spawn_listening(cmd)?;
         Ok(Rollcall {
             addr,
@@ -102,7 +104,12 @@ impl Rollcall {
 
     /// The server's resident set size, from /proc.
     pub fn rss_kib(&self) -> Result<u64> {
-        let pid = self.proc.child.lock().map_err(|_| anyhow!("poisoned"))?.id();
+        let pid = self
+            .proc
+            .child
+            .lock()
+            .map_err(|_| anyhow!("poisoned"))?
+            .id();
         let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
         status
             .lines()
@@ -111,7 +118,13 @@ impl Rollcall {
             .context("no VmRSS")
     }
 
-    async fn call(&self, method: reqwest::Method, path: &str, token: &str, body: Option<Value>) -> Result<Value> {
+    async fn call(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        token: &str,
+        body: Option<Value>,
+    ) -> Result<Value> {
         let mut req = self.http.request(method, self.url(path)).bearer_auth(token);
         if let Some(b) = body {
             req = req.json(&b);
@@ -122,7 +135,11 @@ impl Rollcall {
         if !status.is_success() {
             bail!("{path}: {status}: {text}");
         }
-        Ok(if text.is_empty() { Value::Null } else { serde_json::from_str(&text)? })
+        Ok(if text.is_empty() {
+            Value::Null
+        } else {
+            serde_json::from_str(&text)?
+        })
     }
 
     /// Registers `n` workers over `concurrency` parallel requests.
@@ -144,7 +161,14 @@ impl Rollcall {
                 if let Some(h) = heartbeat_ms {
                     body["heartbeat_interval_ms"] = json!(h);
                 }
-                let v = self.call(reqwest::Method::POST, "/v1/workers", &self.admin, Some(body)).await?;
+                let v = self
+                    .call(
+                        reqwest::Method::POST,
+                        "/v1/workers",
+                        &self.admin,
+                        Some(body),
+                    )
+                    .await?;
                 Ok(Registered {
                     id: v["worker"]["id"].as_str().context("no id")?.to_owned(),
                     token: v["token"].as_str().context("no token")?.to_owned(),
@@ -159,19 +183,30 @@ impl Rollcall {
     /// Creates a token of a kind, returning the secret.
     pub async fn create_token(&self, kind: &str) -> Result<String> {
         let v = self
-            .call(reqwest::Method::POST, "/v1/tokens", &self.admin, Some(json!({"kind": kind, "name": "bench"})))
+            .call(
+                reqwest::Method::POST,
+                "/v1/tokens",
+                &self.admin,
+                Some(json!({"kind": kind, "name": "bench"})),
+            )
             .await?;
         Ok(v["token"].as_str().context("no token")?.to_owned())
     }
 
-    /// Sends one batch heartbeat; fails if any entry failed.
-    pub async fn batch_heartbeat(&self, enroll: &str, workers: Vec<Registered>) -> Result<()> {
+    /// Sends one batch heartbeat; fails if any entry failed. Returns how
+    /// many workers it resumed.
+    pub async fn batch_heartbeat(&self, enroll: &str, workers: Vec<Registered>) -> Result<usize> {
         let beats: Vec<Value> = workers
             .iter()
             .map(|w| json!({"worker_id": w.id, "token": w.token}))
             .collect();
         let v = self
-            .call(reqwest::Method::POST, "/v1/heartbeats", enroll, Some(json!({"heartbeats": beats})))
+            .call(
+                reqwest::Method::POST,
+                "/v1/heartbeats",
+                enroll,
+                Some(json!({"heartbeats": beats})),
+            )
             .await?;
         let failed = v["results"]
             .as_array()
@@ -180,7 +215,10 @@ impl Rollcall {
         if failed > 0 {
             bail!("{failed} heartbeats of a batch failed");
         }
-        Ok(())
+        Ok(v["results"]
+            .as_array()
+            .map(|r| r.iter().filter(|x| x["resumed"] == json!(true)).count())
+            .unwrap_or(0))
     }
 
     /// The largest event seq so far.
@@ -188,7 +226,12 @@ impl Rollcall {
         let mut after = 0;
         loop {
             let v = self
-                .call(reqwest::Method::GET, &format!("/v1/events?after={after}&limit=1000"), &self.admin, None)
+                .call(
+                    reqwest::Method::GET,
+                    &format!("/v1/events?after={after}&limit=1000"),
+                    &self.admin,
+                    None,
+                )
                 .await?;
             if let Some(last) = v["items"].as_array().and_then(|i| i.last()) {
                 after = last["seq"].as_i64().unwrap_or(after);
@@ -232,7 +275,9 @@ impl Rollcall {
                 Some(c) => format!("/v1/workers?status=online&limit=1000&cursor={c}"),
                 None => "/v1/workers?status=online&limit=1000".to_owned(),
             };
-            let v = self.call(reqwest::Method::GET, &path, &self.admin, None).await?;
+            let v = self
+                .call(reqwest::Method::GET, &path, &self.admin, None)
+                .await?;
             n += v["items"].as_array().map(|i| i.len()).unwrap_or(0);
             match v["next_cursor"].as_str() {
                 Some(c) => cursor = Some(c.to_owned()),
@@ -290,4 +335,3 @@ pub fn percentile(sorted: &[i64], q: f64) -> i64 {
     let i = ((sorted.len() as f64 - 1.0) * q).round() as usize;
     sorted[i.min(sorted.len() - 1)]
 }
-

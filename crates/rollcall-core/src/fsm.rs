@@ -298,7 +298,12 @@ mod tests {
 
     #[test]
     fn offline_is_idempotent_and_drain_of_offline_conflicts() {
-        let t = transition(Some(online(1)), Command::Offline(OfflineReason::Shutdown), T0).unwrap();
+        let t = transition(
+            Some(online(1)),
+            Command::Offline(OfflineReason::Shutdown),
+            T0,
+        )
+        .unwrap();
         assert!(t.changed());
         let again = transition(t.next, Command::Offline(OfflineReason::Exited), T0).unwrap();
         assert!(!again.changed());
@@ -315,7 +320,10 @@ mod tests {
         assert_eq!(t.next, None);
         assert_eq!(t.events[0].reason, Some(EventReason::Revoked));
         assert_eq!(t.events[1].kind, EventType::WorkerDeleted);
-        assert_eq!(transition(None, Command::Heartbeat, T0), Err(FsmError::NotFound));
+        assert_eq!(
+            transition(None, Command::Heartbeat, T0),
+            Err(FsmError::NotFound)
+        );
     }
 
     fn any_command() -> impl Strategy<Value = Command> {

@@ -137,7 +137,10 @@ impl From<OfflineReason> for EventReason {
 ///
 /// At most 32 pairs; keys 1–64 characters, values at most 256 characters.
 #[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
-#[serde(try_from = "BTreeMap<String, String>", into = "BTreeMap<String, String>")]
+#[serde(
+    try_from = "BTreeMap<String, String>",
+    into = "BTreeMap<String, String>"
+)]
 pub struct Labels(BTreeMap<String, String>);
 
 /// Why a set of labels was refused.

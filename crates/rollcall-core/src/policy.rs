@@ -24,7 +24,9 @@ pub struct Intervals {
 /// the message can be shown to the caller (or the operator, for config) as is.
 #[derive(Debug, Clone, PartialEq, Eq, Error)]
 pub enum IntervalsError {
-    #[error("{stale_key} ({stale_ms} ms) must be at least 2 × {heartbeat_key} ({heartbeat_ms} ms)")]
+    #[error(
+        "{stale_key} ({stale_ms} ms) must be at least 2 × {heartbeat_key} ({heartbeat_ms} ms)"
+    )]
     TooTight {
         heartbeat_key: &'static str,
         stale_key: &'static str,
@@ -164,7 +166,11 @@ pub fn deadline(
 /// The deadline of a live worker when a server (re)starts serving at
 /// `ready_at`: at least one full `stale_after` from then, because the worker
 /// could not reach a server that was down (the restart grace).
-pub fn restart_deadline(stored: Timestamp, ready_at: Timestamp, stale_after: Duration) -> Timestamp {
+pub fn restart_deadline(
+    stored: Timestamp,
+    ready_at: Timestamp,
+    stale_after: Duration,
+) -> Timestamp {
     stored.max(ready_at.plus(stale_after))
 }
 
@@ -206,7 +212,9 @@ mod tests {
             .resolve(Some(Duration::from_millis(10)), None)
             .unwrap_err();
         assert!(e.to_string().contains("heartbeat_interval_ms"), "{e}");
-        let e = p.resolve(None, Some(Duration::from_secs(86_401))).unwrap_err();
+        let e = p
+            .resolve(None, Some(Duration::from_secs(86_401)))
+            .unwrap_err();
         assert!(e.to_string().contains("stale_after_ms"), "{e}");
         let e = p
             .resolve(Some(Duration::from_secs(10)), Some(Duration::from_secs(19)))

@@ -46,6 +46,14 @@ impl Detector {
         loop {
             let batch = self.engine.claim_expired(now, MAX_BATCH);
             let n = batch.len();
+            if n > 0 {
+                let late = batch
+                    .iter()
+                    .map(|e| now.diff_ms(e.deadline))
+                    .max()
+                    .unwrap_or(0);
+                tracing::debug!(claimed = n, max_late_ms = late, "claimed expired workers");
+            }
             for e in batch {
                 let id = e.id.clone();
                 if let Err(err) = self.writer.expire(e).await {

@@ -333,6 +333,11 @@ impl WriterTask {
         }
 
         let mut committed: Vec<EventRecord> = Vec::new();
+        tracing::debug!(
+            jobs = jobs.len(),
+            writes = writes.len(),
+            "writer batch planned"
+        );
         if !writes.is_empty() {
             let n = writes.len();
             match self.store.commit(writes).await {

@@ -24,6 +24,7 @@
 
 pub mod records;
 pub mod sqlite;
+mod sqlite_batch;
 
 use async_trait::async_trait;
 use rollcall_core::{MachineId, MachineStatus, Timestamp, TokenId, WorkerId};

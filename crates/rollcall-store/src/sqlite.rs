@@ -26,7 +26,11 @@ use sqlx::sqlite::{
 use sqlx::{Connection, QueryBuilder, Row, Sqlite, Transaction};
 
 use crate::records::*;
+use crate::sqlite_batch::{self, Outcome};
 use crate::{Result, Store, StoreError};
+
+/// Heartbeat marks written per transaction by [`Store::flush_heartbeats`].
+const FLUSH_CHUNK: usize = 1000;
 
 /// SQLite implementation of [`Store`].
 #[derive(Debug)]
@@ -41,7 +45,7 @@ pub struct SqliteStore {
 }
 
 /// Fields of a worker row, in the order the `SELECT`s below list them.
-const WORKER_COLUMNS: &str = "id, name, machine_id, status, offline_reason, session, labels, \
+pub(crate) const WORKER_COLUMNS: &str = "id, name, machine_id, status, offline_reason, session, labels, \
      heartbeat_interval_ms, stale_after_ms, registered_at, last_heartbeat_at, status_changed_at, token_hash";
 
 const MACHINE_SELECT: &str = "SELECT m.id, m.hostname, m.labels, m.status, m.first_seen_at, \
@@ -148,7 +152,7 @@ fn labels_from(json: &str) -> Result<Labels> {
     Labels::parse(map).map_err(|e| corrupt(format!("labels: {e}")))
 }
 
-fn labels_json(l: &Labels) -> String {
+pub(crate) fn labels_json(l: &Labels) -> String {
     serde_json::to_string(l.as_map()).expect("a string map always serialises")
 }
 
@@ -409,6 +413,54 @@ impl Store for SqliteStore {
 
     async fn commit(&self, writes: Vec<WorkerWrite>) -> Result<CommitResult> {
         let mut tx = self.writer.begin().await?;
+        if let Outcome::Applied = sqlite_batch::apply_writes(&mut tx, &writes).await? {
+            let mut seq = current_seq(&mut tx).await?;
+            let mut events = Vec::new();
+            let mut machines: BTreeMap<MachineId, Timestamp> = BTreeMap::new();
+            for write in &writes {
+                let (worker_id, machine_id, new_events) = match write {
+                    WorkerWrite::Put { record, events, .. } => {
+                        (&record.id, &record.machine_id, events)
+                    }
+                    WorkerWrite::Delete {
+                        id,
+                        machine_id,
+                        events,
+                        ..
+                    } => (id, machine_id, events),
+                };
+                let at = machines
+                    .entry(machine_id.clone())
+                    .or_insert(Timestamp::EPOCH);
+                for e in new_events {
+                    seq += 1;
+                    *at = (*at).max(e.at);
+                    events.push(EventRecord {
+                        seq,
+                        at: e.at,
+                        kind: e.kind,
+                        worker_id: Some(worker_id.clone()),
+                        machine_id: machine_id.clone(),
+                        reason: e.reason,
+                        session: e.session,
+                        detection_lag_ms: e.detection_lag_ms,
+                    });
+                }
+            }
+            let machine_events =
+                sqlite_batch::derive_machines(&mut tx, &machines, &mut seq).await?;
+            events.extend(machine_events);
+            insert_events(&mut tx, &events).await?;
+            tx.commit().await?;
+            return Ok(CommitResult {
+                applied: vec![true; writes.len()],
+                events,
+            });
+        }
+        // Some write's condition failed: replay the batch one write at a
+        // time, which applies exactly the writes whose conditions hold.
+        tx.rollback().await?;
+        let mut tx = self.writer.begin().await?;
         let mut seq = current_seq(&mut tx).await?;
         let mut applied = Vec::with_capacity(writes.len());
         let mut events = Vec::new();
@@ -504,38 +556,50 @@ impl Store for SqliteStore {
     }
 
     async fn flush_heartbeats(&self, marks: &[HeartbeatMark]) -> Result<()> {
-        if marks.is_empty() {
-            return Ok(());
-        }
-        let mut tx = self.writer.begin().await?;
-        let mut machines: BTreeMap<&MachineId, Timestamp> = BTreeMap::new();
+        // Small transactions of one statement each: the write connection is
+        // shared with the transition writer, which must never wait long for
+        // it (detection lag), so a large flush is cut into short pieces.
+        // One row per (worker, session), the latest time: an UPDATE … FROM
+        // with duplicate keys would apply an arbitrary one of them.
+        let mut latest: BTreeMap<(&str, u64), Timestamp> = BTreeMap::new();
         for m in marks {
-            let n = sqlx::query(
-                "UPDATE workers SET last_heartbeat_at = MAX(COALESCE(last_heartbeat_at, 0), ?1) \
-                 WHERE id = ?2 AND session = ?3",
-            )
-            .bind(m.at.as_millis())
-            .bind(m.worker_id.as_str())
-            .bind(m.session as i64)
-            .execute(&mut *tx)
-            .await?
-            .rows_affected();
-            if n == 0 {
-                // A mark of an ended session (or a forgotten worker) is
-                // ignored entirely, machine included.
-                continue;
-            }
-            let t = machines.entry(&m.machine_id).or_insert(m.at);
+            let t = latest
+                .entry((m.worker_id.as_str(), m.session))
+                .or_insert(m.at);
             *t = (*t).max(m.at);
         }
-        for (id, at) in machines {
-            sqlx::query("UPDATE machines SET last_seen_at = MAX(last_seen_at, ?) WHERE id = ?")
-                .bind(at.as_millis())
-                .bind(id.as_str())
-                .execute(&mut *tx)
-                .await?;
+        let marks: Vec<_> = latest.into_iter().collect();
+        for chunk in marks.chunks(FLUSH_CHUNK) {
+            let mut tx = self.writer.begin().await?;
+            let mut qb: QueryBuilder<Sqlite> = QueryBuilder::new("WITH v (id, session, at) AS (");
+            qb.push_values(chunk, |mut b, ((id, session), at)| {
+                b.push_bind(id.to_string())
+                    .push_bind(*session as i64)
+                    .push_bind(at.as_millis());
+            });
+            // A mark of an ended session (or a forgotten worker) matches no
+            // row and is ignored entirely, machine included.
+            qb.push(
+                ") UPDATE workers SET last_heartbeat_at = \
+                 MAX(COALESCE(workers.last_heartbeat_at, 0), v.at) \
+                 FROM v WHERE workers.id = v.id AND workers.session = v.session \
+                 RETURNING workers.machine_id, workers.last_heartbeat_at",
+            );
+            let rows: Vec<(String, i64)> = qb.build_query_as().fetch_all(&mut *tx).await?;
+            let mut machines: BTreeMap<String, i64> = BTreeMap::new();
+            for (machine, at) in rows {
+                let t = machines.entry(machine).or_insert(at);
+                *t = (*t).max(at);
+            }
+            for (id, at) in machines {
+                sqlx::query("UPDATE machines SET last_seen_at = MAX(last_seen_at, ?) WHERE id = ?")
+                    .bind(at)
+                    .bind(id)
+                    .execute(&mut *tx)
+                    .await?;
+            }
+            tx.commit().await?;
         }
-        tx.commit().await?;
         Ok(())
     }
 
