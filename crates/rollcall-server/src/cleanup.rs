@@ -28,8 +28,7 @@ use utoipa::ToSchema;
 use crate::auth::Tokens;
 use crate::clock::Clock;
 use crate::engine::Engine;
-use crate::hub::Hub;
-use crate::writer::{Reply, Request, Writer};
+use crate::writer::{Reply, Request, WriteError, Writer};
 
 /// The seed's result of a stale sweep.
 #[derive(Debug, Clone, Default, Serialize, Deserialize, ToSchema, PartialEq, Eq)]
@@ -53,6 +52,15 @@ pub struct CleanupReport {
     pub duration_ms: u64,
 }
 
+/// Why a cleanup run failed.
+#[derive(Debug, thiserror::Error)]
+pub enum CleanupError {
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error(transparent)]
+    Write(#[from] WriteError),
+}
+
 /// How long cleanup keeps things.
 #[derive(Debug, Clone, Copy)]
 pub struct Retention {
@@ -67,14 +75,13 @@ pub struct Cleaner {
     pub(crate) engine: Arc<Engine>,
     pub(crate) writer: Writer,
     pub(crate) tokens: Arc<Tokens>,
-    pub(crate) hub: Hub,
     pub(crate) clock: Arc<dyn Clock>,
     pub(crate) retention: Retention,
 }
 
 impl Cleaner {
     /// The stale sweep. See the module docs.
-    pub async fn detect_stale_workers(&self) -> Result<StaleReport, StoreError> {
+    pub async fn detect_stale_workers(&self) -> Result<StaleReport, CleanupError> {
         // 1. The store is the truth: reload what the engine has wrong.
         let engine_view = self.engine.statuses();
         let mut stored_live: HashSet<_> = HashSet::new();
@@ -140,11 +147,13 @@ impl Cleaner {
         }
 
         // 3. Machines whose stored status is wrong.
-        let events = self.store.reconcile_machines(self.clock.now()).await?;
-        for e in &events {
-            machines.insert(e.machine_id.to_string());
+        match self.writer.submit(Request::ReconcileMachines).await {
+            Ok(Reply::Reconciled(ids)) => {
+                machines.extend(ids.iter().map(|m| m.to_string()));
+            }
+            Ok(_) => {}
+            Err(e) => return Err(CleanupError::Write(e)),
         }
-        self.hub.publish(events);
 
         Ok(StaleReport {
             success: true,
@@ -155,7 +164,7 @@ impl Cleaner {
     }
 
     /// The full cleanup. See the module docs.
-    pub async fn run_all_cleanup_tasks(&self) -> Result<CleanupReport, StoreError> {
+    pub async fn run_all_cleanup_tasks(&self) -> Result<CleanupReport, CleanupError> {
         let started = Instant::now();
         let stale = self.detect_stale_workers().await?;
         let now = self.clock.now();

@@ -270,7 +270,6 @@ async fn launch(
         engine: engine.clone(),
         writer: writer.clone(),
         tokens: tokens.clone(),
-        hub: hub.clone(),
         clock: clock.clone(),
         retention: cleanup::Retention {
             forget_offline_after: config.forget_offline_after,

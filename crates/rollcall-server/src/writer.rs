@@ -81,13 +81,17 @@ pub enum Request {
     Reload {
         id: WorkerId,
     },
+    /// The sweep re-derives every machine's status from its workers. It runs
+    /// here, after the batch's own commit, so that its events are published
+    /// by the one publisher, in `seq` order.
+    ReconcileMachines,
 }
 
 impl Request {
     /// The existing worker this request changes, if it names one.
     fn worker(&self) -> Option<&WorkerId> {
         match self {
-            Request::Register(_) => None,
+            Request::Register(_) | Request::ReconcileMachines => None,
             Request::Heartbeat { id, .. }
             | Request::Drain { id }
             | Request::Offline { id, .. }
@@ -125,6 +129,8 @@ pub enum Reply {
         machine_id: MachineId,
     },
     Reloaded,
+    /// Machines whose stored status was wrong and has been corrected.
+    Reconciled(Vec<MachineId>),
 }
 
 /// Why a request was not carried out.
@@ -404,6 +410,18 @@ impl WriterTask {
         }
 
         self.install(&work).await;
+        for (job, p) in jobs.iter().zip(planned.iter_mut()) {
+            if matches!(job.req, Request::ReconcileMachines) {
+                p.result = match self.store.reconcile_machines(now).await {
+                    Ok(events) => {
+                        let ids = events.iter().map(|e| e.machine_id.clone()).collect();
+                        committed.extend(events);
+                        Ok(Reply::Reconciled(ids))
+                    }
+                    Err(e) => Err(WriteError::Unavailable(e.to_string())),
+                };
+            }
+        }
         for e in &committed {
             log_event(e);
         }
@@ -703,6 +721,11 @@ impl WriterTask {
                     }),
                 }
             }
+            Request::ReconcileMachines => Planned {
+                worker: None,
+                // Filled in after the commit (see `process`).
+                result: Ok(Reply::Reconciled(Vec::new())),
+            },
             Request::Reload { id } => {
                 self.slot(work, id).reload = true;
                 Planned {

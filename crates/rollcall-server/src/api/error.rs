@@ -140,6 +140,15 @@ impl From<WriteError> for ApiError {
     }
 }
 
+impl From<crate::cleanup::CleanupError> for ApiError {
+    fn from(e: crate::cleanup::CleanupError) -> Self {
+        match e {
+            crate::cleanup::CleanupError::Store(e) => e.into(),
+            crate::cleanup::CleanupError::Write(e) => e.into(),
+        }
+    }
+}
+
 impl From<rollcall_store::StoreError> for ApiError {
     fn from(e: rollcall_store::StoreError) -> Self {
         match e {
