@@ -118,20 +118,30 @@ fn config(args: &ServeArgs) -> Result<rollcall_server::Config, String> {
     args.raw().over(file).resolve().map_err(|e| e.to_string())
 }
 
-async fn shutdown_signal() {
-    let ctrl_c = tokio::signal::ctrl_c();
+/// Installs the SIGTERM and SIGINT handlers at once and returns a future
+/// that resolves on the first of them. Installing them before the listening
+/// line matters: a supervisor may signal as soon as it reads that line, and
+/// a signal without a handler would kill the process without the graceful
+/// shutdown (and its final flush).
+fn shutdown_signal() -> std::io::Result<impl std::future::Future<Output = ()>> {
     #[cfg(unix)]
     {
-        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
-            .expect("installing a SIGTERM handler");
-        tokio::select! {
-            _ = ctrl_c => {}
-            _ = term.recv() => {}
-        }
+        use tokio::signal::unix::{signal, SignalKind};
+        let mut term = signal(SignalKind::terminate())?;
+        let mut int = signal(SignalKind::interrupt())?;
+        Ok(async move {
+            tokio::select! {
+                _ = term.recv() => {}
+                _ = int.recv() => {}
+            }
+        })
     }
     #[cfg(not(unix))]
     {
-        let _ = ctrl_c.await;
+        let mut ctrl_c = tokio::signal::windows::ctrl_c()?;
+        Ok(async move {
+            ctrl_c.recv().await;
+        })
     }
 }
 
@@ -165,6 +175,8 @@ pub fn main(args: ServeArgs) -> ExitCode {
 }
 
 async fn run(config: rollcall_server::Config) -> anyhow::Result<()> {
+    let shutdown = shutdown_signal()
+        .map_err(|e| anyhow::anyhow!("cannot install the SIGTERM/SIGINT handlers: {e}"))?;
     let listener = tokio::net::TcpListener::bind(config.listen)
         .await
         .map_err(|e| anyhow::anyhow!("config key `listen`: cannot bind {}: {e}", config.listen))?;
@@ -174,7 +186,7 @@ async fn run(config: rollcall_server::Config) -> anyhow::Result<()> {
     tracing::info!(addr = %running.addr(), "ready");
     tokio::select! {
         r = running.stopped() => r?,
-        _ = shutdown_signal() => {
+        _ = shutdown => {
             tracing::info!("shutting down");
             running.shutdown().await?;
         }
