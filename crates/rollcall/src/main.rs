@@ -1,9 +1,15 @@
 //! The `rollcall` binary: a thin shim over the libraries.
 //!
-//! `rollcall serve` runs the server (see `rollcall serve --help`).
+//! `rollcall serve` runs the server (see `rollcall serve --help`),
+//! `rollcall agent run` runs any program as a worker, and `rollcall workers|
+//! machines|tokens|cleanup|events` are the admin CLI.
 
-#![forbid(unsafe_code)]
+// Denied rather than forbidden: the agent's parent-death signal needs one
+// `pre_exec` hook, allowed locally in `agent::sys` with a SAFETY comment.
+#![deny(unsafe_code)]
 
+mod admin;
+mod agent;
 mod serve;
 
 use std::process::ExitCode;
@@ -15,7 +21,12 @@ use clap::{Parser, Subcommand};
 /// Workers register, send heartbeats and say goodbye; when one dies without
 /// a word, rollcall marks it offline within about a second of its deadline.
 #[derive(Debug, Parser)]
-#[command(name = "rollcall", version, propagate_version = true)]
+#[command(
+    name = "rollcall",
+    version,
+    propagate_version = true,
+    after_help = admin::EXIT_CODES
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -27,11 +38,69 @@ enum Command {
     ///
     /// Example: rollcall serve --listen 0.0.0.0:7373 --stale-after 90s
     Serve(Box<serve::ServeArgs>),
+    /// Run any program as a worker.
+    ///
+    /// Example: rollcall agent run --server http://rollcall:7373 --token rc_enroll_… --name render-1 -- ./render
+    #[command(subcommand)]
+    Agent(agent::AgentCommand),
+    /// List, show, drain, mark offline or delete workers.
+    ///
+    /// Example: rollcall workers ls --server http://rollcall:7373 --token rc_read_…
+    Workers {
+        #[command(flatten)]
+        conn: admin::Conn,
+        #[command(subcommand)]
+        cmd: admin::WorkersCommand,
+    },
+    /// List or show machines.
+    ///
+    /// Example: rollcall machines show host-a
+    Machines {
+        #[command(flatten)]
+        conn: admin::Conn,
+        #[command(subcommand)]
+        cmd: admin::MachinesCommand,
+    },
+    /// Create, list or delete enroll and read tokens.
+    ///
+    /// Example: rollcall tokens create --kind enroll --name render-fleet
+    Tokens {
+        #[command(flatten)]
+        conn: admin::Conn,
+        #[command(subcommand)]
+        cmd: admin::TokensCommand,
+    },
+    /// Run the cleanup tasks now.
+    ///
+    /// Example: rollcall cleanup stale
+    Cleanup {
+        #[command(flatten)]
+        conn: admin::Conn,
+        #[command(subcommand)]
+        cmd: admin::CleanupCommand,
+    },
+    /// Print the event log.
+    ///
+    /// Example: rollcall events tail --follow
+    Events {
+        #[command(flatten)]
+        conn: admin::Conn,
+        #[command(subcommand)]
+        cmd: admin::EventsCommand,
+    },
 }
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
         Command::Serve(args) => serve::main(*args),
+        Command::Agent(cmd) => agent::main(cmd),
+        Command::Workers { conn, cmd } => admin::main(conn, |c, conn| admin::workers(c, conn, cmd)),
+        Command::Machines { conn, cmd } => {
+            admin::main(conn, |c, conn| admin::machines(c, conn, cmd))
+        }
+        Command::Tokens { conn, cmd } => admin::main(conn, |c, conn| admin::tokens(c, conn, cmd)),
+        Command::Cleanup { conn, cmd } => admin::main(conn, |c, conn| admin::cleanup(c, conn, cmd)),
+        Command::Events { conn, cmd } => admin::main(conn, |c, conn| admin::events(c, conn, cmd)),
     }
 }

@@ -1,0 +1,839 @@
+//! The admin CLI: `rollcall workers|machines|tokens|cleanup|events …`.
+//!
+//! Human output is an aligned table (status coloured only when stdout is a
+//! terminal, times relative: "12s ago"); `--json` prints the contract's JSON
+//! for scripts. Errors are one line on stderr and a documented exit code
+//! (see [`EXIT_CODES`]).
+
+use std::io::{IsTerminal, Write};
+use std::process::ExitCode;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use clap::{Args, Subcommand, ValueEnum};
+use rollcall_client::{
+    Client, Error, ErrorCode, EventQuery, MachineId, MachineQuery, NewToken, OfflineReason,
+    Timestamp, TokenId, TokenKind, WorkerId, WorkerQuery,
+};
+use serde::Serialize;
+
+/// The exit codes, shown in `rollcall --help`.
+pub const EXIT_CODES: &str = "\
+Exit codes (admin commands):
+  0  success
+  1  any other error (invalid request, conflict, server error, bad answer)
+  2  usage error (unknown flag, missing argument)
+  3  unauthorized or forbidden (missing, wrong or expired token; token of the wrong kind)
+  4  not found (no such worker, machine or token)
+  5  server unreachable (connection refused, timeout)
+`rollcall agent run` exits with its command's code (128 + N when killed by signal N).";
+
+/// Server and token, shared by every admin command.
+#[derive(Debug, Clone, Args)]
+pub struct Conn {
+    /// The rollcall server's URL.
+    #[arg(
+        long,
+        global = true,
+        env = "ROLLCALL_SERVER",
+        default_value = "http://127.0.0.1:7373"
+    )]
+    server: String,
+    /// An admin token (a read token suffices for ls/show/tail).
+    #[arg(long, global = true, env = "ROLLCALL_TOKEN", hide_env_values = true)]
+    token: Option<String>,
+    /// Print JSON instead of a table.
+    #[arg(long, global = true)]
+    json: bool,
+}
+
+/// `rollcall workers …`
+#[derive(Debug, Subcommand)]
+pub enum WorkersCommand {
+    /// List workers.
+    #[command(
+        after_help = "Example:\n  rollcall workers ls --status online --server http://rollcall:7373"
+    )]
+    Ls {
+        /// Only workers with this status.
+        #[arg(long)]
+        status: Option<StatusArg>,
+        /// Only workers of this machine.
+        #[arg(long)]
+        machine_id: Option<String>,
+    },
+    /// Show one worker.
+    #[command(after_help = "Example:\n  rollcall workers show wkr_01JDQ3Z6X8A1B2C3D4E5F6G7H8")]
+    Show {
+        /// The worker's id (wkr_…).
+        id: String,
+    },
+    /// Drain a worker: it keeps heartbeating but should take no new work.
+    #[command(after_help = "Example:\n  rollcall workers drain wkr_01JDQ3Z6X8A1B2C3D4E5F6G7H8")]
+    Drain {
+        /// The worker's id (wkr_…).
+        id: String,
+    },
+    /// Mark a worker offline (reason "shutdown").
+    #[command(after_help = "Example:\n  rollcall workers offline wkr_01JDQ3Z6X8A1B2C3D4E5F6G7H8")]
+    Offline {
+        /// The worker's id (wkr_…).
+        id: String,
+    },
+    /// Delete a worker: its token is revoked and its record forgotten.
+    #[command(after_help = "Example:\n  rollcall workers rm wkr_01JDQ3Z6X8A1B2C3D4E5F6G7H8")]
+    Rm {
+        /// The worker's id (wkr_…).
+        id: String,
+    },
+}
+
+/// A worker status filter.
+#[derive(Debug, Clone, Copy, ValueEnum)]
+pub enum StatusArg {
+    Online,
+    Draining,
+    Offline,
+}
+
+/// A machine status filter.
+#[derive(Debug, Clone, Copy, ValueEnum)]
+pub enum MachineStatusArg {
+    Online,
+    Offline,
+}
+
+/// `rollcall machines …`
+#[derive(Debug, Subcommand)]
+pub enum MachinesCommand {
+    /// List machines.
+    #[command(after_help = "Example:\n  rollcall machines ls --status offline")]
+    Ls {
+        /// Only machines with this status.
+        #[arg(long)]
+        status: Option<MachineStatusArg>,
+    },
+    /// Show one machine and its workers.
+    #[command(after_help = "Example:\n  rollcall machines show host-a")]
+    Show {
+        /// The machine's id.
+        id: String,
+    },
+}
+
+/// A token kind that may be created.
+#[derive(Debug, Clone, Copy, ValueEnum)]
+pub enum KindArg {
+    Enroll,
+    Read,
+}
+
+/// `rollcall tokens …`
+#[derive(Debug, Subcommand)]
+pub enum TokensCommand {
+    /// Create an enroll or read token; the secret is shown only once.
+    #[command(
+        after_help = "Example:\n  rollcall tokens create --kind enroll --name render-fleet --expires-in 30d"
+    )]
+    Create {
+        /// What the token may do.
+        #[arg(long)]
+        kind: KindArg,
+        /// A name for people.
+        #[arg(long)]
+        name: String,
+        /// Lifetime (e.g. 12h, 30d); default: never expires.
+        #[arg(long, value_parser = humantime::parse_duration)]
+        expires_in: Option<Duration>,
+    },
+    /// List tokens (never their secrets).
+    #[command(after_help = "Example:\n  rollcall tokens ls --json")]
+    Ls,
+    /// Delete a token; it stops working at once.
+    #[command(after_help = "Example:\n  rollcall tokens rm tok_01JDQ3Z6X8A1B2C3D4E5F6G7H8")]
+    Rm {
+        /// The token's id (tok_…).
+        id: String,
+    },
+}
+
+/// `rollcall cleanup …`
+#[derive(Debug, Subcommand)]
+pub enum CleanupCommand {
+    /// Mark workers past their deadline offline (stale) now.
+    #[command(after_help = "Example:\n  rollcall cleanup stale")]
+    Stale,
+    /// Run the full cleanup now: stale sweep, forget old workers and
+    /// machines, prune events, drop expired tokens.
+    #[command(after_help = "Example:\n  rollcall cleanup all --json")]
+    All,
+}
+
+/// `rollcall events …`
+#[derive(Debug, Subcommand)]
+pub enum EventsCommand {
+    /// Print events, oldest first; with --follow keep printing new ones.
+    #[command(after_help = "Example:\n  rollcall events tail --follow --after 1200")]
+    Tail {
+        /// Keep polling for new events (every 500 ms) until interrupted.
+        #[arg(long, short = 'f')]
+        follow: bool,
+        /// Start after this seq (default 0: from the oldest kept).
+        #[arg(long, default_value_t = 0)]
+        after: u64,
+    },
+}
+
+/// A failure: the one line to print and the exit code.
+#[derive(Debug)]
+pub struct Failure {
+    message: String,
+    code: u8,
+}
+
+impl From<Error> for Failure {
+    fn from(e: Error) -> Self {
+        let code = match &e {
+            Error::Api(a) => match a.code {
+                ErrorCode::Unauthorized | ErrorCode::Forbidden => 3,
+                ErrorCode::NotFound => 4,
+                _ => 1,
+            },
+            Error::Transport { .. } | Error::StreamIdle(_) => 5,
+            _ => 1,
+        };
+        let message = match &e {
+            Error::Api(a) => match a.code {
+                ErrorCode::Unauthorized => format!(
+                    "unauthorized: the token is missing, unknown, expired or revoked ({})",
+                    a.message
+                ),
+                ErrorCode::Forbidden => {
+                    format!("forbidden: this token may not do that ({})", a.message)
+                }
+                ErrorCode::NotFound => format!("not found: {}", a.message),
+                _ => format!("{} ({}): {}", a.code.as_str(), a.status.as_u16(), a.message),
+            },
+            Error::Transport { url, source } => {
+                let mut root: &dyn std::error::Error = source;
+                while let Some(next) = root.source() {
+                    root = next;
+                }
+                format!("cannot reach the server at {url}: {root}")
+            }
+            other => other.to_string(),
+        };
+        Failure { message, code }
+    }
+}
+
+fn usage(message: String) -> Failure {
+    Failure { message, code: 2 }
+}
+
+/// Runs an admin command and turns its outcome into an exit code.
+pub fn main<F>(conn: Conn, f: impl FnOnce(Client, Conn) -> F) -> ExitCode
+where
+    F: std::future::Future<Output = Result<(), Failure>>,
+{
+    let runtime = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("rollcall: cannot start the runtime: {e}");
+            return ExitCode::from(1);
+        }
+    };
+    let mut builder = Client::builder()
+        .server(conn.server.clone())
+        .timeout(Duration::from_secs(15))
+        .connect_timeout(Duration::from_secs(5));
+    if let Some(t) = &conn.token {
+        builder = builder.token(t.clone());
+    }
+    let result = match builder.build() {
+        Ok(client) => runtime.block_on(f(client, conn)),
+        Err(e) => Err(Failure {
+            message: e.to_string(),
+            code: 2,
+        }),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(f) => {
+            eprintln!("rollcall: {}", f.message);
+            ExitCode::from(f.code)
+        }
+    }
+}
+
+fn print_json<T: Serialize>(value: &T) -> Result<(), Failure> {
+    let text = serde_json::to_string_pretty(value).map_err(|e| Failure {
+        message: e.to_string(),
+        code: 1,
+    })?;
+    println!("{text}");
+    Ok(())
+}
+
+fn worker_id(id: &str) -> Result<WorkerId, Failure> {
+    WorkerId::parse(id).map_err(|e| usage(format!("invalid worker id {id:?}: {e}")))
+}
+
+/// `rollcall workers …`
+pub async fn workers(client: Client, conn: Conn, cmd: WorkersCommand) -> Result<(), Failure> {
+    match cmd {
+        WorkersCommand::Ls { status, machine_id } => {
+            let query = WorkerQuery {
+                status: status.map(|s| match s {
+                    StatusArg::Online => rollcall_client::Status::Online,
+                    StatusArg::Draining => rollcall_client::Status::Draining,
+                    StatusArg::Offline => rollcall_client::Status::Offline,
+                }),
+                machine_id: match machine_id {
+                    Some(m) => Some(
+                        MachineId::parse(&m)
+                            .map_err(|e| usage(format!("invalid machine id {m:?}: {e}")))?,
+                    ),
+                    None => None,
+                },
+                ..Default::default()
+            };
+            let workers = client.list_all_workers(&query).await?;
+            if conn.json {
+                return print_json(&workers);
+            }
+            print_workers(&workers);
+        }
+        WorkersCommand::Show { id } => {
+            let w = client.get_worker(&worker_id(&id)?).await?;
+            if conn.json {
+                return print_json(&w);
+            }
+            print_worker(&w);
+        }
+        WorkersCommand::Drain { id } => {
+            let w = client.drain(&worker_id(&id)?).await?;
+            if conn.json {
+                return print_json(&w);
+            }
+            println!("{} ({}) is {}", w.id, w.name, w.status);
+        }
+        WorkersCommand::Offline { id } => {
+            let w = client
+                .offline(&worker_id(&id)?, OfflineReason::Shutdown)
+                .await?;
+            if conn.json {
+                return print_json(&w);
+            }
+            println!("{} ({}) is {}", w.id, w.name, w.status);
+        }
+        WorkersCommand::Rm { id } => {
+            let id = worker_id(&id)?;
+            client.delete_worker(&id).await?;
+            if conn.json {
+                return print_json(&serde_json::json!({"deleted": id.as_str()}));
+            }
+            println!("deleted {id}");
+        }
+    }
+    Ok(())
+}
+
+/// `rollcall machines …`
+pub async fn machines(client: Client, conn: Conn, cmd: MachinesCommand) -> Result<(), Failure> {
+    match cmd {
+        MachinesCommand::Ls { status } => {
+            let query = MachineQuery {
+                status: status.map(|s| match s {
+                    MachineStatusArg::Online => rollcall_client::MachineStatus::Online,
+                    MachineStatusArg::Offline => rollcall_client::MachineStatus::Offline,
+                }),
+                ..Default::default()
+            };
+            let machines = client.list_all_machines(&query).await?;
+            if conn.json {
+                return print_json(&machines);
+            }
+            let now = now_ms();
+            let rows = machines
+                .iter()
+                .map(|m| {
+                    vec![
+                        Cell::plain(m.id.to_string()),
+                        Cell::status(m.status.as_str()),
+                        Cell::plain(format!("{}/{}", m.workers_online, m.workers_total)),
+                        Cell::plain(m.hostname.clone().unwrap_or_else(|| "-".into())),
+                        Cell::plain(ago(now, m.last_seen_at)),
+                        Cell::plain(ago(now, m.status_changed_at)),
+                    ]
+                })
+                .collect();
+            table(
+                &["ID", "STATUS", "WORKERS", "HOSTNAME", "LAST SEEN", "SINCE"],
+                rows,
+            );
+        }
+        MachinesCommand::Show { id } => {
+            let id = MachineId::parse(&id)
+                .map_err(|e| usage(format!("invalid machine id {id:?}: {e}")))?;
+            let m = client.get_machine(&id).await?;
+            if conn.json {
+                return print_json(&m);
+            }
+            let now = now_ms();
+            let mm = &m.machine;
+            let colour = colour_enabled();
+            kv(&[
+                ("id", mm.id.to_string()),
+                ("status", paint(mm.status.as_str(), colour)),
+                (
+                    "hostname",
+                    mm.hostname.clone().unwrap_or_else(|| "-".into()),
+                ),
+                ("labels", labels(&mm.labels)),
+                (
+                    "workers",
+                    format!("{} online of {}", mm.workers_online, mm.workers_total),
+                ),
+                ("first seen", ago(now, mm.first_seen_at)),
+                ("last seen", ago(now, mm.last_seen_at)),
+                ("status changed", ago(now, mm.status_changed_at)),
+            ]);
+            println!();
+            print_workers(&m.workers);
+        }
+    }
+    Ok(())
+}
+
+/// `rollcall tokens …`
+pub async fn tokens(client: Client, conn: Conn, cmd: TokensCommand) -> Result<(), Failure> {
+    match cmd {
+        TokensCommand::Create {
+            kind,
+            name,
+            expires_in,
+        } => {
+            let kind = match kind {
+                KindArg::Enroll => TokenKind::Enroll,
+                KindArg::Read => TokenKind::Read,
+            };
+            let mut new = NewToken::new(kind, name);
+            if let Some(d) = expires_in {
+                new = new.expires_in(d);
+            }
+            let t = client.create_token(&new).await?;
+            if conn.json {
+                return print_json(&serde_json::json!({
+                    "id": t.id, "kind": t.kind, "name": t.name,
+                    "token": t.token.expose(), "expires_at": t.expires_at,
+                }));
+            }
+            let now = now_ms();
+            kv(&[
+                ("id", t.id.to_string()),
+                ("kind", t.kind.to_string()),
+                ("name", t.name.clone()),
+                (
+                    "expires",
+                    t.expires_at.map_or_else(|| "never".into(), |e| ago(now, e)),
+                ),
+                ("token", t.token.expose().to_owned()),
+            ]);
+            eprintln!("(the token is shown only this once)");
+        }
+        TokensCommand::Ls => {
+            let tokens = client.list_all_tokens().await?;
+            if conn.json {
+                return print_json(&tokens);
+            }
+            let now = now_ms();
+            let rows = tokens
+                .iter()
+                .map(|t| {
+                    vec![
+                        Cell::plain(t.id.to_string()),
+                        Cell::plain(t.kind.to_string()),
+                        Cell::plain(t.name.clone()),
+                        Cell::plain(ago(now, t.created_at)),
+                        Cell::plain(t.expires_at.map_or_else(|| "never".into(), |e| ago(now, e))),
+                        Cell::plain(
+                            t.last_used_at
+                                .map_or_else(|| "never".into(), |e| ago(now, e)),
+                        ),
+                    ]
+                })
+                .collect();
+            table(
+                &["ID", "KIND", "NAME", "CREATED", "EXPIRES", "LAST USED"],
+                rows,
+            );
+        }
+        TokensCommand::Rm { id } => {
+            let id =
+                TokenId::parse(&id).map_err(|e| usage(format!("invalid token id {id:?}: {e}")))?;
+            client.delete_token(&id).await?;
+            if conn.json {
+                return print_json(&serde_json::json!({"deleted": id.as_str()}));
+            }
+            println!("deleted {id}");
+        }
+    }
+    Ok(())
+}
+
+/// `rollcall cleanup …`
+pub async fn cleanup(client: Client, conn: Conn, cmd: CleanupCommand) -> Result<(), Failure> {
+    match cmd {
+        CleanupCommand::Stale => {
+            let r = client.cleanup_stale().await?;
+            if conn.json {
+                return print_json(&r);
+            }
+            println!(
+                "marked {} worker(s) offline; machines affected: {}",
+                r.marked_offline_count,
+                list_or_none(&r.affected_machine_ids)
+            );
+        }
+        CleanupCommand::All => {
+            let r = client.cleanup_all().await?;
+            if conn.json {
+                return print_json(&r);
+            }
+            kv(&[
+                ("marked stale", r.stale.marked_offline_count.to_string()),
+                (
+                    "machines affected",
+                    list_or_none(&r.stale.affected_machine_ids),
+                ),
+                ("forgotten workers", r.forgotten_workers.to_string()),
+                ("forgotten machines", r.forgotten_machines.to_string()),
+                ("pruned events", r.pruned_events.to_string()),
+                ("expired tokens", r.expired_tokens.to_string()),
+                ("took", format!("{} ms", r.duration_ms)),
+            ]);
+        }
+    }
+    Ok(())
+}
+
+/// `rollcall events …`
+pub async fn events(client: Client, conn: Conn, cmd: EventsCommand) -> Result<(), Failure> {
+    let EventsCommand::Tail { follow, after } = cmd;
+    let mut after = after;
+    let colour = colour_enabled();
+    loop {
+        let page = client
+            .list_events(&EventQuery {
+                after: Some(after),
+                limit: Some(1000),
+                ..Default::default()
+            })
+            .await?;
+        let more = !page.is_last();
+        let mut out = std::io::stdout().lock();
+        for e in &page.items {
+            after = after.max(e.seq);
+            let line = if conn.json {
+                serde_json::to_string(e).unwrap_or_default()
+            } else {
+                let mut line = format!(
+                    "{:>6}  {}  {}  {:<12}  {}",
+                    e.seq,
+                    e.at,
+                    paint_event(e.event_type.as_str(), colour),
+                    e.machine_id,
+                    e.worker_id.as_ref().map_or("-", WorkerId::as_str),
+                );
+                if let Some(r) = e.reason {
+                    line.push_str(&format!("  reason={r}"));
+                }
+                if let Some(s) = e.session {
+                    line.push_str(&format!("  session={s}"));
+                }
+                if let Some(l) = e.detection_lag_ms {
+                    line.push_str(&format!("  lag={l}ms"));
+                }
+                line
+            };
+            if writeln!(out, "{line}").is_err() {
+                return Ok(()); // stdout closed (e.g. `| head`)
+            }
+        }
+        let _ = out.flush();
+        drop(out);
+        if more {
+            continue;
+        }
+        if !follow {
+            return Ok(());
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+}
+
+// ----------------------------------------------------------------------------
+// Rendering
+
+fn print_workers(workers: &[rollcall_client::Worker]) {
+    let now = now_ms();
+    let rows = workers
+        .iter()
+        .map(|w| {
+            let status = match w.offline_reason {
+                Some(r) => format!("{} ({r})", w.status),
+                None => w.status.to_string(),
+            };
+            vec![
+                Cell::plain(w.id.to_string()),
+                Cell::plain(w.name.to_string()),
+                Cell::plain(w.machine_id.to_string()),
+                Cell {
+                    text: status,
+                    colour: Some(w.status.as_str()),
+                },
+                Cell::plain(w.session.to_string()),
+                Cell::plain(
+                    w.last_heartbeat_at
+                        .map_or_else(|| "never".into(), |t| ago(now, t)),
+                ),
+                Cell::plain(ago(now, w.status_changed_at)),
+            ]
+        })
+        .collect();
+    table(
+        &[
+            "ID",
+            "NAME",
+            "MACHINE",
+            "STATUS",
+            "SESSION",
+            "LAST HEARTBEAT",
+            "SINCE",
+        ],
+        rows,
+    );
+}
+
+fn print_worker(w: &rollcall_client::Worker) {
+    let now = now_ms();
+    let colour = colour_enabled();
+    let status = match w.offline_reason {
+        Some(r) => format!("{} ({r})", paint(w.status.as_str(), colour)),
+        None => paint(w.status.as_str(), colour),
+    };
+    kv(&[
+        ("id", w.id.to_string()),
+        ("name", w.name.to_string()),
+        ("machine", w.machine_id.to_string()),
+        ("status", status),
+        ("session", w.session.to_string()),
+        ("labels", labels(&w.labels)),
+        (
+            "heartbeat",
+            format!(
+                "every {} ms, stale after {} ms",
+                w.heartbeat_interval_ms, w.stale_after_ms
+            ),
+        ),
+        ("registered", ago(now, w.registered_at)),
+        (
+            "last heartbeat",
+            w.last_heartbeat_at
+                .map_or_else(|| "never".into(), |t| ago(now, t)),
+        ),
+        (
+            "deadline",
+            w.deadline_at.map_or_else(|| "-".into(), |t| ago(now, t)),
+        ),
+        ("status changed", ago(now, w.status_changed_at)),
+    ]);
+}
+
+fn labels(l: &rollcall_client::Labels) -> String {
+    if l.is_empty() {
+        return "-".into();
+    }
+    l.iter()
+        .map(|(k, v)| format!("{k}={v}"))
+        .collect::<Vec<_>>()
+        .join(",")
+}
+
+fn list_or_none(ids: &[MachineId]) -> String {
+    if ids.is_empty() {
+        return "none".into();
+    }
+    ids.iter()
+        .map(|m| m.as_str())
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+fn kv(pairs: &[(&str, String)]) {
+    let width = pairs.iter().map(|(k, _)| k.len()).max().unwrap_or(0);
+    for (k, v) in pairs {
+        println!("{k:<width$}  {v}");
+    }
+}
+
+/// A table cell: its text, and the status to colour it by (if any).
+struct Cell {
+    text: String,
+    colour: Option<&'static str>,
+}
+
+impl Cell {
+    fn plain(text: String) -> Self {
+        Cell { text, colour: None }
+    }
+    fn status(s: &'static str) -> Self {
+        Cell {
+            text: s.to_owned(),
+            colour: Some(s),
+        }
+    }
+}
+
+fn table(headers: &[&str], rows: Vec<Vec<Cell>>) {
+    let colour = colour_enabled();
+    let mut widths: Vec<usize> = headers.iter().map(|h| h.chars().count()).collect();
+    for row in &rows {
+        for (i, c) in row.iter().enumerate() {
+            widths[i] = widths[i].max(c.text.chars().count());
+        }
+    }
+    let mut out = std::io::stdout().lock();
+    let last = headers.len() - 1;
+    let header: Vec<String> = headers
+        .iter()
+        .enumerate()
+        .map(|(i, h)| pad(h, widths[i], i == last))
+        .collect();
+    let _ = writeln!(out, "{}", header.join("  "));
+    for row in rows {
+        let cells: Vec<String> = row
+            .iter()
+            .enumerate()
+            .map(|(i, c)| {
+                let padded = pad(&c.text, widths[i], i == last);
+                match c.colour {
+                    Some(s) if colour => {
+                        // Colour the text, keep the padding outside the
+                        // escape codes so columns stay aligned.
+                        let pad_len = padded.len() - c.text.len();
+                        format!("{}{}", paint_with(&c.text, s), " ".repeat(pad_len))
+                    }
+                    _ => padded,
+                }
+            })
+            .collect();
+        let _ = writeln!(out, "{}", cells.join("  "));
+    }
+}
+
+fn pad(s: &str, width: usize, last: bool) -> String {
+    if last {
+        return s.to_owned();
+    }
+    let n = width.saturating_sub(s.chars().count());
+    format!("{s}{}", " ".repeat(n))
+}
+
+fn colour_enabled() -> bool {
+    std::io::stdout().is_terminal() && std::env::var_os("NO_COLOR").is_none()
+}
+
+fn paint(status: &str, colour: bool) -> String {
+    if colour {
+        paint_with(status, status)
+    } else {
+        status.to_owned()
+    }
+}
+
+fn paint_with(text: &str, status: &str) -> String {
+    let code = match status {
+        "online" => "32",
+        "draining" => "33",
+        "offline" => "31",
+        _ => return text.to_owned(),
+    };
+    format!("\x1b[{code}m{text}\x1b[0m")
+}
+
+fn paint_event(t: &str, colour: bool) -> String {
+    let padded = format!("{t:<17}");
+    if !colour {
+        return padded;
+    }
+    let code = if t.ends_with(".online") || t.ends_with(".registered") {
+        "32"
+    } else if t.ends_with(".draining") {
+        "33"
+    } else {
+        "31"
+    };
+    format!("\x1b[{code}m{padded}\x1b[0m")
+}
+
+fn now_ms() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
+}
+
+/// "12s ago", "in 3s", "just now".
+fn ago(now_ms: i64, t: Timestamp) -> String {
+    relative(now_ms - t.as_millis())
+}
+
+fn relative(diff_ms: i64) -> String {
+    let future = diff_ms < 0;
+    let secs = diff_ms.unsigned_abs() / 1000;
+    if secs == 0 {
+        return if future {
+            "in <1s".into()
+        } else {
+            "just now".into()
+        };
+    }
+    let text = if secs < 60 {
+        format!("{secs}s")
+    } else if secs < 3600 {
+        format!("{}m", secs / 60)
+    } else if secs < 86_400 {
+        format!("{}h", secs / 3600)
+    } else {
+        format!("{}d", secs / 86_400)
+    };
+    if future {
+        format!("in {text}")
+    } else {
+        format!("{text} ago")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn relative_times() {
+        assert_eq!(relative(12_400), "12s ago");
+        assert_eq!(relative(300), "just now");
+        assert_eq!(relative(-3_000), "in 3s");
+        assert_eq!(relative(125_000), "2m ago");
+        assert_eq!(relative(7_300_000), "2h ago");
+        assert_eq!(relative(3 * 86_400_000), "3d ago");
+    }
+
+    #[test]
+    fn padding_keeps_the_last_column_unpadded() {
+        assert_eq!(pad("ab", 4, false), "ab  ");
+        assert_eq!(pad("ab", 4, true), "ab");
+    }
+}
