@@ -1,0 +1,527 @@
+//! End-to-end tests of `rollcall agent run` and the admin CLI, against the
+//! real `rollcall` binary: the seed's manual "kill -9" test automated, exit
+//! code propagation, signal forwarding, a server restart under a running
+//! agent, re-registration after a 401, a child that starts while the server
+//! is down, and the CLI's JSON output and exit codes.
+//!
+//! Every wait is a poll with a deadline; bounds are generous (a debug build
+//! on a busy two-core machine). Every process is killed by a Drop guard.
+
+use std::io::{BufRead, BufReader};
+use std::net::{SocketAddr, TcpListener};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+
+const BIN: &str = env!("CARGO_BIN_EXE_rollcall");
+const ADMIN: &str = "rc_admin_agent_tests_0123456789abcdef";
+/// A generous bound for anything that should happen "at once".
+const SOON: Duration = Duration::from_secs(10);
+
+/// A child process killed on drop.
+struct Proc {
+    child: Child,
+}
+
+impl Proc {
+    fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    fn signal(&self, sig: &str) {
+        let ok = Command::new("kill")
+            .args([format!("-{sig}"), self.pid().to_string()])
+            .status()
+            .expect("kill runs")
+            .success();
+        assert!(ok, "kill -{sig} {}", self.pid());
+    }
+
+    /// Waits for the process to exit, up to `limit`.
+    fn wait_for_exit(&mut self, limit: Duration) -> ExitStatus {
+        let deadline = Instant::now() + limit;
+        loop {
+            if let Some(s) = self.child.try_wait().expect("try_wait") {
+                return s;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "process {} did not exit within {limit:?}",
+                self.pid()
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A `rollcall serve` process with the fast timings.
+struct Server {
+    proc: Proc,
+    url: String,
+    port: u16,
+}
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+fn start_server(dir: &Path, port: u16) -> Server {
+    let mut child = Command::new(BIN)
+        .args(["serve", "--listen"])
+        .arg(format!("127.0.0.1:{port}"))
+        .arg("--data-dir")
+        .arg(dir)
+        .args([
+            "--heartbeat-interval",
+            "100ms",
+            "--stale-after",
+            "500ms",
+            "--sweep-interval",
+            "1s",
+        ])
+        .env("ROLLCALL_ADMIN_TOKEN", ADMIN)
+        .env_remove("ROLLCALL_SERVER")
+        .env_remove("ROLLCALL_TOKEN")
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("rollcall serve starts");
+    let stdout = child.stdout.take().unwrap();
+    let proc = Proc { child };
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let mut lines = BufReader::new(stdout).lines();
+        if let Some(Ok(line)) = lines.next() {
+            let _ = tx.send(line);
+        }
+        for _ in lines {} // keep the pipe drained
+    });
+    let line = rx
+        .recv_timeout(Duration::from_secs(60))
+        .expect("the server prints its listening line");
+    let addr: SocketAddr = line
+        .strip_prefix("rollcall listening on http://")
+        .unwrap_or_else(|| panic!("unexpected line {line:?}"))
+        .parse()
+        .unwrap();
+    Server {
+        proc,
+        url: format!("http://{addr}"),
+        port: addr.port(),
+    }
+}
+
+impl Server {
+    fn start(dir: &Path) -> Server {
+        start_server(dir, 0)
+    }
+
+    /// Stops the server and waits until the port is closed.
+    fn stop(mut self) -> u16 {
+        self.proc.signal("KILL");
+        self.proc.wait_for_exit(SOON);
+        self.port
+    }
+}
+
+/// Runs the CLI to completion: (exit code, stdout, stderr).
+fn cli(server: &str, token: &str, args: &[&str]) -> (i32, String, String) {
+    let out = Command::new(BIN)
+        .args(args)
+        .env("ROLLCALL_SERVER", server)
+        .env("ROLLCALL_TOKEN", token)
+        .stdin(Stdio::null())
+        .output()
+        .expect("rollcall runs");
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+fn cli_json(server: &str, args: &[&str]) -> Value {
+    let mut full = args.to_vec();
+    full.push("--json");
+    let (code, out, err) = cli(server, ADMIN, &full);
+    assert_eq!(code, 0, "rollcall {args:?} failed: {err}");
+    serde_json::from_str(&out).unwrap_or_else(|e| panic!("{args:?}: {e}: {out}"))
+}
+
+fn enroll_token(server: &str) -> String {
+    let v = cli_json(
+        server,
+        &["tokens", "create", "--kind", "enroll", "--name", "agents"],
+    );
+    v["token"].as_str().unwrap().to_owned()
+}
+
+fn agent(server: &str, token: &str, name: &str, machine: &str, cmd: &[&str]) -> Proc {
+    let child = Command::new(BIN)
+        .args(["agent", "run", "--server", server, "--token", token])
+        .args(["--name", name, "--machine-id", machine, "--"])
+        .args(cmd)
+        .env("RUST_LOG", "warn")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("rollcall agent starts");
+    Proc { child }
+}
+
+/// Polls `f` until it returns Some, up to `limit`.
+fn wait_for<T>(what: &str, limit: Duration, mut f: impl FnMut() -> Option<T>) -> T {
+    let deadline = Instant::now() + limit;
+    loop {
+        if let Some(v) = f() {
+            return v;
+        }
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// The worker called `name` on `machine`, if any (newest first).
+fn find_worker(server: &str, name: &str, machine: &str) -> Option<Value> {
+    let (code, out, _) = cli(
+        server,
+        ADMIN,
+        &["workers", "ls", "--machine-id", machine, "--json"],
+    );
+    if code != 0 {
+        return None;
+    }
+    let list: Value = serde_json::from_str(&out).ok()?;
+    list.as_array()?.iter().find(|w| w["name"] == name).cloned()
+}
+
+fn worker(server: &str, id: &str) -> Option<Value> {
+    let (code, out, _) = cli(server, ADMIN, &["workers", "show", id, "--json"]);
+    if code != 0 {
+        return None;
+    }
+    serde_json::from_str(&out).ok()
+}
+
+fn machine_status(server: &str, id: &str) -> Option<String> {
+    let (code, out, _) = cli(server, ADMIN, &["machines", "show", id, "--json"]);
+    if code != 0 {
+        return None;
+    }
+    let v: Value = serde_json::from_str(&out).ok()?;
+    v["status"].as_str().map(String::from)
+}
+
+fn wait_online(server: &str, name: &str, machine: &str) -> Value {
+    wait_for(&format!("{name} online"), SOON, || {
+        find_worker(server, name, machine).filter(|w| w["status"] == "online")
+    })
+}
+
+fn wait_offline(server: &str, id: &str, reason: &str, limit: Duration) -> Value {
+    wait_for(&format!("{id} offline ({reason})"), limit, || {
+        worker(server, id).filter(|w| w["status"] == "offline" && w["offline_reason"] == reason)
+    })
+}
+
+/// The pids of `pid`'s children.
+fn children(pid: u32) -> Vec<u32> {
+    let mut out = Vec::new();
+    let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
+        return out;
+    };
+    for t in tasks.flatten() {
+        let path: PathBuf = t.path().join("children");
+        if let Ok(s) = std::fs::read_to_string(path) {
+            out.extend(s.split_whitespace().filter_map(|p| p.parse::<u32>().ok()));
+        }
+    }
+    out
+}
+
+fn alive(pid: u32) -> bool {
+    // A zombie is dead for our purposes.
+    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+        Ok(s) => !s
+            .rsplit_once(')')
+            .is_some_and(|(_, rest)| rest.trim_start().starts_with('Z')),
+        Err(_) => false,
+    }
+}
+
+fn events(server: &str) -> Vec<Value> {
+    let (code, out, err) = cli(server, ADMIN, &["events", "tail", "--json"]);
+    assert_eq!(code, 0, "{err}");
+    out.lines()
+        .map(|l| serde_json::from_str(l).expect("one JSON event per line"))
+        .collect()
+}
+
+/// (a) kill -9 the child → offline (exited) at once, agent exits 137;
+/// (b) kill -9 the agent → the child dies too, the worker goes stale and,
+/// being the machine's last worker, the machine goes offline.
+#[test]
+fn kill_child_then_kill_agent() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(dir.path());
+    let url = server.url.clone();
+    let token = enroll_token(&url);
+
+    // (a)
+    let mut a = agent(&url, &token, "sleeper", "host-a", &["sleep", "60"]);
+    let w = wait_online(&url, "sleeper", "host-a");
+    let id = w["id"].as_str().unwrap().to_owned();
+    assert_eq!(machine_status(&url, "host-a").as_deref(), Some("online"));
+    let child = wait_for("the agent's child", SOON, || {
+        children(a.pid()).first().copied()
+    });
+    assert!(Command::new("kill")
+        .args(["-KILL", &child.to_string()])
+        .status()
+        .unwrap()
+        .success());
+    let started = Instant::now();
+    let status = a.wait_for_exit(SOON);
+    assert_eq!(status.code(), Some(137), "128 + SIGKILL");
+    wait_offline(&url, &id, "exited", SOON);
+    // The agent marks it offline before exiting; no sweep is involved.
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "{:?}",
+        started.elapsed()
+    );
+    assert_eq!(machine_status(&url, "host-a").as_deref(), Some("offline"));
+
+    // (b)
+    let mut b = agent(&url, &token, "orphan", "host-b", &["sleep", "60"]);
+    let w = wait_online(&url, "orphan", "host-b");
+    let id = w["id"].as_str().unwrap().to_owned();
+    let stale_after = Duration::from_millis(w["stale_after_ms"].as_u64().unwrap());
+    let child = wait_for("the agent's child", SOON, || {
+        children(b.pid()).first().copied()
+    });
+    b.signal("KILL");
+    b.wait_for_exit(SOON);
+    let killed = Instant::now();
+    wait_for("the child to die with its agent", SOON, || {
+        (!alive(child)).then_some(())
+    });
+    wait_offline(&url, &id, "stale", stale_after + Duration::from_secs(5));
+    // The bound the issue asks for, with room for the CLI polling itself
+    // on a loaded machine.
+    assert!(
+        killed.elapsed() < stale_after + Duration::from_secs(4),
+        "stale after {:?}",
+        killed.elapsed()
+    );
+    assert_eq!(machine_status(&url, "host-b").as_deref(), Some("offline"));
+    // Measured by the server: marked stale within 1 s of the deadline
+    // (last heartbeat + stale_after).
+    let stale = events(&url)
+        .into_iter()
+        .find(|e| e["type"] == "worker.offline" && e["worker_id"] == id.as_str())
+        .expect("a worker.offline event");
+    assert_eq!(stale["reason"], "stale", "{stale}");
+    let lag = stale["detection_lag_ms"].as_u64().expect("a detection lag");
+    assert!(lag <= 1000, "detection lag {lag} ms");
+    drop(server);
+}
+
+/// (c) exit code propagation and (d) SIGTERM forwarding.
+#[test]
+fn exit_code_and_sigterm() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(dir.path());
+    let url = server.url.clone();
+    let token = enroll_token(&url);
+
+    // (c): wait until registered, then let the child exit with 7.
+    let flag = dir.path().join("go");
+    let script = format!(
+        "while [ ! -e '{}' ]; do sleep 0.05; done; exit 7",
+        flag.display()
+    );
+    let mut c = agent(&url, &token, "seven", "host-c", &["sh", "-c", &script]);
+    let w = wait_online(&url, "seven", "host-c");
+    std::fs::write(&flag, b"").unwrap();
+    assert_eq!(c.wait_for_exit(SOON).code(), Some(7));
+    wait_offline(&url, w["id"].as_str().unwrap(), "exited", SOON);
+
+    // (d): SIGTERM to the agent reaches the child (sleep dies of it: 143)
+    // and the worker says "shutdown".
+    let mut d = agent(&url, &token, "termed", "host-d", &["sleep", "60"]);
+    let w = wait_online(&url, "termed", "host-d");
+    let child = wait_for("the agent's child", SOON, || {
+        children(d.pid()).first().copied()
+    });
+    d.signal("TERM");
+    assert_eq!(d.wait_for_exit(SOON).code(), Some(143), "128 + SIGTERM");
+    assert!(!alive(child));
+    wait_offline(&url, w["id"].as_str().unwrap(), "shutdown", SOON);
+    drop(server);
+}
+
+/// (e) The server is away for longer than stale_after; back on the same
+/// data dir and port, the agent's heartbeats keep the same worker and
+/// session, with no worker.offline event.
+#[test]
+fn server_restart_keeps_the_session() {
+    let dir = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let server = start_server(dir.path(), port);
+    let url = server.url.clone();
+    let token = enroll_token(&url);
+
+    let mut a = agent(&url, &token, "steady", "host-e", &["sleep", "60"]);
+    let w = wait_online(&url, "steady", "host-e");
+    let id = w["id"].as_str().unwrap().to_owned();
+    let session = w["session"].as_u64().unwrap();
+
+    server.stop();
+    std::thread::sleep(Duration::from_millis(1500)); // > stale_after (500ms), on purpose
+    let server = start_server(dir.path(), port);
+    // Well past the restart grace: heartbeats must have resumed.
+    std::thread::sleep(Duration::from_millis(2000));
+    let w = worker(&url, &id).expect("the same worker");
+    assert_eq!(w["status"], "online", "{w}");
+    assert_eq!(w["session"].as_u64(), Some(session), "{w}");
+    let offline: Vec<Value> = events(&url)
+        .into_iter()
+        .filter(|e| e["type"] == "worker.offline")
+        .collect();
+    assert!(offline.is_empty(), "{offline:?}");
+    assert!(a.child.try_wait().unwrap().is_none(), "the agent runs on");
+    drop(server);
+}
+
+/// (f) An admin deletes the worker: the agent's token gets 401 and it
+/// registers again (a new record for the same name).
+#[test]
+fn deleted_worker_registers_again() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(dir.path());
+    let url = server.url.clone();
+    let token = enroll_token(&url);
+
+    let _a = agent(&url, &token, "phoenix", "host-f", &["sleep", "60"]);
+    let w = wait_online(&url, "phoenix", "host-f");
+    let id = w["id"].as_str().unwrap().to_owned();
+    let (code, _, err) = cli(&url, ADMIN, &["workers", "rm", &id]);
+    assert_eq!(code, 0, "{err}");
+    let again = wait_for("a new registration", SOON, || {
+        find_worker(&url, "phoenix", "host-f")
+            .filter(|w| w["status"] == "online" && w["id"] != id.as_str())
+    });
+    assert_ne!(again["id"], id.as_str());
+    drop(server);
+}
+
+/// (g) The child starts while the server is down; once a server comes up
+/// on that port the worker registers.
+#[test]
+fn child_starts_while_the_server_is_down() {
+    let dir = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let url = format!("http://127.0.0.1:{port}");
+    let marker = dir.path().join("started");
+    let script = format!("touch '{}'; exec sleep 60", marker.display());
+    let _a = agent(
+        &url,
+        ADMIN, // admin may register too; no server exists yet to make a token
+        "early",
+        "host-g",
+        &["sh", "-c", &script],
+    );
+    wait_for("the child's side effect", SOON, || {
+        marker.exists().then_some(())
+    });
+
+    let data = dir.path().join("data");
+    std::fs::create_dir(&data).unwrap();
+    let server = start_server(&data, port);
+    wait_online(&server.url, "early", "host-g");
+}
+
+/// The admin CLI: JSON that parses, tokens create/ls, and the exit codes.
+#[test]
+fn cli_json_and_exit_codes() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(dir.path());
+    let url = server.url.clone();
+
+    let list = cli_json(&url, &["workers", "ls"]);
+    assert!(list.as_array().is_some(), "{list}");
+
+    let created = cli_json(
+        &url,
+        &["tokens", "create", "--kind", "read", "--name", "dash"],
+    );
+    let tid = created["id"].as_str().unwrap().to_owned();
+    assert!(created["token"].as_str().unwrap().starts_with("rc_read_"));
+    let tokens = cli_json(&url, &["tokens", "ls"]);
+    assert!(
+        tokens
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|t| t["id"] == tid.as_str()),
+        "{tokens}"
+    );
+    let (code, table, _) = cli(&url, ADMIN, &["tokens", "ls"]);
+    assert_eq!(code, 0);
+    assert!(table.starts_with("ID"), "{table}");
+    assert!(table.contains("dash"), "{table}");
+    assert!(
+        !table.contains('\x1b'),
+        "no colour when stdout is not a terminal"
+    );
+
+    // A wrong token: 3, one line, no panic.
+    let (code, out, err) = cli(&url, "rc_admin_wrong", &["workers", "ls"]);
+    assert_eq!(code, 3, "{err}");
+    assert_eq!(out, "");
+    assert_eq!(err.trim_end().lines().count(), 1, "{err}");
+    assert!(!err.contains("panicked"), "{err}");
+
+    // A read token may not create tokens: forbidden is 3 too.
+    let read = created["token"].as_str().unwrap();
+    let (code, _, err) = cli(&url, read, &["tokens", "ls"]);
+    assert_eq!(code, 3, "{err}");
+
+    // Not found: 4.
+    let (code, _, err) = cli(
+        &url,
+        ADMIN,
+        &["workers", "show", "wkr_01JDQ3Z6X8A1B2C3D4E5F6G7H8"],
+    );
+    assert_eq!(code, 4, "{err}");
+    assert_eq!(err.trim_end().lines().count(), 1, "{err}");
+
+    let (code, _, err) = cli(&url, ADMIN, &["tokens", "rm", &tid]);
+    assert_eq!(code, 0, "{err}");
+
+    // Unreachable: 5.
+    let port = server.stop();
+    let (code, _, err) = cli(
+        &format!("http://127.0.0.1:{port}"),
+        ADMIN,
+        &["workers", "ls"],
+    );
+    assert_eq!(code, 5, "{err}");
+    assert_eq!(err.trim_end().lines().count(), 1, "{err}");
+}
