@@ -525,3 +525,82 @@ fn cli_json_and_exit_codes() {
     assert_eq!(code, 5, "{err}");
     assert_eq!(err.trim_end().lines().count(), 1, "{err}");
 }
+
+/// The remaining admin commands against a live worker: drain, offline,
+/// machines, cleanup, and `events tail --follow` seeing events as they
+/// happen.
+#[test]
+fn admin_commands_against_a_live_worker() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(dir.path());
+    let url = server.url.clone();
+    let token = enroll_token(&url);
+
+    let mut follow = Proc {
+        child: Command::new(BIN)
+            .args(["events", "tail", "--follow", "--json"])
+            .env("ROLLCALL_SERVER", &url)
+            .env("ROLLCALL_TOKEN", ADMIN)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap(),
+    };
+    let stdout = follow.child.stdout.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel::<Value>();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+            if let Ok(v) = serde_json::from_str(&line) {
+                if tx.send(v).is_err() {
+                    break;
+                }
+            }
+        }
+    });
+
+    let _a = agent(&url, &token, "target", "host-h", &["sleep", "60"]);
+    let w = wait_online(&url, "target", "host-h");
+    let id = w["id"].as_str().unwrap().to_owned();
+
+    let drained = cli_json(&url, &["workers", "drain", &id]);
+    assert_eq!(drained["status"], "draining", "{drained}");
+    // The follower sees the drain as it happens.
+    let deadline = Instant::now() + SOON;
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        let e = rx
+            .recv_timeout(left)
+            .expect("events tail --follow prints the drain");
+        if e["type"] == "worker.draining" && e["worker_id"] == id.as_str() {
+            break;
+        }
+    }
+    follow.signal("INT");
+
+    let (code, table, err) = cli(&url, ADMIN, &["workers", "show", &id]);
+    assert_eq!(code, 0, "{err}");
+    assert!(table.contains("draining"), "{table}");
+
+    let machines = cli_json(&url, &["machines", "ls"]);
+    assert!(
+        machines
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|m| m["id"] == "host-h"),
+        "{machines}"
+    );
+    let m = cli_json(&url, &["machines", "show", "host-h"]);
+    assert_eq!(m["workers"][0]["id"], id.as_str(), "{m}");
+
+    let off = cli_json(&url, &["workers", "offline", &id]);
+    assert_eq!(off["status"], "offline", "{off}");
+    assert_eq!(off["offline_reason"], "shutdown", "{off}");
+
+    let stale = cli_json(&url, &["cleanup", "stale"]);
+    assert_eq!(stale["success"], true, "{stale}");
+    let all = cli_json(&url, &["cleanup", "all"]);
+    assert_eq!(all["success"], true, "{all}");
+    drop(server);
+}
