@@ -171,9 +171,22 @@ fn enroll_token(server: &str) -> String {
 }
 
 fn agent(server: &str, token: &str, name: &str, machine: &str, cmd: &[&str]) -> Proc {
+    agent_with(server, token, name, machine, &[], cmd)
+}
+
+fn agent_with(
+    server: &str,
+    token: &str,
+    name: &str,
+    machine: &str,
+    flags: &[&str],
+    cmd: &[&str],
+) -> Proc {
     let child = Command::new(BIN)
         .args(["agent", "run", "--server", server, "--token", token])
-        .args(["--name", name, "--machine-id", machine, "--"])
+        .args(["--name", name, "--machine-id", machine])
+        .args(flags)
+        .arg("--")
         .args(cmd)
         .env("RUST_LOG", "warn")
         .stdin(Stdio::null())
@@ -418,8 +431,17 @@ fn deleted_worker_registers_again() {
     let url = server.url.clone();
     let token = enroll_token(&url);
 
-    let _a = agent(&url, &token, "phoenix", "host-f", &["sleep", "60"]);
+    let _a = agent_with(
+        &url,
+        &token,
+        "phoenix",
+        "host-f",
+        &["--heartbeat-interval", "200ms", "--label", "queue=gpu"],
+        &["sleep", "60"],
+    );
     let w = wait_online(&url, "phoenix", "host-f");
+    assert_eq!(w["heartbeat_interval_ms"], 200, "{w}");
+    assert_eq!(w["labels"]["queue"], "gpu", "{w}");
     let id = w["id"].as_str().unwrap().to_owned();
     let (code, _, err) = cli(&url, ADMIN, &["workers", "rm", &id]);
     assert_eq!(code, 0, "{err}");
