@@ -1,0 +1,110 @@
+//! `store-commit`: the cost of the transition writer's transactions, on the
+//! store alone (no HTTP, no engine): K stale transitions of N workers spread
+//! over M machines, committed as one batch.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::Result;
+use rollcall_core::{
+    transition, Command, Labels, MachineId, Status, Timestamp, TokenHash, WorkerId, WorkerName,
+};
+use rollcall_store::sqlite::SqliteStore;
+use rollcall_store::{Expect, MachineUpsert, NewEvent, Store, WorkerRecord, WorkerWrite};
+
+fn events(t: &rollcall_core::Transition, at: Timestamp) -> Vec<NewEvent> {
+    t.events
+        .iter()
+        .map(|e| NewEvent {
+            at,
+            kind: e.kind,
+            reason: e.reason,
+            session: Some(e.session),
+            detection_lag_ms: None,
+        })
+        .collect()
+}
+
+/// Registers `workers`, then times committing `expire` stale transitions in
+/// one batch, `rounds` times (re-registering in between).
+pub async fn commit(workers: usize, expire: usize, machines: usize, rounds: usize) -> Result<()> {
+    let dir = tempfile::tempdir()?;
+    let store: Arc<dyn Store> = Arc::new(
+        SqliteStore::open(dir.path().join("bench.db").to_str().unwrap_or("bench.db")).await?,
+    );
+    let now = Timestamp::from_millis(1_800_000_000_000);
+    let mut records = Vec::with_capacity(workers);
+    let started = Instant::now();
+    for chunk in (0..workers).collect::<Vec<_>>().chunks(1000) {
+        let mut writes = Vec::new();
+        for &i in chunk {
+            let t = transition(None, Command::Register, now)?;
+            let s = t.next.expect("registered");
+            let machine_id = MachineId::parse(&format!("m{}", i % machines))?;
+            let record = WorkerRecord {
+                id: WorkerId::generate(now, rand::random()),
+                name: WorkerName::parse(&format!("w{i}"))?,
+                machine_id: machine_id.clone(),
+                status: s.status,
+                offline_reason: s.offline_reason,
+                session: s.session,
+                labels: Labels::default(),
+                heartbeat_interval: Duration::from_secs(1),
+                stale_after: Duration::from_secs(3),
+                registered_at: now,
+                last_heartbeat_at: None,
+                status_changed_at: now,
+                token_hash: TokenHash::of(&format!("rc_worker_{i}")),
+            };
+            writes.push(WorkerWrite::Put {
+                record: record.clone(),
+                expect: None,
+                machine: Some(MachineUpsert {
+                    id: machine_id,
+                    hostname: None,
+                    labels: None,
+                    seen_at: now,
+                }),
+                events: events(&t, now),
+            });
+            records.push(record);
+        }
+        store.commit(writes).await?;
+    }
+    println!("registered {workers} workers in {:?}", started.elapsed());
+    let mut times = Vec::new();
+    for round in 0..rounds {
+        let mut writes = Vec::new();
+        for r in records.iter_mut().take(expire) {
+            let cmd = if r.status == Status::Online {
+                Command::Expire { session: r.session }
+            } else {
+                Command::Heartbeat
+            };
+            let t = transition(Some(r.state()), cmd, now)?;
+            let expect = Expect {
+                status: r.status,
+                session: r.session,
+            };
+            r.set_state(t.next.expect("kept"));
+            writes.push(WorkerWrite::Put {
+                record: r.clone(),
+                expect: Some(expect),
+                machine: None,
+                events: events(&t, now),
+            });
+        }
+        let t = Instant::now();
+        let result = store.commit(writes).await?;
+        let took = t.elapsed();
+        anyhow::ensure!(result.applied.iter().all(|a| *a), "a write was not applied");
+        println!(
+            "round {round}: {expire} transitions in one commit: {took:?} ({:.1} µs each)",
+            took.as_micros() as f64 / expire as f64
+        );
+        times.push(took);
+    }
+    times.sort();
+    println!("median: {:?}", times[times.len() / 2]);
+    Ok(())
+}
