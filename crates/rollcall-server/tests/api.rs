@@ -3040,7 +3040,7 @@ async fn invariant_7_graceful_offline_is_immediate_and_idempotent() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_request_refused_before_its_body_was_read_closes_its_connection() {
+async fn a_request_refused_before_its_body_was_read_still_gets_its_answer() {
     let app = spawn_app().await;
     let enroll = app.token("enroll").await;
     let closes = |r: &Resp| {
@@ -3049,11 +3049,15 @@ async fn a_request_refused_before_its_body_was_read_closes_its_connection() {
             .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"close"))
     };
     let big = vec![b' '; 100 * 1024];
-    // Refused before the body is read: the client is told not to reuse the
-    // connection (the server cannot: the rest of the body is still on it).
+    // Refused before the body is read: the server drains the rest of the
+    // body (up to a cap), so the client reads its answer and the connection
+    // stays usable.
     let r = app.post_raw("/v1/workers", None, big.clone()).await;
     assert_error(&r, 401, "unauthorized");
-    assert!(closes(&r), "401 without Connection: close");
+    assert!(!closes(&r), "a drained body needs no Connection: close");
+    // (Beyond the cap the server stops draining and answers with
+    // `Connection: close`; whether the client then reads the answer depends
+    // on its timing, so that is not asserted here.)
     // A body read to the end keeps the connection, refused or not.
     let r = app.post_raw("/v1/workers", Some(&enroll), "{").await;
     assert_error(&r, 400, "invalid_request");

@@ -176,9 +176,11 @@ fn parse_json<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
     serde_json::from_slice(bytes).map_err(|e| ApiError::invalid(format!("invalid JSON body: {e}")))
 }
 
-/// A request body that records whether it was read to the end.
+/// A request body that records whether it was read to the end. The body
+/// itself is shared with the middleware, which can drain what a handler
+/// left unread after the handler dropped its end.
 struct Tracked {
-    inner: Body,
+    inner: Arc<parking_lot::Mutex<Body>>,
     done: Arc<AtomicBool>,
 }
 
@@ -187,44 +189,66 @@ impl HttpBody for Tracked {
     type Error = axum::Error;
 
     fn poll_frame(
-        mut self: Pin<&mut Self>,
+        self: Pin<&mut Self>,
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<http_body::Frame<Self::Data>, Self::Error>>> {
-        let polled = Pin::new(&mut self.inner).poll_frame(cx);
-        if matches!(polled, Poll::Ready(None)) || self.inner.is_end_stream() {
+        let mut inner = self.inner.lock();
+        let polled = Pin::new(&mut *inner).poll_frame(cx);
+        if matches!(polled, Poll::Ready(None)) || inner.is_end_stream() {
             self.done.store(true, Ordering::Release);
         }
         polled
     }
 
     fn is_end_stream(&self) -> bool {
-        self.inner.is_end_stream()
+        self.inner.lock().is_end_stream()
     }
 
     fn size_hint(&self) -> http_body::SizeHint {
-        self.inner.size_hint()
+        self.inner.lock().size_hint()
     }
 }
 
-/// Middleware: a request refused before its body was read to the end (401,
-/// 403, 413 come before the body is read) is answered with
-/// `Connection: close`. The server closes such a connection anyway, since
-/// the rest of the body is still on it; saying so keeps clients from reusing
-/// it for their next request, which would then fail.
+/// How much of an unread request body is read and discarded after the
+/// answer is ready, so that the client gets to read the answer.
+const DRAIN_LIMIT: usize = 4 * 1024 * 1024;
+/// How long draining may take.
+const DRAIN_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(2);
+
+/// Middleware for requests refused before their body was read to the end
+/// (401, 403 and 413 come before the body is read). If the server closed the
+/// connection with the rest of the body still arriving, the client would see
+/// a reset instead of the answer; so what is left is read and discarded, up
+/// to [`DRAIN_LIMIT`] bytes and [`DRAIN_TIMEOUT`]. A body beyond that is
+/// answered with `Connection: close`, which at least keeps clients from
+/// reusing the connection.
 pub async fn close_if_body_unread(req: Request, next: Next) -> Response {
     if req.body().is_end_stream() || req.version() > Version::HTTP_11 {
         return next.run(req).await;
     }
     let done = Arc::new(AtomicBool::new(false));
-    let tracked = done.clone();
+    let shared = Arc::new(parking_lot::Mutex::new(Body::empty()));
     let req = req.map(|inner| {
+        *shared.lock() = inner;
         Body::new(Tracked {
-            inner,
-            done: tracked,
+            inner: shared.clone(),
+            done: done.clone(),
         })
     });
     let mut response = next.run(req).await;
-    if !done.load(Ordering::Acquire) {
+    if done.load(Ordering::Acquire) {
+        return response;
+    }
+    let rest = Body::new(Tracked {
+        inner: shared,
+        done: done.clone(),
+    });
+    let drained = tokio::time::timeout(
+        DRAIN_TIMEOUT,
+        http_body_util::Limited::new(rest, DRAIN_LIMIT).collect(),
+    )
+    .await;
+    if !matches!(drained, Ok(Ok(_))) || !done.load(Ordering::Acquire) {
         response
             .headers_mut()
             .insert(CONNECTION, HeaderValue::from_static("close"));
