@@ -9,7 +9,7 @@ use serde::Deserialize;
 use super::dto::{Event, Page};
 use super::error::{ApiError, ErrorBody};
 use super::extract::{Caller, Q};
-use super::{parse_limit, AppState};
+use super::{next_cursor, parse_limit, AppState};
 
 /// Paging and filters of `GET /v1/events`.
 #[derive(Debug, Deserialize, utoipa::IntoParams)]
@@ -81,11 +81,7 @@ pub async fn list(
     let after = parse_after(q.after.as_deref())?;
     let filter = event_filter(&q)?;
     let page = s.store.list_events(&filter, after, limit).await?;
-    let next_cursor = if page.more {
-        page.items.last().map(|e| e.seq.to_string())
-    } else {
-        None
-    };
+    let next_cursor = next_cursor(&page, |e| e.seq.to_string());
     Ok(Json(Page {
         items: page.items.iter().map(Event::from).collect(),
         next_cursor,

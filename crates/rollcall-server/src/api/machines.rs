@@ -9,7 +9,7 @@ use serde::Deserialize;
 use super::dto::{Machine, MachineDetail, Page, Worker};
 use super::error::{ApiError, ErrorBody};
 use super::extract::{Caller, PathId, Q};
-use super::{parse_limit, AppState};
+use super::{next_cursor, parse_limit, AppState};
 
 /// Filters and paging of `GET /v1/machines`.
 #[derive(Debug, Deserialize, utoipa::IntoParams)]
@@ -57,11 +57,7 @@ pub async fn list(
         })
         .transpose()?;
     let page = s.store.list_machines(status, after.as_ref(), limit).await?;
-    let next_cursor = if page.more {
-        page.items.last().map(|m| m.id.to_string())
-    } else {
-        None
-    };
+    let next_cursor = next_cursor(&page, |m| m.id.to_string());
     Ok(Json(Page {
         items: page.items.iter().map(Machine::from).collect(),
         next_cursor,

@@ -65,6 +65,19 @@ pub fn parse_limit(limit: Option<&str>) -> Result<usize, ApiError> {
     }
 }
 
+/// The cursor of the page after `page`: the key of its last item, or `None`
+/// on the last page.
+pub fn next_cursor<T>(
+    page: &rollcall_store::Page<T>,
+    key: impl Fn(&T) -> String,
+) -> Option<String> {
+    if page.more {
+        page.items.last().map(key)
+    } else {
+        None
+    }
+}
+
 /// The router of the whole API.
 pub fn router(state: AppState) -> Router {
     Router::new()

@@ -13,7 +13,7 @@ use serde::Deserialize;
 use super::dto::{CreateTokenRequest, CreatedToken, Page, TokenInfo};
 use super::error::{ApiError, ErrorBody};
 use super::extract::{json_body, Caller, PathId, BODY_LIMIT, Q};
-use super::{parse_limit, AppState};
+use super::{next_cursor, parse_limit, AppState};
 
 /// The longest a token may be created for (about 100 years).
 const MAX_EXPIRES_IN_MS: u64 = 100 * 365 * 24 * 3600 * 1000;
@@ -118,11 +118,7 @@ pub async fn list(
         })
         .transpose()?;
     let page = s.store.list_tokens(after.as_ref(), limit).await?;
-    let next_cursor = if page.more {
-        page.items.last().map(|t| t.id.to_string())
-    } else {
-        None
-    };
+    let next_cursor = next_cursor(&page, |t| t.id.to_string());
     Ok(Json(Page {
         items: page.items.iter().map(TokenInfo::from).collect(),
         next_cursor,

@@ -18,7 +18,7 @@ use super::error::{ApiError, ErrorBody};
 use super::extract::{
     json_body, optional_json_body, Caller, PathId, BATCH_BODY_LIMIT, BODY_LIMIT, Q,
 };
-use super::{parse_limit, AppState};
+use super::{next_cursor, parse_limit, AppState};
 use crate::auth::Principal;
 use crate::engine::{Beat, FastBeat};
 use crate::writer::{Registration, Reply, Request, WriteError};
@@ -384,11 +384,7 @@ pub async fn list(
         .store
         .list_workers(&WorkerFilter { status, machine_id }, after.as_ref(), limit)
         .await?;
-    let next_cursor = if page.more {
-        page.items.last().map(|w| w.id.to_string())
-    } else {
-        None
-    };
+    let next_cursor = next_cursor(&page, |w| w.id.to_string());
     Ok(Json(Page {
         items: page
             .items
