@@ -278,6 +278,23 @@ fn new_events(t: &Transition, at: Timestamp, lag: Option<i64>) -> Vec<NewEvent> 
         .collect()
 }
 
+/// The write of a transition of an existing worker: the new record, only if
+/// the stored one still has the status and session the plan started from.
+fn update(
+    record: WorkerRecord,
+    expect: Expect,
+    t: &Transition,
+    now: Timestamp,
+    lag: Option<i64>,
+) -> WorkerWrite {
+    WorkerWrite::Put {
+        record,
+        expect: Some(expect),
+        machine: None,
+        events: new_events(t, now, lag),
+    }
+}
+
 fn fsm_error(e: FsmError) -> WriteError {
     match e {
         FsmError::NotFound => WriteError::NotFound,
@@ -599,16 +616,7 @@ impl WriterTask {
                 };
                 self.slot(work, id).state = Some((record.clone(), deadline));
                 if t.changed() {
-                    push(
-                        id,
-                        WorkerWrite::Put {
-                            record: record.clone(),
-                            expect: Some(expect),
-                            machine: None,
-                            events: new_events(&t, now, None),
-                        },
-                        work,
-                    );
+                    push(id, update(record.clone(), expect, &t, now, None), work);
                 }
                 Planned {
                     worker: Some(id.clone()),
@@ -702,16 +710,7 @@ impl WriterTask {
                     record.set_state(t.next.expect("expiry keeps the worker"));
                     let lag = now.diff_ms(deadline).max(0);
                     self.slot(work, &e.id).state = Some((record.clone(), deadline));
-                    push(
-                        &e.id,
-                        WorkerWrite::Put {
-                            record,
-                            expect: Some(expect),
-                            machine: None,
-                            events: new_events(&t, now, Some(lag)),
-                        },
-                        work,
-                    );
+                    push(&e.id, update(record, expect, &t, now, Some(lag)), work);
                 }
                 Planned {
                     worker: Some(e.id.clone()),
@@ -755,16 +754,7 @@ impl WriterTask {
             let expect = expect_of(&record);
             record.set_state(t.next.expect("this command keeps the worker"));
             self.slot(work, id).state = Some((record.clone(), deadline));
-            push(
-                id,
-                WorkerWrite::Put {
-                    record: record.clone(),
-                    expect: Some(expect),
-                    machine: None,
-                    events: new_events(&t, now, None),
-                },
-                work,
-            );
+            push(id, update(record.clone(), expect, &t, now, None), work);
         }
         Planned {
             worker: Some(id.clone()),
