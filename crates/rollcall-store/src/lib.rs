@@ -7,8 +7,16 @@
 //!
 //! ## Layout
 //!
-//! - [`records`]: the typed rows.
-//! - [`sqlite`]: the embedded default (WAL, one process per file).
+//! - [`records`]: the typed rows; `rows` turns database rows into them, for
+//!   both backends.
+//! - [`sqlite`]: the embedded default (WAL, one process per file), with
+//!   `sqlite_batch`, its multi-row fast path; migrations in
+//!   `migrations/sqlite`.
+//! - [`postgres`]: several replicas on one database, with `postgres::batch`
+//!   (a batch as statements over arrays) and [`postgres::ha`] (the leader
+//!   lock, the epoch fence, LISTEN/NOTIFY); migrations in
+//!   `migrations/postgres`.
+//! - `testing` (feature `testing`): a scratch PostgreSQL database per test.
 //!
 //! ## Guarantees every implementation gives
 //!
@@ -22,9 +30,13 @@
 //! - `last_heartbeat_at` is only ever moved forward, and only within the
 //!   session it was measured in.
 
+pub mod postgres;
 pub mod records;
+mod rows;
 pub mod sqlite;
 mod sqlite_batch;
+#[cfg(feature = "testing")]
+pub mod testing;
 
 use async_trait::async_trait;
 use rollcall_core::{MachineId, MachineStatus, Timestamp, TokenId, WorkerId};
@@ -47,6 +59,10 @@ pub enum StoreError {
     /// Another process holds this database.
     #[error("{0}")]
     Locked(String),
+    /// A fenced write of a replica that is not (or no longer) the active one
+    /// (see [`postgres::PgStore::fence_writes`]). Nothing was written.
+    #[error("this replica is not the active one: the write was refused")]
+    Fenced,
 }
 
 pub type Result<T, E = StoreError> = std::result::Result<T, E>;

@@ -11,21 +11,17 @@
 use std::collections::BTreeMap;
 use std::fs::File;
 use std::path::{Path, PathBuf};
-use std::str::FromStr;
 use std::time::Duration;
 
 use async_trait::async_trait;
-use rollcall_core::{
-    EventReason, EventType, Labels, MachineId, MachineStatus, OfflineReason, Status, Timestamp,
-    TokenHash, TokenId, TokenKind, WorkerId, WorkerName,
-};
+use rollcall_core::{MachineId, MachineStatus, Timestamp, TokenId, WorkerId};
 use sqlx::sqlite::{
-    SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteRow,
-    SqliteSynchronous,
+    SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous,
 };
-use sqlx::{Connection, QueryBuilder, Row, Sqlite, Transaction};
+use sqlx::{Connection, QueryBuilder, Sqlite, Transaction};
 
 use crate::records::*;
+use crate::rows::*;
 use crate::sqlite_batch::{self, Outcome};
 use crate::{Result, Store, StoreError};
 
@@ -43,16 +39,6 @@ pub struct SqliteStore {
     _lock: File,
     path: PathBuf,
 }
-
-/// Fields of a worker row, in the order the `SELECT`s below list them.
-pub(crate) const WORKER_COLUMNS: &str = "id, name, machine_id, status, offline_reason, session, labels, \
-     heartbeat_interval_ms, stale_after_ms, registered_at, last_heartbeat_at, status_changed_at, token_hash";
-
-const MACHINE_SELECT: &str = "SELECT m.id, m.hostname, m.labels, m.status, m.first_seen_at, \
-     m.last_seen_at, m.status_changed_at, \
-     (SELECT COUNT(*) FROM workers w WHERE w.machine_id = m.id AND w.status IN ('online', 'draining')) AS workers_online, \
-     (SELECT COUNT(*) FROM workers w WHERE w.machine_id = m.id) AS workers_total \
-     FROM machines m";
 
 impl SqliteStore {
     /// Opens (creating if needed) the database at a `sqlite://PATH` URL or a
@@ -135,131 +121,6 @@ fn take_lock(db: &Path) -> Result<File> {
     }
 }
 
-fn corrupt(what: impl std::fmt::Display) -> StoreError {
-    StoreError::Corrupt(what.to_string())
-}
-
-fn parse<T: FromStr>(s: &str, what: &str) -> Result<T>
-where
-    T::Err: std::fmt::Display,
-{
-    s.parse::<T>().map_err(|e| corrupt(format!("{what}: {e}")))
-}
-
-fn labels_from(json: &str) -> Result<Labels> {
-    let map: BTreeMap<String, String> =
-        serde_json::from_str(json).map_err(|e| corrupt(format!("labels: {e}")))?;
-    Labels::parse(map).map_err(|e| corrupt(format!("labels: {e}")))
-}
-
-pub(crate) fn labels_json(l: &Labels) -> String {
-    serde_json::to_string(l.as_map()).expect("a string map always serialises")
-}
-
-fn ms(d: Duration) -> i64 {
-    i64::try_from(d.as_millis()).unwrap_or(i64::MAX)
-}
-
-fn worker_from(row: &SqliteRow) -> Result<WorkerRecord> {
-    let id: String = row.try_get("id")?;
-    let name: String = row.try_get("name")?;
-    let machine_id: String = row.try_get("machine_id")?;
-    let status: String = row.try_get("status")?;
-    let reason: Option<String> = row.try_get("offline_reason")?;
-    let labels: String = row.try_get("labels")?;
-    let token_hash: String = row.try_get("token_hash")?;
-    Ok(WorkerRecord {
-        id: WorkerId::parse(&id).map_err(corrupt)?,
-        name: WorkerName::parse(&name).map_err(corrupt)?,
-        machine_id: MachineId::parse(&machine_id).map_err(corrupt)?,
-        status: parse::<Status>(&status, "status")?,
-        offline_reason: reason
-            .map(|r| parse::<OfflineReason>(&r, "offline_reason"))
-            .transpose()?,
-        session: row.try_get::<i64, _>("session")? as u64,
-        labels: labels_from(&labels)?,
-        heartbeat_interval: Duration::from_millis(
-            row.try_get::<i64, _>("heartbeat_interval_ms")? as u64
-        ),
-        stale_after: Duration::from_millis(row.try_get::<i64, _>("stale_after_ms")? as u64),
-        registered_at: Timestamp::from_millis(row.try_get("registered_at")?),
-        last_heartbeat_at: row
-            .try_get::<Option<i64>, _>("last_heartbeat_at")?
-            .map(Timestamp::from_millis),
-        status_changed_at: Timestamp::from_millis(row.try_get("status_changed_at")?),
-        token_hash: TokenHash::from_hex(&token_hash).ok_or_else(|| corrupt("token_hash"))?,
-    })
-}
-
-fn machine_from(row: &SqliteRow) -> Result<MachineRecord> {
-    let id: String = row.try_get("id")?;
-    let status: String = row.try_get("status")?;
-    let labels: String = row.try_get("labels")?;
-    Ok(MachineRecord {
-        id: MachineId::parse(&id).map_err(corrupt)?,
-        hostname: row.try_get("hostname")?,
-        labels: labels_from(&labels)?,
-        status: parse::<MachineStatus>(&status, "machine status")?,
-        workers_online: row.try_get::<i64, _>("workers_online")? as u64,
-        workers_total: row.try_get::<i64, _>("workers_total")? as u64,
-        first_seen_at: Timestamp::from_millis(row.try_get("first_seen_at")?),
-        last_seen_at: Timestamp::from_millis(row.try_get("last_seen_at")?),
-        status_changed_at: Timestamp::from_millis(row.try_get("status_changed_at")?),
-    })
-}
-
-fn event_from(row: &SqliteRow) -> Result<EventRecord> {
-    let kind: String = row.try_get("type")?;
-    let worker_id: Option<String> = row.try_get("worker_id")?;
-    let machine_id: String = row.try_get("machine_id")?;
-    let reason: Option<String> = row.try_get("reason")?;
-    Ok(EventRecord {
-        seq: row.try_get("seq")?,
-        at: Timestamp::from_millis(row.try_get("at")?),
-        kind: parse::<EventType>(&kind, "event type")?,
-        worker_id: worker_id
-            .map(|w| WorkerId::parse(&w).map_err(corrupt))
-            .transpose()?,
-        machine_id: MachineId::parse(&machine_id).map_err(corrupt)?,
-        reason: reason
-            .map(|r| parse::<EventReason>(&r, "event reason"))
-            .transpose()?,
-        session: row.try_get::<Option<i64>, _>("session")?.map(|s| s as u64),
-        detection_lag_ms: row.try_get("detection_lag_ms")?,
-    })
-}
-
-fn token_from(row: &SqliteRow) -> Result<TokenRecord> {
-    let id: String = row.try_get("id")?;
-    let kind: String = row.try_get("kind")?;
-    let hash: String = row.try_get("hash")?;
-    Ok(TokenRecord {
-        id: TokenId::parse(&id).map_err(corrupt)?,
-        kind: TokenKind::parse(&kind).ok_or_else(|| corrupt("token kind"))?,
-        name: row.try_get("name")?,
-        hash: TokenHash::from_hex(&hash).ok_or_else(|| corrupt("token hash"))?,
-        created_at: Timestamp::from_millis(row.try_get("created_at")?),
-        expires_at: row
-            .try_get::<Option<i64>, _>("expires_at")?
-            .map(Timestamp::from_millis),
-        last_used_at: row
-            .try_get::<Option<i64>, _>("last_used_at")?
-            .map(Timestamp::from_millis),
-    })
-}
-
-/// The SQL `LIMIT` that fetches one row more than `limit` (to tell whether
-/// more follow), without overflowing for huge limits.
-fn fetch_limit(limit: usize) -> i64 {
-    i64::try_from(limit).unwrap_or(i64::MAX).saturating_add(1)
-}
-
-fn page<T>(mut items: Vec<T>, limit: usize) -> Page<T> {
-    let more = items.len() > limit;
-    items.truncate(limit);
-    Page { items, more }
-}
-
 /// The next `seq`s come from `sqlite_sequence`, which (unlike `MAX(seq)`)
 /// never goes back when old events are pruned.
 async fn current_seq(tx: &mut Transaction<'_, Sqlite>) -> Result<i64> {
@@ -321,19 +182,7 @@ async fn derive_machines(
             .execute(&mut **tx)
             .await?;
         *seq += 1;
-        events.push(EventRecord {
-            seq: *seq,
-            at,
-            kind: match derived {
-                MachineStatus::Online => EventType::MachineOnline,
-                MachineStatus::Offline => EventType::MachineOffline,
-            },
-            worker_id: None,
-            machine_id: id,
-            reason: None,
-            session: None,
-            detection_lag_ms: None,
-        });
+        events.push(machine_event(*seq, id, derived, at));
     }
     Ok(events)
 }
@@ -435,16 +284,7 @@ impl Store for SqliteStore {
                 for e in new_events {
                     seq += 1;
                     *at = (*at).max(e.at);
-                    events.push(EventRecord {
-                        seq,
-                        at: e.at,
-                        kind: e.kind,
-                        worker_id: Some(worker_id.clone()),
-                        machine_id: machine_id.clone(),
-                        reason: e.reason,
-                        session: e.session,
-                        detection_lag_ms: e.detection_lag_ms,
-                    });
+                    events.push(worker_event(seq, worker_id, machine_id, e));
                 }
             }
             let machine_events =
@@ -515,20 +355,11 @@ impl Store for SqliteStore {
             if !ok {
                 continue;
             }
-            for e in new_events {
+            for e in &new_events {
                 seq += 1;
                 let at = machines.entry(machine_id.clone()).or_insert(e.at);
                 *at = (*at).max(e.at);
-                events.push(EventRecord {
-                    seq,
-                    at: e.at,
-                    kind: e.kind,
-                    worker_id: Some(worker_id.clone()),
-                    machine_id: machine_id.clone(),
-                    reason: e.reason,
-                    session: e.session,
-                    detection_lag_ms: e.detection_lag_ms,
-                });
+                events.push(worker_event(seq, &worker_id, &machine_id, e));
             }
             machines.entry(machine_id).or_insert(Timestamp::EPOCH);
         }

@@ -17,6 +17,7 @@ use rollcall_core::{MachineId, MachineStatus, Timestamp, WorkerId};
 use sqlx::{QueryBuilder, Sqlite, Transaction};
 
 use crate::records::{EventRecord, WorkerWrite};
+use crate::rows::ms;
 use crate::Result;
 
 /// Rows per multi-row statement (15 parameters each, well under SQLite's
@@ -29,10 +30,6 @@ pub(crate) enum Outcome {
     Applied,
     /// Some write's condition did not hold; roll back and replay slowly.
     Fallback,
-}
-
-fn ms(d: std::time::Duration) -> i64 {
-    i64::try_from(d.as_millis()).unwrap_or(i64::MAX)
 }
 
 /// Applies every write of the batch, or reports that one would not apply.
@@ -84,7 +81,7 @@ async fn apply_layer(tx: &mut Transaction<'_, Sqlite>, layer: &[&WorkerWrite]) -
                         e.0 = Some(h.as_str());
                     }
                     if let Some(l) = &m.labels {
-                        e.1 = Some(super::sqlite::labels_json(l));
+                        e.1 = Some(crate::rows::labels_json(l));
                     }
                     e.2 = e.2.max(m.seen_at);
                 }
@@ -152,7 +149,7 @@ async fn apply_layer(tx: &mut Transaction<'_, Sqlite>, layer: &[&WorkerWrite]) -
                 .push_bind(r.status.as_str())
                 .push_bind(r.offline_reason.map(|x| x.as_str()))
                 .push_bind(r.session as i64)
-                .push_bind(super::sqlite::labels_json(&r.labels))
+                .push_bind(crate::rows::labels_json(&r.labels))
                 .push_bind(ms(r.heartbeat_interval))
                 .push_bind(ms(r.stale_after))
                 .push_bind(r.registered_at.as_millis())
@@ -185,7 +182,7 @@ async fn apply_layer(tx: &mut Transaction<'_, Sqlite>, layer: &[&WorkerWrite]) -
     for chunk in inserts.chunks(ROWS) {
         let mut qb: QueryBuilder<Sqlite> = QueryBuilder::new(format!(
             "INSERT INTO workers ({}) ",
-            super::sqlite::WORKER_COLUMNS
+            crate::rows::WORKER_COLUMNS
         ));
         qb.push_values(chunk, |mut b, r| {
             b.push_bind(r.id.as_str().to_owned())
@@ -194,7 +191,7 @@ async fn apply_layer(tx: &mut Transaction<'_, Sqlite>, layer: &[&WorkerWrite]) -
                 .push_bind(r.status.as_str())
                 .push_bind(r.offline_reason.map(|x| x.as_str()))
                 .push_bind(r.session as i64)
-                .push_bind(super::sqlite::labels_json(&r.labels))
+                .push_bind(crate::rows::labels_json(&r.labels))
                 .push_bind(ms(r.heartbeat_interval))
                 .push_bind(ms(r.stale_after))
                 .push_bind(r.registered_at.as_millis())
@@ -263,19 +260,7 @@ pub(crate) async fn derive_machines(
             .execute(&mut **tx)
             .await?;
         *seq += 1;
-        events.push(EventRecord {
-            seq: *seq,
-            at,
-            kind: match derived {
-                MachineStatus::Online => rollcall_core::EventType::MachineOnline,
-                MachineStatus::Offline => rollcall_core::EventType::MachineOffline,
-            },
-            worker_id: None,
-            machine_id,
-            reason: None,
-            session: None,
-            detection_lag_ms: None,
-        });
+        events.push(crate::rows::machine_event(*seq, machine_id, derived, at));
     }
     Ok(events)
 }

@@ -5,7 +5,9 @@
 //! and [`contract_suite!`] instantiates the whole list for each backend:
 //!
 //! - `sqlite`: a fresh database in a temporary directory per test;
-//! - `postgres`: not implemented yet; see [`common::postgres`].
+//! - `postgres`: a fresh database per test on the server of
+//!   `ROLLCALL_TEST_POSTGRES_URL`; skipped when it is unset (unless
+//!   `ROLLCALL_REQUIRE_POSTGRES=1`); see [`common::postgres`].
 //!
 //! Tests that need to reach around the trait (the file lock, reopening a
 //! file, editing rows from outside) are SQLite-specific and live in
@@ -79,8 +81,7 @@ macro_rules! contract_suite {
 }
 
 contract_suite!(sqlite = crate::common::sqlite);
-// Enable when the PostgreSQL store exists (see `common::postgres`):
-// contract_suite!(postgres = crate::common::postgres);
+contract_suite!(postgres = crate::common::postgres);
 
 // ===========================================================================
 // Basics

@@ -17,7 +17,9 @@ use rollcall_core::{
     transition, Command, EventType, Labels, MachineId, Status, Timestamp, TokenHash, TokenId,
     TokenKind, WorkerEvent, WorkerId, WorkerName,
 };
+use rollcall_store::postgres::PgStore;
 use rollcall_store::sqlite::SqliteStore;
+use rollcall_store::testing::TestDatabase;
 use rollcall_store::{
     CommitResult, EventFilter, EventRecord, Expect, MachineUpsert, NewEvent, Store, TokenRecord,
     WorkerFilter, WorkerRecord, WorkerWrite,
@@ -28,7 +30,7 @@ use rollcall_store::{
 // ---------------------------------------------------------------------------
 
 /// A store under test, with whatever must outlive it (a temporary directory,
-/// a scratch schema, ...).
+/// a scratch database, ...).
 pub struct Backend {
     // Field order matters: the store is dropped before what it lives in.
     pub store: Arc<dyn Store>,
@@ -48,22 +50,19 @@ pub async fn sqlite() -> Option<Backend> {
     })
 }
 
-/// The environment variable that points the suite at a PostgreSQL server.
-pub const POSTGRES_URL_ENV: &str = "ROLLCALL_TEST_POSTGRES_URL";
-
-/// The PostgreSQL backend of the contract suite.
-///
-/// **The PostgreSQL implementation will plug in here.** Once it exists, this
-/// function reads [`POSTGRES_URL_ENV`]; when it is unset it returns `None`
-/// (the tests of that backend are skipped), otherwise it connects, creates a
-/// scratch schema or database for this one test (so tests stay independent
-/// and can run in parallel), runs the migrations and returns the store, with
-/// a guard in `_keep` that drops the scratch schema. Then enable the
-/// `contract_suite!(postgres = ...)` line in `tests/contract.rs`.
-///
-/// Until then there is no PostgreSQL store, and this returns `None`.
+/// PostgreSQL in a fresh database per test (see
+/// [`rollcall_store::testing::TestDatabase`]), or `None` (the test is
+/// skipped) when `ROLLCALL_TEST_POSTGRES_URL` is unset. With
+/// `ROLLCALL_REQUIRE_POSTGRES=1` an unset URL fails the test instead.
 pub async fn postgres() -> Option<Backend> {
-    None
+    let db = TestDatabase::from_env().await?;
+    let store = PgStore::connect(db.url())
+        .await
+        .expect("connect a PostgreSQL store to a fresh database");
+    Some(Backend {
+        store: Arc::new(store),
+        _keep: Box::new(db),
+    })
 }
 
 // ---------------------------------------------------------------------------

@@ -1,0 +1,588 @@
+//! The PostgreSQL store: several rollcall replicas on one database, one of
+//! them active (see [`ha`]).
+//!
+//! - A pool of connections serves every method; MVCC lets reads run beside
+//!   writes. Connections are taken with a short timeout, so while the
+//!   database is unreachable calls fail fast with [`StoreError::Database`]
+//!   instead of queueing.
+//! - Writes that touch workers and machines (commit, heartbeat flushes,
+//!   reconciliation, forgetting machines) take one transaction-level
+//!   advisory lock, the *writer lock*, before anything else. Event `seq`s are
+//!   assigned under it, so commit order is `seq` order and a reader that sees
+//!   `seq` N has every smaller `seq` visible too; and these multi-row writes
+//!   never deadlock each other.
+//! - In fenced mode ([`PgStore::fence_writes`]) the liveness writes also
+//!   check, in their transaction, that this store still leads.
+//! - Batches are written as a few statements over arrays (`UNNEST`), not one
+//!   statement per row (see [`batch`]).
+
+mod batch;
+pub mod ha;
+
+use std::collections::BTreeMap;
+use std::str::FromStr;
+use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use rollcall_core::{MachineId, MachineStatus, Timestamp, TokenId, WorkerId};
+use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions};
+use sqlx::{Connection, PgConnection, Postgres, QueryBuilder, Transaction};
+
+pub use self::ha::{LeaderInfo, Leadership, Notification, Notifications};
+use crate::records::*;
+use crate::rows::*;
+use crate::{Result, Store, StoreError};
+
+/// The first half of every advisory-lock key rollcall takes ("rllc"). The
+/// two-part keys live apart from single-`bigint` keys, such as the one the
+/// migrator takes.
+const LOCK_SPACE: i32 = 0x726c_6c63;
+/// Serialises the writes to workers, machines and the event log.
+const WRITER_LOCK: i32 = 1;
+/// Held, at session level, by the active replica.
+const LEADER_LOCK: i32 = 2;
+/// Serialises the multi-row writes to tokens.
+const TOKENS_LOCK: i32 = 3;
+
+/// How long a call waits for a pooled connection.
+const ACQUIRE_TIMEOUT: Duration = Duration::from_secs(3);
+/// How long opening a connection of its own may take.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+/// Connections in the pool.
+const MAX_CONNECTIONS: u32 = 10;
+/// Heartbeat marks written per transaction (each holds the writer lock).
+const FLUSH_CHUNK: usize = 1000;
+
+static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("migrations/postgres");
+
+/// PostgreSQL implementation of [`Store`].
+#[derive(Debug)]
+pub struct PgStore {
+    pool: PgPool,
+    /// For the connections that live outside the pool: the leader lock's
+    /// and the listeners'.
+    options: PgConnectOptions,
+    /// Whether, and with which epoch, fenced writes may run.
+    fence: Arc<Fence>,
+    /// A connection kept between unsuccessful [`PgStore::try_lead`]s, so a
+    /// standby that asks every second does not connect every second.
+    candidate: tokio::sync::Mutex<Option<PgConnection>>,
+}
+
+/// The fence of a store: see [`PgStore::fence_writes`].
+#[derive(Debug, Default)]
+pub(crate) struct Fence {
+    /// Whether liveness writes are fenced at all.
+    enabled: AtomicBool,
+    /// The epoch this store leads with; 0 (never a leader's) while it does
+    /// not lead.
+    epoch: AtomicI64,
+}
+
+impl Fence {
+    /// Forgets `epoch`, unless the store already leads with a newer one.
+    pub(crate) fn clear(&self, epoch: i64) {
+        let _ = self
+            .epoch
+            .compare_exchange(epoch, 0, Ordering::SeqCst, Ordering::SeqCst);
+    }
+
+    pub(crate) fn set(&self, epoch: i64) {
+        self.epoch.store(epoch, Ordering::SeqCst);
+    }
+}
+
+impl PgStore {
+    /// Connects to the database at a `postgres://` URL and runs the
+    /// migrations. Replicas starting together against one database are
+    /// safe: the migrator holds an advisory lock while it works, so one
+    /// migrates and the others then find nothing to do.
+    pub async fn connect(url: &str) -> Result<Self> {
+        let options = PgConnectOptions::from_str(url)?
+            .application_name("rollcall")
+            // A transaction left open by a stuck process would hold the
+            // writer lock; the server ends it.
+            .options([("idle_in_transaction_session_timeout", "60s")]);
+
+        // Migrations run on a connection of their own: the migrator's lock is
+        // a session lock, and a connection whose migration failed must be
+        // closed, releasing it, not returned to a pool.
+        let mut conn = connect_one(&options).await?;
+        MIGRATOR.run(&mut conn).await?;
+        conn.close().await?;
+
+        let pool = PgPoolOptions::new()
+            .max_connections(MAX_CONNECTIONS)
+            .acquire_timeout(ACQUIRE_TIMEOUT)
+            .connect_with(options.clone())
+            .await?;
+        Ok(PgStore {
+            pool,
+            options,
+            fence: Arc::default(),
+            candidate: tokio::sync::Mutex::new(None),
+        })
+    }
+
+    /// The database's clock, in milliseconds: with several replicas, the one
+    /// clock they share.
+    pub async fn now(&self) -> Result<Timestamp> {
+        let ms: i64 = sqlx::query_scalar(
+            "SELECT FLOOR(EXTRACT(EPOCH FROM clock_timestamp()) * 1000)::BIGINT",
+        )
+        .fetch_one(&self.pool)
+        .await?;
+        Ok(Timestamp::from_millis(ms))
+    }
+
+    /// Puts the store in fenced mode: from now on the liveness writes
+    /// (`commit`, `flush_heartbeats`, `reconcile_machines`,
+    /// `forget_empty_machines`, `prune_events`, `delete_expired_tokens`) are
+    /// refused with [`StoreError::Fenced`] unless this store holds a
+    /// [`Leadership`] whose epoch is still the current one in the database.
+    /// Without this call (contract tests, tools) writes are unfenced.
+    pub fn fence_writes(&self) {
+        self.fence.enabled.store(true, Ordering::SeqCst);
+    }
+
+    /// Closes the pool.
+    pub async fn close(&self) {
+        self.pool.close().await;
+    }
+
+    /// The fence's answer without asking the database: refused when fenced
+    /// and not leading.
+    fn refuse_unless_leading(&self) -> Result<()> {
+        if self.fence.enabled.load(Ordering::SeqCst) && self.fence.epoch.load(Ordering::SeqCst) == 0
+        {
+            return Err(StoreError::Fenced);
+        }
+        Ok(())
+    }
+
+    /// Begins a write transaction: checks the fence first when `fenced`,
+    /// then takes `lock`, if any, until the transaction ends.
+    async fn begin(
+        &self,
+        fenced: bool,
+        lock: Option<i32>,
+    ) -> Result<Transaction<'static, Postgres>> {
+        let mut tx = self.pool.begin().await?;
+        if fenced {
+            self.check_fence(&mut tx).await?;
+        }
+        if let Some(key) = lock {
+            sqlx::query("SELECT pg_advisory_xact_lock($1, $2)")
+                .bind(LOCK_SPACE)
+                .bind(key)
+                .execute(&mut *tx)
+                .await?;
+        }
+        Ok(tx)
+    }
+
+    /// In fenced mode, refuses unless the leader table's epoch is ours. The
+    /// row stays share-locked until the transaction ends, so a replica that
+    /// takes over (raising the epoch) waits for this write to finish, and
+    /// every later write of this store is refused.
+    async fn check_fence(&self, tx: &mut Transaction<'static, Postgres>) -> Result<()> {
+        if !self.fence.enabled.load(Ordering::SeqCst) {
+            return Ok(());
+        }
+        self.refuse_unless_leading()?;
+        let ours = self.fence.epoch.load(Ordering::SeqCst);
+        let current: i64 =
+            sqlx::query_scalar("SELECT epoch FROM rollcall_leader WHERE id = 1 FOR SHARE")
+                .fetch_one(&mut **tx)
+                .await?;
+        if current != ours {
+            self.fence.clear(ours);
+            return Err(StoreError::Fenced);
+        }
+        Ok(())
+    }
+}
+
+/// Opens one connection outside the pool, giving up after
+/// [`CONNECT_TIMEOUT`].
+async fn connect_one(options: &PgConnectOptions) -> Result<PgConnection> {
+    match tokio::time::timeout(CONNECT_TIMEOUT, PgConnection::connect_with(options)).await {
+        Ok(conn) => Ok(conn?),
+        Err(_) => Err(timed_out("connecting to the database")),
+    }
+}
+
+/// A database that did not answer in time.
+pub(crate) fn timed_out(what: &str) -> StoreError {
+    StoreError::Database(sqlx::Error::Io(std::io::Error::new(
+        std::io::ErrorKind::TimedOut,
+        format!("{what} timed out"),
+    )))
+}
+
+/// Raises the event counter by `n` and returns the first of the `n` new
+/// `seq`s. Runs under the writer lock.
+async fn next_seqs(tx: &mut Transaction<'static, Postgres>, n: usize) -> Result<i64> {
+    let last: i64 = sqlx::query_scalar(
+        "UPDATE rollcall_event_seq SET last = last + $1 WHERE id = 1 RETURNING last",
+    )
+    .bind(n as i64)
+    .fetch_one(&mut **tx)
+    .await?;
+    Ok(last - n as i64 + 1)
+}
+
+/// Numbers `events` (worker events, then machine events) and appends them.
+async fn append_events(
+    tx: &mut Transaction<'static, Postgres>,
+    events: &mut [EventRecord],
+) -> Result<()> {
+    if events.is_empty() {
+        return Ok(());
+    }
+    let first = next_seqs(tx, events.len()).await?;
+    for (i, e) in events.iter_mut().enumerate() {
+        e.seq = first + i as i64;
+    }
+    batch::insert_events(tx, events).await
+}
+
+/// The worker, machine and events of a write.
+fn parts(w: &WorkerWrite) -> (&WorkerId, &MachineId, &[NewEvent]) {
+    match w {
+        WorkerWrite::Put { record, events, .. } => (&record.id, &record.machine_id, events),
+        WorkerWrite::Delete {
+            id,
+            machine_id,
+            events,
+            ..
+        } => (id, machine_id, events),
+    }
+}
+
+#[async_trait]
+impl Store for PgStore {
+    async fn ping(&self) -> Result<()> {
+        sqlx::query("SELECT 1").execute(&self.pool).await?;
+        Ok(())
+    }
+
+    async fn load_workers(&self) -> Result<Vec<WorkerRecord>> {
+        let rows = sqlx::query(&format!("SELECT {WORKER_COLUMNS} FROM workers"))
+            .fetch_all(&self.pool)
+            .await?;
+        rows.iter().map(worker_from).collect()
+    }
+
+    async fn commit(&self, writes: Vec<WorkerWrite>) -> Result<CommitResult> {
+        let mut tx = self.begin(true, Some(WRITER_LOCK)).await?;
+        let applied = batch::apply_writes(&mut tx, &writes).await?;
+
+        // Worker events in the order of the writes; each machine they touched
+        // is derived at the time of its latest event.
+        let mut events = Vec::new();
+        let mut machines: BTreeMap<MachineId, Timestamp> = BTreeMap::new();
+        for (write, ok) in writes.iter().zip(&applied) {
+            if !ok {
+                continue;
+            }
+            let (worker_id, machine_id, new_events) = parts(write);
+            let at = machines
+                .entry(machine_id.clone())
+                .or_insert(Timestamp::EPOCH);
+            for e in new_events {
+                *at = (*at).max(e.at);
+                events.push(worker_event(0, worker_id, machine_id, e));
+            }
+        }
+        for (id, status, at) in batch::derive_machines(&mut tx, &machines).await? {
+            events.push(machine_event(0, id, status, at));
+        }
+        append_events(&mut tx, &mut events).await?;
+        tx.commit().await?;
+        Ok(CommitResult { applied, events })
+    }
+
+    async fn reconcile_machines(&self, at: Timestamp) -> Result<Vec<EventRecord>> {
+        let mut tx = self.begin(true, Some(WRITER_LOCK)).await?;
+        let ids: Vec<String> = sqlx::query_scalar("SELECT id FROM machines")
+            .fetch_all(&mut *tx)
+            .await?;
+        let machines = ids
+            .iter()
+            .map(|id| Ok((MachineId::parse(id).map_err(corrupt)?, at)))
+            .collect::<Result<BTreeMap<_, _>>>()?;
+        let mut events: Vec<EventRecord> = batch::derive_machines(&mut tx, &machines)
+            .await?
+            .into_iter()
+            .map(|(id, status, at)| machine_event(0, id, status, at))
+            .collect();
+        append_events(&mut tx, &mut events).await?;
+        tx.commit().await?;
+        Ok(events)
+    }
+
+    async fn flush_heartbeats(&self, marks: &[HeartbeatMark]) -> Result<()> {
+        // One row per (worker, session), the latest time: an UPDATE … FROM
+        // with duplicate keys would apply an arbitrary one of them.
+        let mut latest: BTreeMap<(&str, u64), Timestamp> = BTreeMap::new();
+        for m in marks {
+            let t = latest
+                .entry((m.worker_id.as_str(), m.session))
+                .or_insert(m.at);
+            *t = (*t).max(m.at);
+        }
+        let marks: Vec<_> = latest.into_iter().collect();
+        if marks.is_empty() {
+            // Nothing to write; a store that knows it does not lead still
+            // refuses, as it would with marks.
+            return self.refuse_unless_leading();
+        }
+        // Short transactions: each holds the writer lock, which the
+        // transition writer must never wait for long (detection lag).
+        for chunk in marks.chunks(FLUSH_CHUNK) {
+            let mut tx = self.begin(true, Some(WRITER_LOCK)).await?;
+            let ids: Vec<&str> = chunk.iter().map(|((id, _), _)| *id).collect();
+            let sessions: Vec<i64> = chunk.iter().map(|((_, s), _)| *s as i64).collect();
+            let ats: Vec<i64> = chunk.iter().map(|(_, at)| at.as_millis()).collect();
+            // A mark of an ended session (or a forgotten worker) matches no
+            // row and is ignored entirely, machine included. Only the
+            // unindexed `last_heartbeat_at` and `last_seen_at` change, so
+            // the updates are HOT.
+            sqlx::query(
+                "WITH v AS (SELECT * FROM UNNEST($1::text[], $2::bigint[], $3::bigint[]) \
+                   AS v (id, session, at)), \
+                 hb AS (UPDATE workers w SET last_heartbeat_at = GREATEST(w.last_heartbeat_at, v.at) \
+                   FROM v WHERE w.id = v.id AND w.session = v.session \
+                   RETURNING w.machine_id, w.last_heartbeat_at) \
+                 UPDATE machines m SET last_seen_at = s.at \
+                 FROM (SELECT machine_id, MAX(last_heartbeat_at) AS at FROM hb GROUP BY machine_id) s \
+                 WHERE m.id = s.machine_id AND m.last_seen_at < s.at",
+            )
+            .bind(&ids)
+            .bind(&sessions)
+            .bind(&ats)
+            .execute(&mut *tx)
+            .await?;
+            tx.commit().await?;
+        }
+        Ok(())
+    }
+
+    async fn get_worker(&self, id: &WorkerId) -> Result<Option<WorkerRecord>> {
+        let row = sqlx::query(&format!(
+            "SELECT {WORKER_COLUMNS} FROM workers WHERE id = $1"
+        ))
+        .bind(id.as_str())
+        .fetch_optional(&self.pool)
+        .await?;
+        row.as_ref().map(worker_from).transpose()
+    }
+
+    async fn list_workers(
+        &self,
+        filter: &WorkerFilter,
+        after: Option<&WorkerId>,
+        limit: usize,
+    ) -> Result<Page<WorkerRecord>> {
+        let mut qb: QueryBuilder<Postgres> =
+            QueryBuilder::new(format!("SELECT {WORKER_COLUMNS} FROM workers WHERE true"));
+        if let Some(s) = filter.status {
+            qb.push(" AND status = ").push_bind(s.as_str());
+        }
+        if let Some(m) = &filter.machine_id {
+            qb.push(" AND machine_id = ").push_bind(m.as_str());
+        }
+        if let Some(a) = after {
+            qb.push(" AND id > ").push_bind(a.as_str());
+        }
+        qb.push(" ORDER BY id LIMIT ").push_bind(fetch_limit(limit));
+        let rows = qb.build().fetch_all(&self.pool).await?;
+        let items = rows.iter().map(worker_from).collect::<Result<Vec<_>>>()?;
+        Ok(page(items, limit))
+    }
+
+    async fn get_machine(&self, id: &MachineId) -> Result<Option<MachineRecord>> {
+        let row = sqlx::query(&format!("{MACHINE_SELECT} WHERE m.id = $1"))
+            .bind(id.as_str())
+            .fetch_optional(&self.pool)
+            .await?;
+        row.as_ref().map(machine_from).transpose()
+    }
+
+    async fn list_machines(
+        &self,
+        status: Option<MachineStatus>,
+        after: Option<&MachineId>,
+        limit: usize,
+    ) -> Result<Page<MachineRecord>> {
+        let mut qb: QueryBuilder<Postgres> =
+            QueryBuilder::new(format!("{MACHINE_SELECT} WHERE true"));
+        if let Some(s) = status {
+            qb.push(" AND m.status = ").push_bind(s.as_str());
+        }
+        if let Some(a) = after {
+            qb.push(" AND m.id > ").push_bind(a.as_str());
+        }
+        qb.push(" ORDER BY m.id LIMIT ")
+            .push_bind(fetch_limit(limit));
+        let rows = qb.build().fetch_all(&self.pool).await?;
+        let items = rows.iter().map(machine_from).collect::<Result<Vec<_>>>()?;
+        Ok(page(items, limit))
+    }
+
+    async fn list_events(
+        &self,
+        filter: &EventFilter,
+        after: i64,
+        limit: usize,
+    ) -> Result<Page<EventRecord>> {
+        let mut qb: QueryBuilder<Postgres> =
+            QueryBuilder::new(format!("SELECT {EVENT_COLUMNS} FROM events WHERE seq > "));
+        qb.push_bind(after);
+        if let Some(w) = &filter.worker_id {
+            qb.push(" AND worker_id = ").push_bind(w.as_str());
+        }
+        if let Some(m) = &filter.machine_id {
+            qb.push(" AND machine_id = ").push_bind(m.as_str());
+        }
+        if let Some(k) = filter.kind {
+            qb.push(" AND type = ").push_bind(k.as_str());
+        }
+        qb.push(" ORDER BY seq LIMIT ")
+            .push_bind(fetch_limit(limit));
+        let rows = qb.build().fetch_all(&self.pool).await?;
+        let items = rows.iter().map(event_from).collect::<Result<Vec<_>>>()?;
+        Ok(page(items, limit))
+    }
+
+    async fn last_seq(&self) -> Result<i64> {
+        let last: i64 = sqlx::query_scalar("SELECT last FROM rollcall_event_seq WHERE id = 1")
+            .fetch_one(&self.pool)
+            .await?;
+        Ok(last)
+    }
+
+    async fn insert_token(&self, t: &TokenRecord) -> Result<()> {
+        sqlx::query(&format!(
+            "INSERT INTO tokens ({TOKEN_COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, $7)"
+        ))
+        .bind(t.id.as_str())
+        .bind(t.kind.as_str())
+        .bind(&t.name)
+        .bind(t.hash.to_hex())
+        .bind(t.created_at.as_millis())
+        .bind(t.expires_at.map(|x| x.as_millis()))
+        .bind(t.last_used_at.map(|x| x.as_millis()))
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    async fn list_tokens(
+        &self,
+        after: Option<&TokenId>,
+        limit: usize,
+    ) -> Result<Page<TokenRecord>> {
+        let rows = sqlx::query(&format!(
+            "SELECT {TOKEN_COLUMNS} FROM tokens WHERE id > $1 ORDER BY id LIMIT $2"
+        ))
+        .bind(after.map(|a| a.as_str()).unwrap_or(""))
+        .bind(fetch_limit(limit))
+        .fetch_all(&self.pool)
+        .await?;
+        let items = rows.iter().map(token_from).collect::<Result<Vec<_>>>()?;
+        Ok(page(items, limit))
+    }
+
+    async fn all_tokens(&self) -> Result<Vec<TokenRecord>> {
+        let rows = sqlx::query(&format!("SELECT {TOKEN_COLUMNS} FROM tokens"))
+            .fetch_all(&self.pool)
+            .await?;
+        rows.iter().map(token_from).collect()
+    }
+
+    async fn delete_token(&self, id: &TokenId) -> Result<bool> {
+        let n = sqlx::query("DELETE FROM tokens WHERE id = $1")
+            .bind(id.as_str())
+            .execute(&self.pool)
+            .await?
+            .rows_affected();
+        Ok(n == 1)
+    }
+
+    async fn touch_tokens(&self, uses: &[(TokenId, Timestamp)]) -> Result<()> {
+        if uses.is_empty() {
+            return Ok(());
+        }
+        // One row per token, the latest use (see flush_heartbeats).
+        let mut latest: BTreeMap<&str, Timestamp> = BTreeMap::new();
+        for (id, at) in uses {
+            let t = latest.entry(id.as_str()).or_insert(*at);
+            *t = (*t).max(*at);
+        }
+        let ids: Vec<&str> = latest.keys().copied().collect();
+        let ats: Vec<i64> = latest.values().map(|t| t.as_millis()).collect();
+        let mut tx = self.begin(false, Some(TOKENS_LOCK)).await?;
+        sqlx::query(
+            "UPDATE tokens t SET last_used_at = GREATEST(t.last_used_at, v.at) \
+             FROM UNNEST($1::text[], $2::bigint[]) AS v (id, at) \
+             WHERE t.id = v.id AND (t.last_used_at IS NULL OR t.last_used_at < v.at)",
+        )
+        .bind(&ids)
+        .bind(&ats)
+        .execute(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    async fn delete_expired_tokens(&self, now: Timestamp) -> Result<Vec<TokenId>> {
+        let mut tx = self.begin(true, Some(TOKENS_LOCK)).await?;
+        let ids: Vec<String> = sqlx::query_scalar(
+            "DELETE FROM tokens WHERE expires_at IS NOT NULL AND expires_at <= $1 RETURNING id",
+        )
+        .bind(now.as_millis())
+        .fetch_all(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        ids.iter()
+            .map(|id| TokenId::parse(id).map_err(corrupt))
+            .collect()
+    }
+
+    async fn offline_workers_since(&self, before: Timestamp) -> Result<Vec<WorkerRecord>> {
+        let rows = sqlx::query(&format!(
+            "SELECT {WORKER_COLUMNS} FROM workers WHERE status = 'offline' AND status_changed_at <= $1"
+        ))
+        .bind(before.as_millis())
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter().map(worker_from).collect()
+    }
+
+    async fn forget_empty_machines(&self) -> Result<u64> {
+        let mut tx = self.begin(true, Some(WRITER_LOCK)).await?;
+        let n = sqlx::query(
+            "DELETE FROM machines m WHERE NOT EXISTS (SELECT 1 FROM workers w WHERE w.machine_id = m.id)",
+        )
+        .execute(&mut *tx)
+        .await?
+        .rows_affected();
+        tx.commit().await?;
+        Ok(n)
+    }
+
+    async fn prune_events(&self, before: Timestamp) -> Result<u64> {
+        let mut tx = self.begin(true, None).await?;
+        let n = sqlx::query("DELETE FROM events WHERE at <= $1")
+            .bind(before.as_millis())
+            .execute(&mut *tx)
+            .await?
+            .rows_affected();
+        tx.commit().await?;
+        Ok(n)
+    }
+}
