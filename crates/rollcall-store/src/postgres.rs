@@ -108,10 +108,15 @@ impl PgStore {
 
         // Migrations run on a connection of their own: the migrator's lock is
         // a session lock, and a connection whose migration failed must be
-        // closed, releasing it, not returned to a pool.
-        let mut conn = connect_one(&options).await?;
-        MIGRATOR.run(&mut conn).await?;
-        conn.close().await?;
+        // closed, releasing it, not handed out again.
+        let migrating = PgPoolOptions::new()
+            .max_connections(1)
+            .acquire_timeout(CONNECT_TIMEOUT)
+            .connect_with(options.clone())
+            .await?;
+        let migrated = MIGRATOR.run(&migrating).await;
+        migrating.close().await;
+        migrated?;
 
         let pool = PgPoolOptions::new()
             .max_connections(MAX_CONNECTIONS)
