@@ -1,6 +1,11 @@
 //! `store-commit`: the cost of the transition writer's transactions, on the
 //! store alone (no HTTP, no engine): K stale transitions of N workers spread
 //! over M machines, committed as one batch.
+//!
+//! SQLite in a temporary directory by default; with
+//! `ROLLCALL_BENCH_POSTGRES_URL` set (a server URL whose database exists),
+//! PostgreSQL in a scratch database created on that server and dropped
+//! afterwards.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -9,8 +14,13 @@ use anyhow::Result;
 use rollcall_core::{
     transition, Command, Labels, MachineId, Status, Timestamp, TokenHash, WorkerId, WorkerName,
 };
+use rollcall_store::postgres::PgStore;
 use rollcall_store::sqlite::SqliteStore;
+use rollcall_store::testing::TestDatabase;
 use rollcall_store::{Expect, MachineUpsert, NewEvent, Store, WorkerRecord, WorkerWrite};
+
+/// Where to find a PostgreSQL server to measure instead of SQLite.
+const POSTGRES_URL_ENV: &str = "ROLLCALL_BENCH_POSTGRES_URL";
 
 fn events(t: &rollcall_core::Transition, at: Timestamp) -> Vec<NewEvent> {
     t.events
@@ -29,9 +39,23 @@ fn events(t: &rollcall_core::Transition, at: Timestamp) -> Vec<NewEvent> {
 /// one batch, `rounds` times (re-registering in between).
 pub async fn commit(workers: usize, expire: usize, machines: usize, rounds: usize) -> Result<()> {
     let dir = tempfile::tempdir()?;
-    let store: Arc<dyn Store> = Arc::new(
-        SqliteStore::open(dir.path().join("bench.db").to_str().unwrap_or("bench.db")).await?,
-    );
+    let mut scratch = None;
+    let store: Arc<dyn Store> = match std::env::var(POSTGRES_URL_ENV) {
+        Ok(url) if !url.is_empty() => {
+            let db = TestDatabase::create(&url).await?;
+            println!("PostgreSQL, scratch database {}", db.name());
+            let store = PgStore::connect(db.url()).await?;
+            scratch = Some(db);
+            Arc::new(store)
+        }
+        _ => {
+            println!("SQLite, in {}", dir.path().display());
+            Arc::new(
+                SqliteStore::open(dir.path().join("bench.db").to_str().unwrap_or("bench.db"))
+                    .await?,
+            )
+        }
+    };
     let now = Timestamp::from_millis(1_800_000_000_000);
     let mut records = Vec::with_capacity(workers);
     let started = Instant::now();
@@ -106,5 +130,9 @@ pub async fn commit(workers: usize, expire: usize, machines: usize, rounds: usiz
     }
     times.sort();
     println!("median: {:?}", times[times.len() / 2]);
+    drop(store);
+    if let Some(db) = scratch {
+        db.drop_database().await?;
+    }
     Ok(())
 }

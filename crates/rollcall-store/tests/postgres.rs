@@ -698,3 +698,21 @@ async fn a_database_that_is_gone_is_a_database_error() {
         Err(StoreError::Database(_))
     ));
 }
+
+/// The server spawns these futures on a multi-threaded runtime.
+#[allow(dead_code)]
+fn futures_are_send(
+    s: &'static PgStore,
+    l: &'static mut Leadership,
+    n: &'static mut Notifications,
+) {
+    fn send<T: Send>(_: T) {}
+    send(PgStore::connect(""));
+    send(s.now());
+    send(s.try_lead("", ""));
+    send(s.leader());
+    send(s.listen());
+    send(l.check(Duration::ZERO));
+    send(n.recv());
+    send(owned.release());
+}
