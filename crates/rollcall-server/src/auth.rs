@@ -91,6 +91,25 @@ impl Tokens {
         );
     }
 
+    /// Replaces every stored token by `records` (a replica that did not
+    /// make the change reloads them from the store).
+    pub fn replace_stored(&self, records: Vec<TokenRecord>) {
+        let fresh: HashMap<TokenHash, Cached> = records
+            .into_iter()
+            .map(|r| {
+                (
+                    r.hash,
+                    Cached {
+                        id: r.id,
+                        kind: r.kind,
+                        expires_at: r.expires_at,
+                    },
+                )
+            })
+            .collect();
+        *self.by_hash.write() = fresh;
+    }
+
     /// Removes tokens by id (after they were deleted from the store).
     pub fn remove(&self, ids: &[TokenId]) {
         self.by_hash.write().retain(|_, c| !ids.contains(&c.id));

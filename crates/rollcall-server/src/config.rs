@@ -36,6 +36,7 @@ pub struct RawConfig {
     pub event_retention: Option<String>,
     pub admin_token: Option<String>,
     pub admin_token_file: Option<String>,
+    pub advertise_url: Option<String>,
 }
 
 /// A configuration problem, naming the key.
@@ -70,6 +71,20 @@ pub struct Config {
     pub event_retention: Duration,
     pub admin_token: Option<String>,
     pub admin_token_file: Option<PathBuf>,
+    /// How the other replicas reach this one (PostgreSQL mode); `None`
+    /// means `http://` + the address it listens on.
+    pub advertise_url: Option<String>,
+}
+
+impl Config {
+    /// Whether the database is PostgreSQL (replicated, active/standby mode).
+    pub fn is_postgres(&self) -> bool {
+        is_postgres_url(&self.database_url)
+    }
+}
+
+fn is_postgres_url(url: &str) -> bool {
+    url.starts_with("postgres://") || url.starts_with("postgresql://")
 }
 
 impl fmt::Debug for Config {
@@ -92,6 +107,7 @@ impl fmt::Debug for Config {
             .field("event_retention", &self.event_retention)
             .field("admin_token", &self.admin_token.as_ref().map(|_| "<set>"))
             .field("admin_token_file", &self.admin_token_file)
+            .field("advertise_url", &self.advertise_url)
             .finish()
     }
 }
@@ -167,7 +183,8 @@ impl RawConfig {
             forget_offline_after,
             event_retention,
             admin_token,
-            admin_token_file
+            admin_token_file,
+            advertise_url
         )
     }
 
@@ -182,14 +199,31 @@ impl RawConfig {
             Some(u) => u,
             None => format!("sqlite://{}", data_dir.join("rollcall.db").display()),
         };
-        if !(database_url.starts_with("sqlite:")) {
-            let hint = if database_url.starts_with("postgres") {
-                "PostgreSQL is not supported by this build yet"
-            } else {
-                "expected sqlite://PATH"
-            };
-            return Err(invalid("database_url", format!("unsupported URL ({hint})")));
+        if !(database_url.starts_with("sqlite:") || is_postgres_url(&database_url)) {
+            return Err(invalid(
+                "database_url",
+                "unsupported URL (expected sqlite://PATH or postgres://USER@HOST/DB)",
+            ));
         }
+        let advertise_url = match self.advertise_url.filter(|u| !u.is_empty()) {
+            Some(u) if !(u.starts_with("http://") || u.starts_with("https://")) => {
+                return Err(invalid(
+                    "advertise_url",
+                    format!("expected http://HOST:PORT or https://…, got {u:?}"),
+                ))
+            }
+            Some(u) => Some(u.trim_end_matches('/').to_owned()),
+            None if is_postgres_url(&database_url) && listen.ip().is_unspecified() => {
+                return Err(invalid(
+                    "advertise_url",
+                    format!(
+                        "must be set with PostgreSQL when listening on {listen}: the other \
+                         replicas need an address that reaches this one"
+                    ),
+                ))
+            }
+            None => None,
+        };
 
         let heartbeat = opt_duration("heartbeat_interval", &self.heartbeat_interval)?;
         let stale = opt_duration("stale_after", &self.stale_after)?;
@@ -267,6 +301,7 @@ impl RawConfig {
                 .unwrap_or(Duration::from_secs(30 * 86_400)),
             admin_token,
             admin_token_file: self.admin_token_file.map(PathBuf::from),
+            advertise_url,
         })
     }
 }
@@ -340,6 +375,39 @@ mod tests {
         let c = flags.over(file).resolve().unwrap();
         assert_eq!(c.listen.port(), 1);
         assert_eq!(c.flush_interval, Duration::from_secs(7));
+    }
+
+    #[test]
+    fn postgres_urls_and_advertise_url() {
+        let c = raw(&[("database_url", "postgres://u@h/db")])
+            .resolve()
+            .unwrap();
+        assert!(c.is_postgres());
+        assert_eq!(c.advertise_url, None);
+        let e = raw(&[("database_url", "mysql://h/db")])
+            .resolve()
+            .unwrap_err();
+        assert!(e.to_string().contains("`database_url`"), "{e}");
+        // On a wildcard address the replica cannot guess how it is reached.
+        let e = raw(&[
+            ("database_url", "postgresql://h/db"),
+            ("listen", "0.0.0.0:7373"),
+        ])
+        .resolve()
+        .unwrap_err();
+        assert!(e.to_string().contains("`advertise_url`"), "{e}");
+        let c = raw(&[
+            ("database_url", "postgresql://h/db"),
+            ("listen", "0.0.0.0:7373"),
+            ("advertise_url", "http://10.0.0.5:7373/"),
+        ])
+        .resolve()
+        .unwrap();
+        assert_eq!(c.advertise_url.as_deref(), Some("http://10.0.0.5:7373"));
+        let e = raw(&[("advertise_url", "10.0.0.5:7373")])
+            .resolve()
+            .unwrap_err();
+        assert!(e.to_string().contains("`advertise_url`"), "{e}");
     }
 
     #[test]

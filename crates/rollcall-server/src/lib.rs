@@ -32,6 +32,7 @@ pub mod api;
 pub mod auth;
 pub mod cleanup;
 pub mod clock;
+pub mod cluster;
 pub mod config;
 pub mod detector;
 pub mod engine;
@@ -64,16 +65,63 @@ pub struct Running {
     addr: SocketAddr,
     stop: CancellationToken,
     http: JoinHandle<std::io::Result<()>>,
-    background: Vec<JoinHandle<()>>,
-    /// Stopped last, so its final flush sees every accepted heartbeat.
-    flush_stop: CancellationToken,
-    flush_task: JoinHandle<()>,
-    writer_task: JoinHandle<()>,
-    store: Arc<dyn Store>,
-    cleaner: Cleaner,
-    engine: Arc<engine::Engine>,
+    mode: Mode,
     /// The admin token generated at this start, if one was.
     generated_admin_token: Option<String>,
+}
+
+/// How this server runs.
+#[derive(Debug)]
+enum Mode {
+    /// SQLite: this process is the only one, always active.
+    Single(Core),
+    /// PostgreSQL: one replica of several, active or standby.
+    Replica(cluster::Replica),
+}
+
+/// Whether a server changes state itself or passes changes on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Role {
+    /// Runs the liveness engine, the detector, write-behind and cleanup.
+    Active,
+    /// Serves reads from the database, relays events, and forwards every
+    /// change to the active replica.
+    Standby,
+}
+
+impl Role {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Role::Active => "active",
+            Role::Standby => "standby",
+        }
+    }
+}
+
+/// A server's current role, shared between the task that changes it and
+/// the HTTP layer that reports it.
+#[derive(Debug, Clone)]
+pub(crate) struct RoleCell(Arc<std::sync::atomic::AtomicBool>);
+
+impl RoleCell {
+    pub(crate) fn new(role: Role) -> Self {
+        RoleCell(Arc::new(std::sync::atomic::AtomicBool::new(
+            role == Role::Active,
+        )))
+    }
+
+    pub(crate) fn get(&self) -> Role {
+        if self.0.load(std::sync::atomic::Ordering::Acquire) {
+            Role::Active
+        } else {
+            Role::Standby
+        }
+    }
+
+    pub(crate) fn set(&self, role: Role) {
+        self.0
+            .store(role == Role::Active, std::sync::atomic::Ordering::Release);
+    }
 }
 
 impl Running {
@@ -82,14 +130,30 @@ impl Running {
         self.addr
     }
 
-    /// The cleanup tasks, for driving them directly.
-    pub fn cleaner(&self) -> &Cleaner {
-        &self.cleaner
+    /// The cleanup tasks of the current role, for driving them directly (a
+    /// standby's refuse to change anything).
+    pub fn cleaner(&self) -> Cleaner {
+        match &self.mode {
+            Mode::Single(core) => core.cleaner.clone(),
+            Mode::Replica(r) => r.state().cleaner,
+        }
     }
 
-    /// The liveness engine (read-only use in tests and tools).
-    pub fn engine(&self) -> &Arc<engine::Engine> {
-        &self.engine
+    /// The liveness engine of the current role (read-only use in tests and
+    /// tools; a standby's is empty).
+    pub fn engine(&self) -> Arc<engine::Engine> {
+        match &self.mode {
+            Mode::Single(core) => core.engine.clone(),
+            Mode::Replica(r) => r.state().engine,
+        }
+    }
+
+    /// Whether this server is the active one.
+    pub fn role(&self) -> Role {
+        match &self.mode {
+            Mode::Single(_) => Role::Active,
+            Mode::Replica(r) => r.role(),
+        }
     }
 
     /// The admin token generated at this start, if one was.
@@ -104,28 +168,197 @@ impl Running {
     }
 
     /// Graceful shutdown: stop accepting, finish in-flight requests, drain
-    /// the writer, flush heartbeat times, close the store.
+    /// the writer, flush heartbeat times, close the store (and, for a
+    /// replica, give up the active role so that a standby takes over at once).
     pub async fn shutdown(self) -> anyhow::Result<()> {
         self.stop.cancel();
         let http = self.http.await;
+        match self.mode {
+            Mode::Single(core) => core.stop().await,
+            Mode::Replica(r) => r.shutdown().await,
+        }
+        if let Ok(Err(e)) = &http {
+            warn!(error = %e, "the HTTP server task failed");
+        }
+        http??;
+        Ok(())
+    }
+}
+
+/// What every role of a server shares: the store, the token cache, the
+/// event hub, the clock and the settings.
+#[derive(Debug, Clone)]
+pub(crate) struct Shared {
+    pub(crate) config: Arc<Config>,
+    pub(crate) store: Arc<dyn Store>,
+    pub(crate) tokens: Arc<auth::Tokens>,
+    pub(crate) hub: hub::Hub,
+    pub(crate) clock: Arc<dyn Clock>,
+    pub(crate) stream: StreamSettings,
+    /// Cancelled when the server shuts down.
+    pub(crate) shutdown: CancellationToken,
+}
+
+impl Shared {
+    /// The API state of a role.
+    pub(crate) fn app_state(
+        &self,
+        engine: Arc<engine::Engine>,
+        writer: writer::Writer,
+        cleaner: Cleaner,
+    ) -> api::AppState {
+        api::AppState {
+            store: self.store.clone(),
+            engine,
+            writer,
+            tokens: self.tokens.clone(),
+            hub: self.hub.clone(),
+            clock: self.clock.clone(),
+            policy: self.config.policy,
+            cleaner,
+            stream: self.stream,
+            shutdown: self.shutdown.child_token(),
+        }
+    }
+
+    fn cleaner(&self, engine: Arc<engine::Engine>, writer: writer::Writer) -> Cleaner {
+        Cleaner {
+            store: self.store.clone(),
+            engine,
+            writer,
+            tokens: self.tokens.clone(),
+            clock: self.clock.clone(),
+            retention: cleanup::Retention {
+                forget_offline_after: self.config.forget_offline_after,
+                event_retention: self.config.event_retention,
+            },
+        }
+    }
+
+    /// The API state of a replica that changes nothing itself.
+    pub(crate) fn standby_state(&self) -> api::AppState {
+        let engine = Arc::new(engine::Engine::new());
+        let writer = writer::Writer::detached(engine.clone());
+        let cleaner = self.cleaner(engine.clone(), writer.clone());
+        self.app_state(engine, writer, cleaner)
+    }
+}
+
+/// The liveness machinery of the server that changes state: the engine
+/// loaded with the restart grace, the transition writer, the detector, the
+/// sweep and cleanup loops, and the write-behind flush.
+#[derive(Debug)]
+pub(crate) struct Core {
+    pub(crate) engine: Arc<engine::Engine>,
+    pub(crate) writer: writer::Writer,
+    pub(crate) cleaner: Cleaner,
+    stop: CancellationToken,
+    background: Vec<JoinHandle<()>>,
+    /// Stopped last, so its final flush sees every accepted heartbeat.
+    flush_stop: CancellationToken,
+    flush_task: JoinHandle<()>,
+    writer_task: JoinHandle<()>,
+}
+
+impl Core {
+    /// Loads every worker from the store with the restart grace (counted
+    /// from now, the moment this core starts taking traffic) and starts the
+    /// background tasks.
+    pub(crate) async fn start(shared: &Shared) -> anyhow::Result<Core> {
+        let engine = Arc::new(engine::Engine::new());
+        let workers = shared.store.load_workers().await?;
+        let loaded = workers.len();
+        engine.load(workers, shared.clock.now());
+        let census = engine.census();
+        info!(
+            workers = loaded,
+            online = census.online,
+            draining = census.draining,
+            "loaded workers with the restart grace"
+        );
+        let (writer, writer_task) = writer::Writer::start(
+            shared.store.clone(),
+            engine.clone(),
+            shared.hub.clone(),
+            shared.clock.clone(),
+        );
+        let cleaner = shared.cleaner(engine.clone(), writer.clone());
+        let config = &shared.config;
+        let stop = CancellationToken::new();
+        let detector =
+            detector::Detector::new(engine.clone(), writer.clone(), shared.clock.clone());
+        let background = vec![
+            tokio::spawn(detector.run(stop.child_token())),
+            tokio::spawn(cleaner.clone().run(
+                config.sweep_interval,
+                config.cleanup_interval,
+                stop.child_token(),
+            )),
+        ];
+        let flusher =
+            flush::Flusher::new(engine.clone(), shared.tokens.clone(), shared.store.clone());
+        let flush_stop = CancellationToken::new();
+        let flush_task = tokio::spawn(flusher.run(config.flush_interval, flush_stop.clone()));
+        Ok(Core {
+            engine,
+            writer,
+            cleaner,
+            stop,
+            background,
+            flush_stop,
+            flush_task,
+            writer_task,
+        })
+    }
+
+    /// The API state of this core.
+    pub(crate) fn app_state(&self, shared: &Shared) -> api::AppState {
+        shared.app_state(
+            self.engine.clone(),
+            self.writer.clone(),
+            self.cleaner.clone(),
+        )
+    }
+
+    /// Graceful stop, once nothing submits any more: the loops end, the last
+    /// heartbeat times are flushed, the writer drains its queue.
+    pub(crate) async fn stop(self) {
+        self.stop.cancel();
         for t in self.background {
             let _ = t.await;
         }
         self.flush_stop.cancel();
         let _ = self.flush_task.await;
         drop(self.cleaner);
+        drop(self.writer);
         // Every Writer handle is gone now; the writer drains and ends.
         let _ = self.writer_task.await;
-        if let Err(e) = http {
-            warn!(error = %e, "the HTTP server task failed");
+    }
+
+    /// Stops at once, writing nothing more (the active role was lost: another
+    /// replica may already have taken over). Queued changes are refused.
+    pub(crate) async fn abandon(self) {
+        self.stop.cancel();
+        self.flush_stop.cancel();
+        self.writer_task.abort();
+        self.flush_task.abort();
+        for t in &self.background {
+            t.abort();
         }
-        drop(self.store);
-        Ok(())
+        let _ = self.writer_task.await;
+        let _ = self.flush_task.await;
+        for t in self.background {
+            let _ = t.await;
+        }
     }
 }
 
-/// Opens the store named by the config.
+/// Opens the SQLite store named by the config.
 pub async fn open_store(config: &Config) -> anyhow::Result<Arc<dyn Store>> {
+    anyhow::ensure!(
+        !config.is_postgres(),
+        "open_store opens SQLite; PostgreSQL replicas are started by `start`"
+    );
     let store = SqliteStore::open(&config.database_url)
         .await
         .with_context(|| format!("opening {}", config::redact_url(&config.database_url)))?;
@@ -218,6 +451,9 @@ pub async fn start_with_stream_settings(
     clock: Arc<dyn Clock>,
     stream: StreamSettings,
 ) -> anyhow::Result<Running> {
+    if config.is_postgres() {
+        return cluster::launch(config, listener, clock, stream).await;
+    }
     let store = open_store(&config).await?;
     launch(config, listener, clock, store, stream).await
 }
@@ -232,7 +468,8 @@ pub async fn start_with_store(
     launch(config, listener, clock, store, StreamSettings::default()).await
 }
 
-/// Everything [`start`] does, with the store and the stream timings given.
+/// Everything [`start`] does for a single server, with the store and the
+/// stream timings given.
 async fn launch(
     config: Config,
     listener: TcpListener,
@@ -241,6 +478,28 @@ async fn launch(
     stream: StreamSettings,
 ) -> anyhow::Result<Running> {
     let addr = listener.local_addr()?;
+    let (shared, generated) = prepare(config, store, clock, stream).await?;
+    let core = Core::start(&shared).await?;
+    let app = api::router(core.app_state(&shared));
+    let stop = shared.shutdown.clone();
+    let http = serve_http(listener, app, RoleCell::new(Role::Active), &shared);
+    Ok(Running {
+        addr,
+        stop,
+        http,
+        mode: Mode::Single(core),
+        generated_admin_token: generated,
+    })
+}
+
+/// Sets up what every role shares: the admin token and the token cache.
+/// Returns it with the admin token generated at this start, if any.
+pub(crate) async fn prepare(
+    config: Config,
+    store: Arc<dyn Store>,
+    clock: Arc<dyn Clock>,
+    stream: StreamSettings,
+) -> anyhow::Result<(Shared, Option<String>)> {
     let existing_tokens = store.all_tokens().await?;
     let (configured_admin, generated) =
         admin_token(&config, store.as_ref(), &existing_tokens, clock.now()).await?;
@@ -248,85 +507,40 @@ async fn launch(
         store.all_tokens().await?,
         configured_admin.as_deref(),
     ));
-
-    let engine = Arc::new(engine::Engine::new());
-    let workers = store.load_workers().await?;
-    let loaded = workers.len();
-    // The restart grace counts from now, the moment we start serving.
-    engine.load(workers, clock.now());
-    let census = engine.census();
-    info!(
-        workers = loaded,
-        online = census.online,
-        draining = census.draining,
-        "loaded workers with the restart grace"
-    );
-
-    let hub = hub::Hub::new();
-    let (writer, writer_task) =
-        writer::Writer::start(store.clone(), engine.clone(), hub.clone(), clock.clone());
-    let cleaner = Cleaner {
-        store: store.clone(),
-        engine: engine.clone(),
-        writer: writer.clone(),
-        tokens: tokens.clone(),
-        clock: clock.clone(),
-        retention: cleanup::Retention {
-            forget_offline_after: config.forget_offline_after,
-            event_retention: config.event_retention,
-        },
-    };
-
-    let stop = CancellationToken::new();
-    let mut background = Vec::new();
-    let detector = detector::Detector::new(engine.clone(), writer.clone(), clock.clone());
-    background.push(tokio::spawn(detector.run(stop.child_token())));
-    background.push(tokio::spawn(cleaner.clone().run(
-        config.sweep_interval,
-        config.cleanup_interval,
-        stop.child_token(),
-    )));
-    let flusher = flush::Flusher::new(engine.clone(), tokens.clone(), store.clone());
-
-    let state = api::AppState {
-        store: store.clone(),
-        engine: engine.clone(),
-        writer,
+    let shared = Shared {
+        config: Arc::new(config),
+        store,
         tokens,
-        hub,
+        hub: hub::Hub::new(),
         clock,
-        policy: config.policy,
-        cleaner: cleaner.clone(),
         stream,
-        shutdown: stop.child_token(),
+        shutdown: CancellationToken::new(),
     };
-    let app = api::router(state).layer(tower_http::catch_panic::CatchPanicLayer::custom(|_| {
-        axum::response::IntoResponse::into_response(api::error::ApiError::Internal)
-    }));
-    let http_stop = stop.clone();
+    Ok((shared, generated))
+}
+
+/// Serves `app` on `listener` until the server shuts down.
+pub(crate) fn serve_http(
+    listener: TcpListener,
+    app: axum::Router,
+    role: RoleCell,
+    shared: &Shared,
+) -> JoinHandle<std::io::Result<()>> {
+    let app = app
+        .layer(axum::middleware::from_fn(move |req, next| {
+            api::role_header(role.get(), req, next)
+        }))
+        .layer(tower_http::catch_panic::CatchPanicLayer::custom(|_| {
+            axum::response::IntoResponse::into_response(api::error::ApiError::Internal)
+        }));
+    let stop = shared.shutdown.clone();
     // Connections that stop reading are closed rather than waited for, so
     // an event stream to a stuck client cannot hang shutdown.
-    let listener = api::stream::GuardedListener::new(listener, stream, stop.clone());
-    let http = tokio::spawn(async move {
+    let listener = api::stream::GuardedListener::new(listener, shared.stream, stop.clone());
+    tokio::spawn(async move {
         axum::serve(listener, app)
-            .with_graceful_shutdown(async move { http_stop.cancelled().await })
+            .with_graceful_shutdown(async move { stop.cancelled().await })
             .await
-    });
-    let flush_stop = CancellationToken::new();
-    let flush_task = tokio::spawn(flusher.run(config.flush_interval, flush_stop.clone()));
-
-    Ok(Running {
-        addr,
-        stop,
-        http,
-        background,
-        flush_stop,
-        flush_task,
-        writer_task,
-        store,
-        cleaner,
-        engine,
-        generated_admin_token: generated,
     })
 }
 

@@ -184,6 +184,13 @@ impl Writer {
         (Writer { tx, engine }, handle)
     }
 
+    /// A handle with no writer behind it: every request is refused as
+    /// unavailable. A standby replica changes nothing itself.
+    pub fn detached(engine: Arc<Engine>) -> Writer {
+        let (tx, _) = mpsc::channel(1);
+        Writer { tx, engine }
+    }
+
     /// Submits a request and waits until it is committed (or refused).
     pub async fn submit(&self, req: Request) -> Result<Reply, WriteError> {
         let (tx, rx) = oneshot::channel();

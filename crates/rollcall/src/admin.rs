@@ -30,7 +30,8 @@ Exit codes (admin commands):
 /// Server and token, shared by every admin command.
 #[derive(Debug, Clone, Args)]
 pub struct Conn {
-    /// The rollcall server's URL.
+    /// The rollcall server's URL; several replicas separated by commas
+    /// (tried in order, failing over).
     #[arg(
         long,
         global = true,
@@ -246,7 +247,7 @@ where
         }
     };
     let mut builder = Client::builder()
-        .server(conn.server.clone())
+        .servers(crate::server_urls(&conn.server))
         .timeout(Duration::from_secs(15))
         .connect_timeout(Duration::from_secs(5));
     if let Some(t) = &conn.token {

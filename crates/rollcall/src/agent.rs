@@ -48,7 +48,8 @@ pub enum AgentCommand {
 /// Flags of `rollcall agent run`.
 #[derive(Debug, Args)]
 pub struct AgentRunArgs {
-    /// The rollcall server's URL.
+    /// The rollcall server's URL; several replicas separated by commas
+    /// (tried in order, failing over).
     #[arg(long, env = "ROLLCALL_SERVER", default_value = "http://127.0.0.1:7373")]
     server: String,
     /// An enroll (or admin) token.
@@ -104,7 +105,7 @@ fn run(args: AgentRunArgs) -> ExitCode {
         }
     };
     let client = match Client::builder()
-        .server(args.server.clone())
+        .servers(crate::server_urls(&args.server))
         .token(args.token.clone())
         .timeout(Duration::from_secs(5))
         .connect_timeout(Duration::from_secs(2))

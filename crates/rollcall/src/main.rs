@@ -104,3 +104,26 @@ fn main() -> ExitCode {
         Command::Events { conn, cmd } => admin::main(conn, |c, conn| admin::events(c, conn, cmd)),
     }
 }
+
+/// The server URLs of a `--server` value: one, or several replicas
+/// separated by commas.
+pub(crate) fn server_urls(value: &str) -> Vec<String> {
+    value
+        .split(',')
+        .map(str::trim)
+        .filter(|u| !u.is_empty())
+        .map(str::to_owned)
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn server_urls_split_on_commas() {
+        assert_eq!(super::server_urls("http://a:1"), vec!["http://a:1"]);
+        assert_eq!(
+            super::server_urls("http://a:1, http://b:2,"),
+            vec!["http://a:1", "http://b:2"]
+        );
+    }
+}

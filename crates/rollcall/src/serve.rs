@@ -64,6 +64,10 @@ pub struct ServeArgs {
     /// Prune events older than this (default 30d).
     #[arg(long, env = "ROLLCALL_EVENT_RETENTION")]
     event_retention: Option<String>,
+    /// How the other replicas reach this one (PostgreSQL mode; default
+    /// http:// + the listen address).
+    #[arg(long, env = "ROLLCALL_ADVERTISE_URL")]
+    advertise_url: Option<String>,
     /// Log format on stderr.
     #[arg(long, env = "ROLLCALL_LOG_FORMAT", value_enum, default_value = "text")]
     log_format: LogFormat,
@@ -89,6 +93,7 @@ impl ServeArgs {
             event_retention: self.event_retention.clone(),
             admin_token: std::env::var("ROLLCALL_ADMIN_TOKEN").ok(),
             admin_token_file: None,
+            advertise_url: self.advertise_url.clone(),
         }
     }
 }

@@ -109,6 +109,23 @@ pub fn router(state: AppState) -> Router {
         .with_state(state)
 }
 
+/// The header that tells which role the answering server has.
+pub const ROLE_HEADER: &str = "x-rollcall-role";
+
+/// Adds [`ROLE_HEADER`] (`active` or `standby`) to every response.
+pub async fn role_header(
+    role: crate::Role,
+    req: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> axum::response::Response {
+    let mut resp = next.run(req).await;
+    resp.headers_mut().insert(
+        ROLE_HEADER,
+        axum::http::HeaderValue::from_static(role.as_str()),
+    );
+    resp
+}
+
 async fn not_found() -> impl IntoResponse {
     ApiError::not_found("no such endpoint")
 }

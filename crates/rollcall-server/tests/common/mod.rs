@@ -7,6 +7,10 @@
 //! run only every hour, so tests drive them directly through
 //! [`TestApp::cleaner`] or the cleanup endpoints.
 //!
+//! With `ROLLCALL_TEST_API_STORE=postgres` (and `ROLLCALL_TEST_POSTGRES_URL`)
+//! every app runs on a fresh PostgreSQL database of its own instead of
+//! SQLite, as a lone replica: the same suite checks both stores.
+//!
 //! Tests never sleep and hope: they poll a condition until a deadline with
 //! [`wait_until`] / [`wait_for`], and when time has to pass they compute how
 //! long from the timestamps the server returned ([`sleep_until_ms`]). The
@@ -58,8 +62,15 @@ pub struct TestApp {
     pub admin: String,
     running: Option<Running>,
     raw: RawConfig,
+    /// The PostgreSQL database of this app, in PostgreSQL mode.
+    pub postgres: Option<rollcall_store::testing::TestDatabase>,
     /// Dropped last: the data directory outlives the server.
     pub dir: TempDir,
+}
+
+/// Whether the suite runs on PostgreSQL (see the module docs).
+pub fn on_postgres() -> bool {
+    std::env::var("ROLLCALL_TEST_API_STORE").as_deref() == Ok("postgres")
 }
 
 /// A response: status, parsed JSON body (`Null` if it is not JSON) and text.
@@ -114,6 +125,15 @@ pub async fn spawn_app() -> TestApp {
 pub async fn spawn_app_with(tweak: impl FnOnce(&mut RawConfig)) -> TestApp {
     let dir = tempfile::tempdir().expect("a temporary directory");
     let mut raw = test_config(dir.path().to_str().expect("a UTF-8 temp path"));
+    let postgres = if on_postgres() {
+        let db = rollcall_store::testing::TestDatabase::from_env()
+            .await
+            .expect("ROLLCALL_TEST_API_STORE=postgres needs ROLLCALL_TEST_POSTGRES_URL");
+        raw.database_url = Some(db.url().to_owned());
+        Some(db)
+    } else {
+        None
+    };
     tweak(&mut raw);
     let client = reqwest::Client::builder()
         .timeout(Duration::from_secs(30))
@@ -125,6 +145,7 @@ pub async fn spawn_app_with(tweak: impl FnOnce(&mut RawConfig)) -> TestApp {
         admin: ADMIN_TOKEN.to_owned(),
         running: None,
         raw,
+        postgres,
         dir,
     };
     app.start().await;
@@ -157,7 +178,7 @@ impl TestApp {
     }
 
     /// The cleanup tasks, to drive them directly.
-    pub fn cleaner(&self) -> &Cleaner {
+    pub fn cleaner(&self) -> Cleaner {
         self.running().cleaner()
     }
 

@@ -292,6 +292,11 @@ impl Server {
         self.child.id().expect("the server is still running")
     }
 
+    /// Whether the process has not exited.
+    pub fn is_running(&mut self) -> bool {
+        matches!(self.child.try_wait(), Ok(None))
+    }
+
     /// An admin client for this server.
     pub fn admin(&self) -> Api {
         Api::new(&self.url, ADMIN)

@@ -1,0 +1,577 @@
+//! Replicas on PostgreSQL: one active, the others standing by.
+//!
+//! Every replica serves the same HTTP API on the same database. Exactly one
+//! is *active*: it holds a PostgreSQL advisory lock on a dedicated
+//! connection and runs the [`Core`] (liveness engine, writer, detector,
+//! write-behind, cleanup). The others are *standbys*: they answer reads
+//! from the database, relay committed events to their own stream clients
+//! (LISTEN/NOTIFY, with a poll as a safety net), and forward every change —
+//! heartbeats, registrations, everything but `GET` — to the active replica,
+//! whose address it published in the database when it took the lock.
+//!
+//! ## Taking over
+//!
+//! Each standby tries the lock every [`Timing::poll`]. The one that gets it
+//! bumps the leadership epoch (which fences every later write of a former
+//! active replica, see `rollcall_store::postgres`), waits out
+//! [`Timing::settle`] so that a former active replica that lost its
+//! connection has noticed and stepped down, publishes the events it had not
+//! relayed yet, loads every worker with the restart grace and starts its
+//! core.
+//!
+//! ## Stepping down
+//!
+//! The active replica confirms its lock every [`Timing::check`] on the
+//! lock's own connection. When that fails (the connection was cut, the
+//! database restarted) it stops acting as active at once: requests are
+//! forwarded from then on, the core is abandoned without writing anything
+//! more, and it stands by like any other replica. Its writes would be
+//! refused by the fence anyway.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::body::Body;
+use axum::extract::Request;
+use axum::http::{HeaderName, Method};
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+use axum::Router;
+use parking_lot::RwLock;
+use rollcall_core::Timestamp;
+use rollcall_store::postgres::{LeaderInfo, Leadership, Notification, PgStore};
+use rollcall_store::{EventFilter, Store};
+use tokio::net::TcpListener;
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+use tower::ServiceExt;
+use tracing::{error, info, warn};
+
+use crate::api::error::ApiError;
+use crate::api::{self, AppState};
+use crate::clock::Clock;
+use crate::{Config, Core, Mode, Role, RoleCell, Running, Shared, StreamSettings};
+
+/// The header a standby adds to a request it forwards; a replica that is
+/// not active refuses such a request instead of forwarding it again.
+pub const FORWARDED_HEADER: &str = "x-rollcall-forwarded-by";
+
+/// How often replicas act.
+#[derive(Debug, Clone, Copy)]
+pub struct Timing {
+    /// A standby tries to take the lock this often.
+    pub poll: Duration,
+    /// The active replica confirms its lock this often…
+    pub check: Duration,
+    /// …and gives up the role when a confirmation takes longer than this.
+    pub check_timeout: Duration,
+    /// A new active replica waits this long after taking the lock before
+    /// it acts, so that the replica it replaces has noticed (one check and
+    /// its timeout).
+    pub settle: Duration,
+    /// A standby re-reads the event log this often even without a
+    /// notification.
+    pub relay_poll: Duration,
+    /// How often the offset to the database's clock is measured again.
+    pub clock_sync: Duration,
+}
+
+impl Default for Timing {
+    fn default() -> Self {
+        Timing {
+            poll: Duration::from_millis(500),
+            check: Duration::from_millis(200),
+            check_timeout: Duration::from_secs(1),
+            settle: Duration::from_millis(1_300),
+            relay_poll: Duration::from_secs(1),
+            clock_sync: Duration::from_secs(30),
+        }
+    }
+}
+
+/// A replica's handle, held by [`Running`].
+#[derive(Debug)]
+pub(crate) struct Replica {
+    inner: Arc<Inner>,
+    task: JoinHandle<()>,
+}
+
+#[derive(Debug)]
+struct Inner {
+    shared: Shared,
+    pg: Arc<PgStore>,
+    /// How the other replicas reach this one.
+    me: String,
+    role: RoleCell,
+    /// The router (and its state) requests go to now.
+    current: RwLock<(Router, AppState)>,
+    /// The active replica as last read from the database.
+    leader: RwLock<Option<LeaderInfo>>,
+    forward: reqwest::Client,
+    clock: Arc<DbClock>,
+    timing: Timing,
+}
+
+impl Replica {
+    pub(crate) fn role(&self) -> Role {
+        self.inner.role.get()
+    }
+
+    pub(crate) fn state(&self) -> AppState {
+        self.inner.current.read().1.clone()
+    }
+
+    pub(crate) async fn shutdown(self) {
+        let _ = self.task.await;
+    }
+}
+
+/// Starts a replica on `listener`. Returns once it knows its role: active,
+/// or standing by.
+pub(crate) async fn launch(
+    config: Config,
+    listener: TcpListener,
+    base_clock: Arc<dyn Clock>,
+    stream: StreamSettings,
+) -> anyhow::Result<Running> {
+    let addr = listener.local_addr()?;
+    let me = match &config.advertise_url {
+        Some(u) => u.clone(),
+        None => format!("http://{addr}"),
+    };
+    let pg = Arc::new(PgStore::connect(&config.database_url).await.map_err(|e| {
+        anyhow::anyhow!(
+            "opening {}: {e}",
+            crate::config::redact_url(&config.database_url)
+        )
+    })?);
+    pg.fence_writes();
+    let clock = Arc::new(DbClock::new(base_clock));
+    clock.sync(&pg).await?;
+    let store: Arc<dyn Store> = pg.clone();
+    let (shared, generated) = crate::prepare(config, store, clock.clone(), stream).await?;
+    shared.hub.mark_published(shared.store.last_seq().await?);
+
+    let standby = standby_router(&shared);
+    let inner = Arc::new(Inner {
+        current: RwLock::new(standby),
+        shared: shared.clone(),
+        pg,
+        me,
+        role: RoleCell::new(Role::Standby),
+        leader: RwLock::new(None),
+        forward: reqwest::Client::builder()
+            .timeout(Duration::from_secs(30))
+            .connect_timeout(Duration::from_secs(2))
+            .pool_idle_timeout(Duration::from_secs(30))
+            .build()?,
+        clock,
+        timing: Timing::default(),
+    });
+
+    // The first election happens before serving, so a lone replica answers
+    // its first request as the active one.
+    let phase = inner.clone().elect().await;
+    let task = tokio::spawn(inner.clone().run(phase));
+
+    let dispatch = inner.clone();
+    let forwarder = inner.clone();
+    let app = Router::new()
+        .fallback_service(tower::service_fn(move |req: Request| {
+            let router = dispatch.current.read().0.clone();
+            async move { router.oneshot(req).await }
+        }))
+        .layer(axum::middleware::from_fn(move |req, next| {
+            forward_changes(forwarder.clone(), req, next)
+        }));
+    let http = crate::serve_http(listener, app, inner.role.clone(), &shared);
+    Ok(Running {
+        addr,
+        stop: shared.shutdown.clone(),
+        http,
+        mode: Mode::Replica(Replica { inner, task }),
+        generated_admin_token: generated,
+    })
+}
+
+/// What a replica is doing.
+enum Phase {
+    Standby { relay: Relay },
+    Active { core: Core, lead: Leadership },
+}
+
+impl Inner {
+    /// Tries to become active once; stands by otherwise.
+    async fn elect(self: Arc<Self>) -> Phase {
+        match self.contend().await {
+            Ok(Some((lead, settle))) => match self.clone().activate(lead, settle).await {
+                Ok(phase) => return phase,
+                Err(e) => {
+                    error!(error = %e, "taking over as the active replica failed; standing by")
+                }
+            },
+            Ok(None) => {}
+            Err(e) => warn!(error = %e, "could not contend for the active role"),
+        }
+        Phase::Standby {
+            relay: Relay::start(self.clone()),
+        }
+    }
+
+    /// Tries the lock once. On success, also says whether another replica
+    /// led until now (so the new one must let it notice first); otherwise
+    /// remembers who leads, to forward changes there.
+    async fn contend(&self) -> Result<Option<(Leadership, bool)>, rollcall_store::StoreError> {
+        let before = self.pg.leader().await?;
+        match self.pg.try_lead(&self.me, &self.me).await? {
+            Some(lead) => Ok(Some((lead, before.is_some()))),
+            None => {
+                *self.leader.write() = before;
+                Ok(None)
+            }
+        }
+    }
+
+    /// The replica's life: stand by and contend, or act and confirm.
+    async fn run(self: Arc<Self>, mut phase: Phase) {
+        let stop = self.shared.shutdown.clone();
+        let mut last_sync = tokio::time::Instant::now();
+        loop {
+            phase = match phase {
+                Phase::Standby { relay } => {
+                    tokio::select! {
+                        _ = stop.cancelled() => {
+                            relay.stop().await;
+                            return;
+                        }
+                        _ = tokio::time::sleep(self.timing.poll) => {}
+                    }
+                    match self.contend().await {
+                        Ok(Some((lead, settle))) => {
+                            relay.stop().await;
+                            match self.clone().activate(lead, settle).await {
+                                Ok(phase) => phase,
+                                Err(e) => {
+                                    error!(error = %e, "taking over as the active replica failed; standing by");
+                                    Phase::Standby {
+                                        relay: Relay::start(self.clone()),
+                                    }
+                                }
+                            }
+                        }
+                        Ok(None) => Phase::Standby { relay },
+                        Err(e) => {
+                            warn!(error = %e, "could not contend for the active role");
+                            *self.leader.write() = None;
+                            Phase::Standby { relay }
+                        }
+                    }
+                }
+                Phase::Active { core, mut lead } => {
+                    tokio::select! {
+                        _ = stop.cancelled() => {
+                            // Requests have ended; hand over cleanly.
+                            self.set_current(standby_router(&self.shared), Role::Standby);
+                            core.stop().await;
+                            if let Err(e) = lead.release().await {
+                                warn!(error = %e, "releasing the active role failed; the database releases it when the connection closes");
+                            }
+                            info!("stopped acting as the active replica (shutdown)");
+                            return;
+                        }
+                        _ = tokio::time::sleep(self.timing.check) => {}
+                    }
+                    match lead.check(self.timing.check_timeout).await {
+                        Ok(()) => {
+                            if last_sync.elapsed() >= self.timing.clock_sync {
+                                last_sync = tokio::time::Instant::now();
+                                if let Err(e) = self.clock.sync(&self.pg).await {
+                                    warn!(error = %e, "measuring the database clock failed");
+                                }
+                            }
+                            Phase::Active { core, lead }
+                        }
+                        Err(e) => {
+                            error!(error = %e, epoch = lead.epoch(), "lost the active role; standing by");
+                            // First stop taking changes, then drop everything
+                            // the core held without writing it.
+                            self.set_current(standby_router(&self.shared), Role::Standby);
+                            *self.leader.write() = None;
+                            drop(lead);
+                            core.abandon().await;
+                            Phase::Standby {
+                                relay: Relay::start(self.clone()),
+                            }
+                        }
+                    }
+                }
+            };
+        }
+    }
+
+    /// Becomes the active replica with the lock just taken; `settle` when
+    /// another replica led until now.
+    async fn activate(
+        self: Arc<Self>,
+        mut lead: Leadership,
+        settle: bool,
+    ) -> anyhow::Result<Phase> {
+        info!(epoch = lead.epoch(), "took the active role");
+        if settle {
+            // The replica that held the role until just now may not have
+            // noticed yet; it does within one check and its timeout.
+            tokio::time::sleep(self.timing.settle).await;
+            lead.check(self.timing.check_timeout).await?;
+        }
+        self.clock.sync(&self.pg).await?;
+        // The former active replica is fenced: the log is final up to here.
+        relay_events(&self.shared).await?;
+        self.shared
+            .tokens
+            .replace_stored(self.shared.store.all_tokens().await?);
+        let core = Core::start(&self.shared).await?;
+        let state = core.app_state(&self.shared);
+        self.set_current((api::router(state.clone()), state), Role::Active);
+        *self.leader.write() = Some(LeaderInfo {
+            epoch: lead.epoch(),
+            replica: self.me.clone(),
+            advertise_url: self.me.clone(),
+            since: self.shared.clock.now(),
+        });
+        info!(epoch = lead.epoch(), "this replica is now the active one");
+        Ok(Phase::Active { core, lead })
+    }
+
+    fn set_current(&self, current: (Router, AppState), role: Role) {
+        // The role flips before the router: a request that sees `active`
+        // in the header was served by the active router or forwarded to it.
+        if role == Role::Standby {
+            self.role.set(role);
+        }
+        *self.current.write() = current;
+        if role == Role::Active {
+            self.role.set(role);
+        }
+    }
+
+    /// Passes a change on to the active replica and returns its answer.
+    async fn forward(&self, req: Request) -> Response {
+        if let Some(by) = req.headers().get(FORWARDED_HEADER) {
+            let by = by.to_str().unwrap_or("another replica").to_owned();
+            return ApiError::Unavailable(format!(
+                "this replica is standing by; the change came from {by}, which took it for the active one (a takeover is in progress); retry"
+            ))
+            .into_response();
+        }
+        let target = self.leader.read().clone();
+        let Some(target) = target.filter(|l| l.advertise_url != self.me) else {
+            return ApiError::Unavailable(
+                "no replica is active right now (a takeover is in progress); retry".into(),
+            )
+            .into_response();
+        };
+        let (parts, body) = req.into_parts();
+        let path = parts
+            .uri
+            .path_and_query()
+            .map(|p| p.as_str())
+            .unwrap_or("/");
+        let url = format!("{}{}", target.advertise_url, path);
+        let mut out = self
+            .forward
+            .request(parts.method.clone(), url)
+            .body(reqwest::Body::wrap_stream(body.into_data_stream()));
+        for (name, value) in &parts.headers {
+            if !is_hop_by_hop(name) && name != axum::http::header::HOST {
+                out = out.header(name, value);
+            }
+        }
+        out = out.header(FORWARDED_HEADER, self.me.as_str());
+        match out.send().await {
+            Ok(resp) => {
+                let mut builder = Response::builder().status(resp.status());
+                for (name, value) in resp.headers() {
+                    if !is_hop_by_hop(name) && name != api::ROLE_HEADER {
+                        builder = builder.header(name, value);
+                    }
+                }
+                builder
+                    .body(Body::from_stream(resp.bytes_stream()))
+                    .unwrap_or_else(|_| ApiError::Internal.into_response())
+            }
+            Err(e) => {
+                warn!(active = %target.advertise_url, error = %e, "forwarding to the active replica failed");
+                // It may have just died: read who leads now for the next one.
+                *self.leader.write() = None;
+                ApiError::Unavailable(
+                    "the active replica did not answer (a takeover may be in progress); retry"
+                        .into(),
+                )
+                .into_response()
+            }
+        }
+    }
+}
+
+/// Whether a request changes something and so must go to the active replica.
+fn is_change(req: &Request) -> bool {
+    req.uri().path().starts_with("/v1/") && !matches!(*req.method(), Method::GET | Method::HEAD)
+}
+
+fn is_hop_by_hop(name: &HeaderName) -> bool {
+    matches!(
+        name.as_str(),
+        "connection"
+            | "keep-alive"
+            | "proxy-connection"
+            | "te"
+            | "trailer"
+            | "transfer-encoding"
+            | "upgrade"
+    )
+}
+
+/// The router of a standby: reads are answered here, changes forwarded.
+fn standby_router(shared: &Shared) -> (Router, AppState) {
+    let state = shared.standby_state();
+    (api::router(state.clone()), state)
+}
+
+/// On a standby, passes changes on to the active replica.
+async fn forward_changes(replica: Arc<Inner>, req: Request, next: Next) -> Response {
+    if is_change(&req) && replica.role.get() == Role::Standby {
+        replica.forward(req).await
+    } else {
+        next.run(req).await
+    }
+}
+
+/// Publishes every event of the log after the last one published.
+async fn relay_events(shared: &Shared) -> Result<usize, rollcall_store::StoreError> {
+    let mut n = 0;
+    loop {
+        let after = shared.hub.last_seq();
+        let page = shared
+            .store
+            .list_events(&EventFilter::default(), after, 1_000)
+            .await?;
+        n += page.items.len();
+        shared.hub.publish(page.items);
+        if !page.more {
+            return Ok(n);
+        }
+    }
+}
+
+/// A standby's relay: events committed by the active replica go out to this
+/// replica's stream clients, and token changes reach its token cache.
+#[derive(Debug)]
+struct Relay {
+    stop: CancellationToken,
+    task: JoinHandle<()>,
+}
+
+impl Relay {
+    fn start(replica: Arc<Inner>) -> Relay {
+        let stop = CancellationToken::new();
+        let task = tokio::spawn(relay(replica, stop.clone()));
+        Relay { stop, task }
+    }
+
+    async fn stop(self) {
+        self.stop.cancel();
+        let _ = self.task.await;
+    }
+}
+
+async fn relay(replica: Arc<Inner>, stop: CancellationToken) {
+    let shared = &replica.shared;
+    let reload_tokens = || async {
+        match shared.store.all_tokens().await {
+            Ok(t) => shared.tokens.replace_stored(t),
+            Err(e) => warn!(error = %e, "reloading tokens failed"),
+        }
+    };
+    let catch_up = || async {
+        if let Err(e) = relay_events(shared).await {
+            warn!(error = %e, "relaying events failed; will retry");
+        }
+    };
+    loop {
+        let mut listener = tokio::select! {
+            _ = stop.cancelled() => return,
+            l = replica.pg.listen() => match l {
+                Ok(l) => l,
+                Err(e) => {
+                    warn!(error = %e, "listening for events failed; retrying");
+                    tokio::select! {
+                        _ = stop.cancelled() => return,
+                        _ = tokio::time::sleep(Duration::from_secs(1)) => continue,
+                    }
+                }
+            },
+        };
+        // Whatever happened while nobody listened.
+        reload_tokens().await;
+        catch_up().await;
+        loop {
+            tokio::select! {
+                _ = stop.cancelled() => return,
+                n = listener.recv() => match n {
+                    Ok(Notification::Events) => catch_up().await,
+                    Ok(Notification::Tokens) => reload_tokens().await,
+                    Err(e) => {
+                        warn!(error = %e, "the event notification connection was lost; reconnecting");
+                        break;
+                    }
+                },
+                _ = tokio::time::sleep(replica.timing.relay_poll) => catch_up().await,
+            }
+        }
+    }
+}
+
+/// The database's clock, read through the local one: timestamps of a
+/// PostgreSQL deployment come from the database, so that every replica
+/// agrees on deadlines whatever its own clock says.
+#[derive(Debug)]
+pub struct DbClock {
+    base: Arc<dyn Clock>,
+    offset_ms: std::sync::atomic::AtomicI64,
+}
+
+impl DbClock {
+    pub fn new(base: Arc<dyn Clock>) -> Self {
+        DbClock {
+            base,
+            offset_ms: std::sync::atomic::AtomicI64::new(0),
+        }
+    }
+
+    /// Measures the offset to the database's clock. A reading taken
+    /// between the local readings before and after it agrees with the
+    /// local clock within what one round trip can tell: the offset is then
+    /// zero, else the distance to the middle of the round trip.
+    pub async fn sync(&self, pg: &PgStore) -> Result<(), rollcall_store::StoreError> {
+        let before = self.base.now().as_millis();
+        let db = pg.now().await?.as_millis();
+        let after = self.base.now().as_millis();
+        let offset = if (before..=after).contains(&db) {
+            0
+        } else {
+            db - (before + after) / 2
+        };
+        self.offset_ms
+            .store(offset, std::sync::atomic::Ordering::Relaxed);
+        Ok(())
+    }
+}
+
+impl Clock for DbClock {
+    fn now(&self) -> Timestamp {
+        let base = self.base.now();
+        Timestamp::from_millis(
+            base.as_millis() + self.offset_ms.load(std::sync::atomic::Ordering::Relaxed),
+        )
+    }
+}
