@@ -14,6 +14,7 @@
 //! - [`flush`]: writes heartbeat times behind.
 //! - [`cleanup`]: the periodic sweep (safety net) and housekeeping.
 //! - [`hub`]: committed events fan-out.
+//! - [`metrics`]: Prometheus counters, histograms and the `/metrics` text.
 //! - [`auth`]: who is calling.
 //! - [`api`]: the HTTP contract (axum).
 //! - [`config`]: flags > env > file > defaults.
@@ -37,6 +38,7 @@ pub mod detector;
 pub mod engine;
 pub mod flush;
 pub mod hub;
+pub mod metrics;
 pub mod writer;
 
 use std::future::Future;
@@ -62,6 +64,8 @@ pub use config::{Config, RawConfig};
 #[derive(Debug)]
 pub struct Running {
     addr: SocketAddr,
+    /// Where `/metrics` is served when it has a listener of its own.
+    metrics_addr: Option<SocketAddr>,
     stop: CancellationToken,
     http: JoinHandle<std::io::Result<()>>,
     background: Vec<JoinHandle<()>>,
@@ -80,6 +84,12 @@ impl Running {
     /// The address it serves on.
     pub fn addr(&self) -> SocketAddr {
         self.addr
+    }
+
+    /// The address of the separate metrics listener, if `metrics_listen`
+    /// is set.
+    pub fn metrics_addr(&self) -> Option<SocketAddr> {
+        self.metrics_addr
     }
 
     /// The cleanup tasks, for driving them directly.
@@ -241,6 +251,18 @@ async fn launch(
     stream: StreamSettings,
 ) -> anyhow::Result<Running> {
     let addr = listener.local_addr()?;
+    let metrics_listener = match config.metrics_listen {
+        Some(a) => Some(
+            TcpListener::bind(a)
+                .await
+                .with_context(|| format!("config key `metrics_listen`: cannot bind {a}"))?,
+        ),
+        None => None,
+    };
+    let metrics_addr = metrics_listener
+        .as_ref()
+        .map(TcpListener::local_addr)
+        .transpose()?;
     let existing_tokens = store.all_tokens().await?;
     let (configured_admin, generated) =
         admin_token(&config, store.as_ref(), &existing_tokens, clock.now()).await?;
@@ -263,8 +285,14 @@ async fn launch(
     );
 
     let hub = hub::Hub::new();
-    let (writer, writer_task) =
-        writer::Writer::start(store.clone(), engine.clone(), hub.clone(), clock.clone());
+    let metrics = Arc::new(metrics::Metrics::new());
+    let (writer, writer_task) = writer::Writer::start(
+        store.clone(),
+        engine.clone(),
+        hub.clone(),
+        clock.clone(),
+        metrics.clone(),
+    );
     let cleaner = Cleaner {
         store: store.clone(),
         engine: engine.clone(),
@@ -275,6 +303,7 @@ async fn launch(
             forget_offline_after: config.forget_offline_after,
             event_retention: config.event_retention,
         },
+        metrics: metrics.clone(),
     };
 
     let stop = CancellationToken::new();
@@ -286,7 +315,12 @@ async fn launch(
         config.cleanup_interval,
         stop.child_token(),
     )));
-    let flusher = flush::Flusher::new(engine.clone(), tokens.clone(), store.clone());
+    let flusher = flush::Flusher::new(
+        engine.clone(),
+        tokens.clone(),
+        store.clone(),
+        metrics.clone(),
+    );
 
     let state = api::AppState {
         store: store.clone(),
@@ -297,12 +331,25 @@ async fn launch(
         clock,
         policy: config.policy,
         cleaner: cleaner.clone(),
+        metrics,
+        metrics_token: config.metrics_token.as_deref().map(TokenHash::of),
         stream,
         shutdown: stop.child_token(),
     };
-    let app = api::router(state).layer(tower_http::catch_panic::CatchPanicLayer::custom(|_| {
-        axum::response::IntoResponse::into_response(api::error::ApiError::Internal)
-    }));
+    if let Some(listener) = metrics_listener {
+        info!(addr = ?metrics_addr, "serving /metrics on its own listener");
+        let app = api::metrics_router(state.clone()).layer(catch_panic());
+        let metrics_stop = stop.clone();
+        background.push(tokio::spawn(async move {
+            let served = axum::serve(listener, app)
+                .with_graceful_shutdown(async move { metrics_stop.cancelled().await })
+                .await;
+            if let Err(e) = served {
+                warn!(error = %e, "the metrics listener failed");
+            }
+        }));
+    }
+    let app = api::router(state, metrics_addr.is_none()).layer(catch_panic());
     let http_stop = stop.clone();
     // Connections that stop reading are closed rather than waited for, so
     // an event stream to a stuck client cannot hang shutdown.
@@ -317,6 +364,7 @@ async fn launch(
 
     Ok(Running {
         addr,
+        metrics_addr,
         stop,
         http,
         background,
@@ -327,6 +375,15 @@ async fn launch(
         cleaner,
         engine,
         generated_admin_token: generated,
+    })
+}
+
+/// Answers a panicking handler with the contract's opaque 500.
+fn catch_panic() -> tower_http::catch_panic::CatchPanicLayer<
+    impl tower_http::catch_panic::ResponseForPanic<ResponseBody = axum::body::Body> + Clone,
+> {
+    tower_http::catch_panic::CatchPanicLayer::custom(|_| {
+        axum::response::IntoResponse::into_response(api::error::ApiError::Internal)
     })
 }
 
