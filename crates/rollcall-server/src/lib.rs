@@ -380,7 +380,7 @@ async fn launch(
 
 /// Answers a panicking handler with the contract's opaque 500.
 fn catch_panic() -> tower_http::catch_panic::CatchPanicLayer<
-    impl tower_http::catch_panic::ResponseForPanic<ResponseBody = axum::body::Body> + Clone,
+    impl tower_http::catch_panic::ResponseForPanic<ResponseBody = axum::body::Body>,
 > {
     tower_http::catch_panic::CatchPanicLayer::custom(|_| {
         axum::response::IntoResponse::into_response(api::error::ApiError::Internal)
