@@ -253,7 +253,7 @@ impl Metrics {
         let batch_size = histogram(
             &r,
             "rollcall_transition_batch_size",
-            "Transitions (conditional writes) committed per store transaction.",
+            "Conditional writes (transitions, registrations, deletions) per committed store transaction.",
             BATCH_BUCKETS,
         );
         let commit_duration = histogram(
