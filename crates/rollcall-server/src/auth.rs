@@ -180,7 +180,7 @@ impl Tokens {
 }
 
 /// The token of a `Bearer` header; the scheme is case-insensitive.
-fn bearer(header: &str) -> Option<&str> {
+pub(crate) fn bearer(header: &str) -> Option<&str> {
     let (scheme, token) = header.trim().split_once(' ')?;
     if !scheme.eq_ignore_ascii_case("bearer") {
         return None;

@@ -28,6 +28,7 @@ use utoipa::ToSchema;
 use crate::auth::Tokens;
 use crate::clock::Clock;
 use crate::engine::Engine;
+use crate::metrics::Metrics;
 use crate::writer::{Reply, Request, WriteError, Writer};
 
 /// The seed's result of a stale sweep.
@@ -77,11 +78,31 @@ pub struct Cleaner {
     pub(crate) tokens: Arc<Tokens>,
     pub(crate) clock: Arc<dyn Clock>,
     pub(crate) retention: Retention,
+    pub(crate) metrics: Arc<Metrics>,
 }
 
 impl Cleaner {
     /// The stale sweep. See the module docs.
     pub async fn detect_stale_workers(&self) -> Result<StaleReport, CleanupError> {
+        let started = Instant::now();
+        let result = self.sweep().await;
+        let now_s = self.clock.now().as_millis() / 1000;
+        self.metrics
+            .sweep_ran(started.elapsed(), result.as_ref().ok(), now_s);
+        result
+    }
+
+    /// The full cleanup. See the module docs.
+    pub async fn run_all_cleanup_tasks(&self) -> Result<CleanupReport, CleanupError> {
+        let started = Instant::now();
+        let result = self.cleanup(started).await;
+        let now_s = self.clock.now().as_millis() / 1000;
+        self.metrics
+            .cleanup_ran(started.elapsed(), result.as_ref().ok(), now_s);
+        result
+    }
+
+    async fn sweep(&self) -> Result<StaleReport, CleanupError> {
         // 1. The store is the truth: reload what the engine has wrong.
         let engine_view = self.engine.statuses();
         let mut stored_live: HashSet<_> = HashSet::new();
@@ -163,9 +184,7 @@ impl Cleaner {
         })
     }
 
-    /// The full cleanup. See the module docs.
-    pub async fn run_all_cleanup_tasks(&self) -> Result<CleanupReport, CleanupError> {
-        let started = Instant::now();
+    async fn cleanup(&self, started: Instant) -> Result<CleanupReport, CleanupError> {
         let stale = self.detect_stale_workers().await?;
         let now = self.clock.now();
 

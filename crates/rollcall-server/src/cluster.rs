@@ -135,6 +135,7 @@ pub(crate) async fn launch(
     stream: StreamSettings,
 ) -> anyhow::Result<Running> {
     let addr = listener.local_addr()?;
+    let metrics_listener = crate::bind_metrics(&config).await?;
     let me = match &config.advertise_url {
         Some(u) => u.clone(),
         None => format!("http://{addr}"),
@@ -153,6 +154,7 @@ pub(crate) async fn launch(
     shared.hub.mark_published(shared.store.last_seq().await?);
 
     let standby = standby_router(&shared);
+    shared.metrics.set_active(false);
     let inner = Arc::new(Inner {
         current: RwLock::new(standby),
         shared: shared.clone(),
@@ -184,9 +186,22 @@ pub(crate) async fn launch(
         .layer(axum::middleware::from_fn(move |req, next| {
             forward_changes(forwarder.clone(), req, next)
         }));
+    let metrics_addr = match metrics_listener {
+        Some(l) => {
+            // Scrapes go to whichever role is current.
+            let dispatch = inner.clone();
+            let app = Router::new().fallback_service(tower::service_fn(move |req: Request| {
+                let router = api::metrics_router(dispatch.current.read().1.clone());
+                async move { router.oneshot(req).await }
+            }));
+            Some(crate::serve_metrics(l, app, &shared)?)
+        }
+        None => None,
+    };
     let http = crate::serve_http(listener, app, inner.role.clone(), &shared);
     Ok(Running {
         addr,
+        metrics_addr,
         stop: shared.shutdown.clone(),
         http,
         mode: Mode::Replica(Replica { inner, task }),
@@ -331,7 +346,8 @@ impl Inner {
             .replace_stored(self.shared.store.all_tokens().await?);
         let core = Core::start(&self.shared).await?;
         let state = core.app_state(&self.shared);
-        self.set_current((api::router(state.clone()), state), Role::Active);
+        let router = api::router(state.clone(), self.shared.config.metrics_listen.is_none());
+        self.set_current((router, state), Role::Active);
         *self.leader.write() = Some(LeaderInfo {
             epoch: lead.epoch(),
             replica: self.me.clone(),
@@ -352,6 +368,7 @@ impl Inner {
         if role == Role::Active {
             self.role.set(role);
         }
+        self.shared.metrics.set_active(role == Role::Active);
     }
 
     /// Passes a change on to the active replica and returns its answer.
@@ -434,7 +451,8 @@ fn is_hop_by_hop(name: &HeaderName) -> bool {
 /// The router of a standby: reads are answered here, changes forwarded.
 fn standby_router(shared: &Shared) -> (Router, AppState) {
     let state = shared.standby_state();
-    (api::router(state.clone()), state)
+    let router = api::router(state.clone(), shared.config.metrics_listen.is_none());
+    (router, state)
 }
 
 /// On a standby, passes changes on to the active replica.

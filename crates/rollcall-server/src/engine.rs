@@ -89,12 +89,18 @@ pub enum TokenOwner {
     Unknown,
 }
 
-/// Counts of workers by status, for metrics and the dashboard.
+/// Counts of workers by status, and of the machines they run on by derived
+/// status, for metrics and the start-up log.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct Census {
     pub online: u64,
     pub draining: u64,
     pub offline: u64,
+    /// Machines with an online or draining worker.
+    pub machines_online: u64,
+    /// Machines whose workers are all offline. A machine left without any
+    /// worker is not in the engine and not counted (cleanup forgets it).
+    pub machines_offline: u64,
 }
 
 /// See the module docs.
@@ -408,18 +414,29 @@ impl Engine {
         out
     }
 
-    /// Workers by status.
+    /// Workers by status, and their machines by derived status.
     pub fn census(&self) -> Census {
         let mut c = Census::default();
+        // Machines are told apart by a 64-bit hash of their id rather than
+        // a copy of it, so a census of a million workers allocates no
+        // strings; two ids colliding is far less likely than a scrape
+        // racing a transition.
+        let mut machines: HashMap<u64, bool> = HashMap::new();
         for shard in self.shards.iter() {
             for live in shard.lock().workers.values() {
-                match live.record.status {
+                let status = live.record.status;
+                match status {
                     Status::Online => c.online += 1,
                     Status::Draining => c.draining += 1,
                     Status::Offline => c.offline += 1,
                 }
+                *machines
+                    .entry(self.hasher.hash_one(&live.record.machine_id))
+                    .or_default() |= status.is_live();
             }
         }
+        c.machines_online = machines.values().filter(|live| **live).count() as u64;
+        c.machines_offline = machines.len() as u64 - c.machines_online;
         c
     }
 }

@@ -7,7 +7,7 @@
 //! period anyway.
 
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use rollcall_store::Store;
 use tokio_util::sync::CancellationToken;
@@ -15,6 +15,7 @@ use tracing::warn;
 
 use crate::auth::Tokens;
 use crate::engine::Engine;
+use crate::metrics::Metrics;
 
 /// See the module docs.
 #[derive(Debug, Clone)]
@@ -22,30 +23,44 @@ pub struct Flusher {
     engine: Arc<Engine>,
     tokens: Arc<Tokens>,
     store: Arc<dyn Store>,
+    metrics: Arc<Metrics>,
 }
 
 impl Flusher {
-    pub fn new(engine: Arc<Engine>, tokens: Arc<Tokens>, store: Arc<dyn Store>) -> Self {
+    pub fn new(
+        engine: Arc<Engine>,
+        tokens: Arc<Tokens>,
+        store: Arc<dyn Store>,
+        metrics: Arc<Metrics>,
+    ) -> Self {
         Flusher {
             engine,
             tokens,
             store,
+            metrics,
         }
     }
 
     /// Writes everything pending; returns how many heartbeat times.
     pub async fn step(&self) -> usize {
+        let started = Instant::now();
         let marks = self.engine.take_dirty();
         let n = marks.len();
+        let mut ok = true;
+        let mut written = n;
         if let Err(e) = self.store.flush_heartbeats(&marks).await {
+            ok = false;
+            written = 0;
             warn!(error = %e, marks = n, "writing heartbeat times behind failed; will retry");
             // Put them back by re-marking: the next heartbeat does, and the
             // stored value is display-only. Nothing is lost for liveness.
         }
         let uses = self.tokens.take_uses();
         if let Err(e) = self.store.touch_tokens(&uses).await {
+            ok = false;
             warn!(error = %e, "writing token last-use times failed");
         }
+        self.metrics.flushed(written, started.elapsed(), ok);
         n
     }
 

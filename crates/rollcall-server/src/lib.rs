@@ -14,6 +14,7 @@
 //! - [`flush`]: writes heartbeat times behind.
 //! - [`cleanup`]: the periodic sweep (safety net) and housekeeping.
 //! - [`hub`]: committed events fan-out.
+//! - [`metrics`]: Prometheus counters, histograms and the `/metrics` text.
 //! - [`auth`]: who is calling.
 //! - [`api`]: the HTTP contract (axum).
 //! - [`config`]: flags > env > file > defaults.
@@ -38,6 +39,7 @@ pub mod detector;
 pub mod engine;
 pub mod flush;
 pub mod hub;
+pub mod metrics;
 pub mod writer;
 
 use std::future::Future;
@@ -63,6 +65,8 @@ pub use config::{Config, RawConfig};
 #[derive(Debug)]
 pub struct Running {
     addr: SocketAddr,
+    /// Where `/metrics` is served when it has a listener of its own.
+    metrics_addr: Option<SocketAddr>,
     stop: CancellationToken,
     http: JoinHandle<std::io::Result<()>>,
     mode: Mode,
@@ -130,6 +134,12 @@ impl Running {
         self.addr
     }
 
+    /// The address of the separate metrics listener, if `metrics_listen`
+    /// is set.
+    pub fn metrics_addr(&self) -> Option<SocketAddr> {
+        self.metrics_addr
+    }
+
     /// The cleanup tasks of the current role, for driving them directly (a
     /// standby's refuse to change anything).
     pub fn cleaner(&self) -> Cleaner {
@@ -194,6 +204,7 @@ pub(crate) struct Shared {
     pub(crate) tokens: Arc<auth::Tokens>,
     pub(crate) hub: hub::Hub,
     pub(crate) clock: Arc<dyn Clock>,
+    pub(crate) metrics: Arc<metrics::Metrics>,
     pub(crate) stream: StreamSettings,
     /// Cancelled when the server shuts down.
     pub(crate) shutdown: CancellationToken,
@@ -216,6 +227,8 @@ impl Shared {
             clock: self.clock.clone(),
             policy: self.config.policy,
             cleaner,
+            metrics: self.metrics.clone(),
+            metrics_token: self.config.metrics_token.as_deref().map(TokenHash::of),
             stream: self.stream,
             shutdown: self.shutdown.child_token(),
         }
@@ -232,6 +245,7 @@ impl Shared {
                 forget_offline_after: self.config.forget_offline_after,
                 event_retention: self.config.event_retention,
             },
+            metrics: self.metrics.clone(),
         }
     }
 
@@ -281,6 +295,7 @@ impl Core {
             engine.clone(),
             shared.hub.clone(),
             shared.clock.clone(),
+            shared.metrics.clone(),
         );
         let cleaner = shared.cleaner(engine.clone(), writer.clone());
         let config = &shared.config;
@@ -295,8 +310,12 @@ impl Core {
                 stop.child_token(),
             )),
         ];
-        let flusher =
-            flush::Flusher::new(engine.clone(), shared.tokens.clone(), shared.store.clone());
+        let flusher = flush::Flusher::new(
+            engine.clone(),
+            shared.tokens.clone(),
+            shared.store.clone(),
+            shared.metrics.clone(),
+        );
         let flush_stop = CancellationToken::new();
         let flush_task = tokio::spawn(flusher.run(config.flush_interval, flush_stop.clone()));
         Ok(Core {
@@ -478,13 +497,24 @@ async fn launch(
     stream: StreamSettings,
 ) -> anyhow::Result<Running> {
     let addr = listener.local_addr()?;
+    let metrics_listener = bind_metrics(&config).await?;
     let (shared, generated) = prepare(config, store, clock, stream).await?;
     let core = Core::start(&shared).await?;
-    let app = api::router(core.app_state(&shared));
+    let state = core.app_state(&shared);
+    let metrics_addr = match metrics_listener {
+        Some(l) => Some(serve_metrics(
+            l,
+            api::metrics_router(state.clone()),
+            &shared,
+        )?),
+        None => None,
+    };
+    let app = api::router(state, metrics_addr.is_none());
     let stop = shared.shutdown.clone();
     let http = serve_http(listener, app, RoleCell::new(Role::Active), &shared);
     Ok(Running {
         addr,
+        metrics_addr,
         stop,
         http,
         mode: Mode::Single(core),
@@ -513,10 +543,52 @@ pub(crate) async fn prepare(
         tokens,
         hub: hub::Hub::new(),
         clock,
+        metrics: Arc::new(metrics::Metrics::new()),
         stream,
         shutdown: CancellationToken::new(),
     };
     Ok((shared, generated))
+}
+
+/// Binds `metrics_listen`, if it is set.
+pub(crate) async fn bind_metrics(config: &Config) -> anyhow::Result<Option<TcpListener>> {
+    match config.metrics_listen {
+        Some(a) => Ok(Some(TcpListener::bind(a).await.with_context(|| {
+            format!("config key `metrics_listen`: cannot bind {a}")
+        })?)),
+        None => Ok(None),
+    }
+}
+
+/// Serves `/metrics` on a listener of its own until the server shuts down;
+/// returns its address.
+pub(crate) fn serve_metrics(
+    listener: TcpListener,
+    app: axum::Router,
+    shared: &Shared,
+) -> anyhow::Result<SocketAddr> {
+    let addr = listener.local_addr()?;
+    info!(%addr, "serving /metrics on its own listener");
+    let app = app.layer(catch_panic());
+    let stop = shared.shutdown.clone();
+    tokio::spawn(async move {
+        let served = axum::serve(listener, app)
+            .with_graceful_shutdown(async move { stop.cancelled().await })
+            .await;
+        if let Err(e) = served {
+            warn!(error = %e, "the metrics listener failed");
+        }
+    });
+    Ok(addr)
+}
+
+/// Answers a panicking handler with the contract's opaque 500.
+fn catch_panic() -> tower_http::catch_panic::CatchPanicLayer<
+    impl tower_http::catch_panic::ResponseForPanic<ResponseBody = axum::body::Body>,
+> {
+    tower_http::catch_panic::CatchPanicLayer::custom(|_| {
+        axum::response::IntoResponse::into_response(api::error::ApiError::Internal)
+    })
 }
 
 /// Serves `app` on `listener` until the server shuts down.
@@ -530,9 +602,7 @@ pub(crate) fn serve_http(
         .layer(axum::middleware::from_fn(move |req, next| {
             api::role_header(role.get(), req, next)
         }))
-        .layer(tower_http::catch_panic::CatchPanicLayer::custom(|_| {
-            axum::response::IntoResponse::into_response(api::error::ApiError::Internal)
-        }));
+        .layer(catch_panic());
     let stop = shared.shutdown.clone();
     // Connections that stop reading are closed rather than waited for, so
     // an event stream to a stuck client cannot hang shutdown.

@@ -12,7 +12,7 @@
 
 use std::collections::HashMap;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use rollcall_core::fsm::{self, Command, FsmError, Transition};
 use rollcall_core::{
@@ -29,6 +29,7 @@ use tracing::{error, info, warn};
 use crate::clock::Clock;
 use crate::engine::{Beat, Engine, Expiry};
 use crate::hub::Hub;
+use crate::metrics::Metrics;
 
 /// The most requests committed in one transaction.
 pub const MAX_BATCH: usize = 8_192;
@@ -172,6 +173,7 @@ impl Writer {
         engine: Arc<Engine>,
         hub: Hub,
         clock: Arc<dyn Clock>,
+        metrics: Arc<Metrics>,
     ) -> (Writer, tokio::task::JoinHandle<()>) {
         let (tx, rx) = mpsc::channel(MAX_BATCH * 4);
         let task = WriterTask {
@@ -179,6 +181,7 @@ impl Writer {
             engine: engine.clone(),
             hub,
             clock,
+            metrics,
         };
         let handle = tokio::spawn(task.run(rx));
         (Writer { tx, engine }, handle)
@@ -247,6 +250,8 @@ struct WriterTask {
     engine: Arc<Engine>,
     hub: Hub,
     clock: Arc<dyn Clock>,
+    /// Counts what was committed, after the commit.
+    metrics: Arc<Metrics>,
 }
 
 /// A worker's state as the batch being planned sees it.
@@ -370,8 +375,10 @@ impl WriterTask {
         );
         if !writes.is_empty() {
             let n = writes.len();
+            let started = Instant::now();
             match self.store.commit(writes).await {
                 Ok(result) => {
+                    self.metrics.committed(n, started.elapsed());
                     for (i, ok) in result.applied.iter().enumerate() {
                         if !ok {
                             if let Some(slot) = work.get_mut(&write_owner[i]) {
@@ -382,6 +389,7 @@ impl WriterTask {
                     committed = result.events;
                 }
                 Err(e) => {
+                    self.metrics.commit_failed();
                     error!(error = %e, writes = n, "committing transitions failed");
                     for slot in work.values_mut() {
                         if slot.written {
@@ -448,6 +456,7 @@ impl WriterTask {
         }
         for e in &committed {
             log_event(e);
+            self.metrics.event(e);
         }
         self.hub.publish(committed);
         self.settle(jobs, planned, &work, now, false).await;

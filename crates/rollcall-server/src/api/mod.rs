@@ -19,7 +19,7 @@ use std::sync::Arc;
 use axum::response::IntoResponse;
 use axum::routing::{get, post};
 use axum::Router;
-use rollcall_core::LivenessPolicy;
+use rollcall_core::{LivenessPolicy, TokenHash};
 use rollcall_store::Store;
 use tokio_util::sync::CancellationToken;
 
@@ -28,6 +28,7 @@ use crate::cleanup::Cleaner;
 use crate::clock::Clock;
 use crate::engine::Engine;
 use crate::hub::Hub;
+use crate::metrics::Metrics;
 use crate::writer::Writer;
 use error::ApiError;
 
@@ -42,6 +43,10 @@ pub struct AppState {
     pub clock: Arc<dyn Clock>,
     pub policy: LivenessPolicy,
     pub cleaner: Cleaner,
+    pub metrics: Arc<Metrics>,
+    /// The hash of `metrics_token`: when set, `GET /metrics` needs it (or
+    /// an admin token).
+    pub metrics_token: Option<TokenHash>,
     /// Timings of `GET /v1/events/stream`.
     pub stream: stream::StreamSettings,
     /// Cancelled when the server shuts down, so that the responses that
@@ -78,9 +83,14 @@ pub fn next_cursor<T>(
     }
 }
 
-/// The router of the whole API.
-pub fn router(state: AppState) -> Router {
-    Router::new()
+/// The router of the whole API; `GET /metrics` is on it when
+/// `with_metrics` (that is, unless it has a listener of its own).
+pub fn router(state: AppState, with_metrics: bool) -> Router {
+    let mut router = Router::new();
+    if with_metrics {
+        router = router.route("/metrics", get(ops::metrics));
+    }
+    router
         .route("/", get(dashboard::page))
         .route("/assets/{name}", get(dashboard::asset))
         .route("/healthz", get(ops::healthz))
@@ -124,6 +134,16 @@ pub async fn role_header(
         axum::http::HeaderValue::from_static(role.as_str()),
     );
     resp
+}
+
+/// The router of the separate metrics listener (`metrics_listen`): only
+/// `GET /metrics`.
+pub fn metrics_router(state: AppState) -> Router {
+    Router::new()
+        .route("/metrics", get(ops::metrics))
+        .fallback(not_found)
+        .method_not_allowed_fallback(method_not_allowed)
+        .with_state(state)
 }
 
 async fn not_found() -> impl IntoResponse {

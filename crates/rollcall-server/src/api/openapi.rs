@@ -29,7 +29,7 @@ impl Modify for Bearer {
         workers::offline, workers::delete, workers::list, workers::get,
         machines::list, machines::get,
         events::list, stream::stream,
-        ops::cleanup_stale, ops::cleanup_all, ops::healthz, ops::readyz,
+        ops::cleanup_stale, ops::cleanup_all, ops::healthz, ops::readyz, ops::metrics,
         dashboard::page,
     ),
     components(schemas(error::ErrorBody, dto::Worker, dto::Machine, dto::Event)),

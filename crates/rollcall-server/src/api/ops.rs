@@ -1,15 +1,18 @@
-//! Operations endpoints: health, readiness, on-demand cleanup, OpenAPI.
+//! Operations endpoints: health, readiness, metrics, on-demand cleanup,
+//! OpenAPI.
 
 use axum::body::Body;
 use axum::extract::State;
-use axum::http::StatusCode;
+use axum::http::header::{AUTHORIZATION, CONTENT_TYPE};
+use axum::http::{HeaderMap, StatusCode};
 use axum::response::IntoResponse;
 use axum::Json;
-use rollcall_core::TokenKind;
+use rollcall_core::{TokenHash, TokenKind};
 
 use super::error::{ApiError, ErrorBody};
 use super::extract::{read_body, Caller, BODY_LIMIT};
 use super::AppState;
+use crate::auth::{self, Principal};
 use crate::cleanup::{CleanupReport, StaleReport};
 
 /// Liveness of the process.
@@ -28,6 +31,52 @@ pub async fn healthz() -> &'static str {
 pub async fn readyz(State(s): State<AppState>) -> Result<&'static str, ApiError> {
     s.store.ping().await?;
     Ok("ready")
+}
+
+/// Prometheus metrics in the text exposition format. No token is needed
+/// unless the server has a `metrics_token`; then that token or an admin
+/// token is.
+#[utoipa::path(get, path = "/metrics", tag = "operations",
+    responses(
+        (status = 200, description = "Prometheus text format", body = String, content_type = "text/plain"),
+        (status = 401, body = ErrorBody), (status = 403, body = ErrorBody),
+    ),
+    security((), ("bearer" = [])))]
+pub async fn metrics(
+    State(s): State<AppState>,
+    headers: HeaderMap,
+) -> Result<impl IntoResponse, ApiError> {
+    if let Some(expected) = &s.metrics_token {
+        authorize_scrape(&s, expected, &headers)?;
+    }
+    // The census walks every worker: off the async threads.
+    let (engine, metrics) = (s.engine.clone(), s.metrics.clone());
+    let text = tokio::task::spawn_blocking(move || metrics.render(&engine.census()))
+        .await
+        .map_err(|_| ApiError::Internal)?;
+    Ok(([(CONTENT_TYPE, crate::metrics::CONTENT_TYPE)], text))
+}
+
+/// The metrics token, or else an admin token.
+fn authorize_scrape(
+    s: &AppState,
+    expected: &TokenHash,
+    headers: &HeaderMap,
+) -> Result<(), ApiError> {
+    let header = headers.get(AUTHORIZATION).map(|v| v.as_bytes());
+    let presented = header
+        .and_then(|h| std::str::from_utf8(h).ok())
+        .and_then(auth::bearer);
+    if presented.is_some_and(|t| TokenHash::of(t).ct_eq(expected)) {
+        return Ok(());
+    }
+    match s.tokens.authenticate(&s.engine, header, s.clock.now())? {
+        Principal::Admin => Ok(()),
+        other => Err(ApiError::forbidden(format!(
+            "a {} token may not read metrics (needs the metrics token or admin)",
+            other.kind()
+        ))),
+    }
 }
 
 /// Run the stale sweep now.

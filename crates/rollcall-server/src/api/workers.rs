@@ -1,6 +1,6 @@
 //! Worker endpoints: registration, heartbeats, drain, offline, delete, reads.
 
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use axum::body::Body;
 use axum::extract::State;
@@ -21,6 +21,7 @@ use super::extract::{
 use super::{next_cursor, parse_limit, AppState};
 use crate::auth::Principal;
 use crate::engine::{Beat, FastBeat};
+use crate::metrics::HeartbeatMode;
 use crate::writer::{Registration, Reply, Request, WriteError};
 
 /// The most heartbeats in one batch.
@@ -161,14 +162,25 @@ async fn beat(s: &AppState, id: &WorkerId) -> Result<HeartbeatResponse, ApiError
 )]
 pub async fn heartbeat(
     State(s): State<AppState>,
-    caller: Caller,
+    caller: Result<Caller, ApiError>,
     path: PathId,
     body: Body,
 ) -> Result<Json<HeartbeatResponse>, ApiError> {
-    caller.require_own_worker(&path, false)?;
-    let _: Option<serde_json::Value> = optional_json_body(body, BODY_LIMIT).await?;
-    let id = path.worker()?;
-    Ok(Json(beat(&s, &id).await?))
+    let started = Instant::now();
+    let result = async {
+        caller?.require_own_worker(&path, false)?;
+        let _: Option<serde_json::Value> = optional_json_body(body, BODY_LIMIT).await?;
+        let id = path.worker()?;
+        beat(&s, &id).await
+    }
+    .await;
+    let mode = HeartbeatMode::Single;
+    match &result {
+        Ok(_) => s.metrics.heartbeats_accepted(mode, 1),
+        Err(e) => s.metrics.heartbeats_rejected(mode, e.code(), 1),
+    }
+    s.metrics.heartbeat_handled(mode, started.elapsed());
+    result.map(Json)
 }
 
 /// Heartbeats for many workers at once (agents hosting many workers).
@@ -184,10 +196,35 @@ pub async fn heartbeat(
 )]
 pub async fn batch_heartbeats(
     State(s): State<AppState>,
-    caller: Caller,
+    caller: Result<Caller, ApiError>,
     body: Body,
 ) -> Result<Json<BatchResponse>, ApiError> {
-    caller.require(&[TokenKind::Enroll, TokenKind::Admin])?;
+    let started = Instant::now();
+    let mode = HeartbeatMode::Batch;
+    let result = batch(&s, caller, body).await;
+    match &result {
+        Ok(r) => {
+            let ok = r.results.iter().filter(|r| r.ok).count();
+            s.metrics.heartbeats_accepted(mode, ok as u64);
+            for r in r.results.iter().filter(|r| !r.ok) {
+                if let Some(e) = &r.error {
+                    s.metrics.heartbeats_rejected(mode, &e.code, 1);
+                }
+            }
+        }
+        Err(e) => s.metrics.heartbeats_rejected(mode, e.code(), 1),
+    }
+    s.metrics.heartbeat_handled(mode, started.elapsed());
+    result.map(Json)
+}
+
+/// The batch itself; see [`batch_heartbeats`].
+async fn batch(
+    s: &AppState,
+    caller: Result<Caller, ApiError>,
+    body: Body,
+) -> Result<BatchResponse, ApiError> {
+    caller?.require(&[TokenKind::Enroll, TokenKind::Admin])?;
     let req: BatchRequest = json_body(body, BATCH_BODY_LIMIT).await?;
     if req.heartbeats.len() > MAX_BATCH_HEARTBEATS {
         return Err(ApiError::invalid(format!(
@@ -238,7 +275,7 @@ pub async fn batch_heartbeats(
         }
     });
     let results = futures::future::join_all(futures).await;
-    Ok(Json(BatchResponse { results }))
+    Ok(BatchResponse { results })
 }
 
 fn worker_reply(reply: Reply) -> Result<Json<Worker>, ApiError> {
