@@ -417,6 +417,9 @@ impl Inner {
                     .unwrap_or_else(|_| ApiError::Internal.into_response())
             }
             Err(e) => {
+                // Without the URL: its query string is the client's and
+                // might hold anything, a misplaced token included.
+                let e = e.without_url();
                 warn!(active = %target.advertise_url, error = %e, "forwarding to the active replica failed");
                 // It may have just died: read who leads now for the next one.
                 *self.leader.write() = None;
