@@ -58,7 +58,6 @@ const FLUSH_CHUNK: usize = 1000;
 static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("migrations/postgres");
 
 /// PostgreSQL implementation of [`Store`].
-#[derive(Debug)]
 pub struct PgStore {
     pool: PgPool,
     /// For the connections that live outside the pool: the leader lock's
@@ -69,6 +68,16 @@ pub struct PgStore {
     /// A connection kept between unsuccessful [`PgStore::try_lead`]s, so a
     /// standby that asks every second does not connect every second.
     candidate: tokio::sync::Mutex<Option<PgConnection>>,
+}
+
+// By hand: the connect options hold the database password.
+impl std::fmt::Debug for PgStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PgStore")
+            .field("pool", &self.pool)
+            .field("fence", &self.fence)
+            .finish_non_exhaustive()
+    }
 }
 
 /// The fence of a store: see [`PgStore::fence_writes`].

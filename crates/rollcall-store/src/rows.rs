@@ -26,10 +26,12 @@ pub(crate) const EVENT_COLUMNS: &str =
 pub(crate) const TOKEN_COLUMNS: &str = "id, kind, name, hash, created_at, expires_at, last_used_at";
 
 /// A machine with its worker counts; both backends accept this SQL. (The
-/// PostgreSQL schema stores no labels as NULL.)
+/// PostgreSQL schema stores no labels as NULL.) A live worker is one that is
+/// not offline, written `<> 'offline'` so that no planner is tempted to read
+/// the index of every live worker's status for each machine.
 pub(crate) const MACHINE_SELECT: &str = "SELECT m.id, m.hostname, COALESCE(m.labels, '{}') AS labels, m.status, m.first_seen_at, \
      m.last_seen_at, m.status_changed_at, \
-     (SELECT COUNT(*) FROM workers w WHERE w.machine_id = m.id AND w.status IN ('online', 'draining')) AS workers_online, \
+     (SELECT COUNT(*) FROM workers w WHERE w.machine_id = m.id AND w.status <> 'offline') AS workers_online, \
      (SELECT COUNT(*) FROM workers w WHERE w.machine_id = m.id) AS workers_total \
      FROM machines m";
 

@@ -34,7 +34,6 @@ const LEFTOVER_AGE: Duration = Duration::from_secs(3600);
 
 /// A fresh database on the test server. Dropping the value drops the
 /// database, with every connection still open to it.
-#[derive(Debug)]
 pub struct TestDatabase {
     /// The database the test server was given by: where this one is created
     /// and dropped from.
@@ -42,6 +41,15 @@ pub struct TestDatabase {
     name: String,
     url: String,
     dropped: bool,
+}
+
+// By hand: the options and the URL may hold a password.
+impl std::fmt::Debug for TestDatabase {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TestDatabase")
+            .field("name", &self.name)
+            .finish_non_exhaustive()
+    }
 }
 
 impl TestDatabase {

@@ -705,6 +705,7 @@ fn futures_are_send(
     s: &'static PgStore,
     l: &'static mut Leadership,
     n: &'static mut Notifications,
+    owned: Leadership,
 ) {
     fn send<T: Send>(_: T) {}
     send(PgStore::connect(""));

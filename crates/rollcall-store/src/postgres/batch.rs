@@ -310,9 +310,13 @@ pub(super) async fn derive_machines(
         return Ok(Vec::new());
     }
     let ids: Vec<&str> = machines.keys().map(|id| id.as_str()).collect();
+    // Live is "not offline" (online or draining): a condition no index
+    // answers, so each machine is one probe of the (machine_id, name) index,
+    // never a scan of every live worker's entry in the status index, which a
+    // planner without statistics was seen to choose.
     let rows: Vec<(String, String, bool)> = sqlx::query_as(
         "SELECT m.id, m.status, EXISTS (SELECT 1 FROM workers w WHERE w.machine_id = m.id \
-           AND w.status IN ('online', 'draining')) \
+           AND w.status <> 'offline') \
          FROM machines m WHERE m.id = ANY($1::text[]) ORDER BY m.id",
     )
     .bind(&ids)
