@@ -13,6 +13,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use common::*;
+use pg::{replica, role};
 use reqwest::StatusCode;
 use serde_json::Value;
 
@@ -23,37 +24,6 @@ const STALE_AFTER_MS: i64 = 1_500;
 /// A takeover (lock poll, settle, load) takes about two seconds; a debug
 /// build on a busy machine gets a generous bound before the test gives up.
 const TAKEOVER_TIMEOUT: Duration = Duration::from_secs(30);
-
-fn replica(db: &pg::Database, dir: &std::path::Path) -> Serve {
-    Serve::new(dir).args(&[
-        "--database-url",
-        db.url(),
-        "--heartbeat-interval",
-        "200ms",
-        "--stale-after",
-        "1500ms",
-        "--flush-interval",
-        "200ms",
-        "--sweep-interval",
-        "1h",
-        "--cleanup-interval",
-        "1h",
-    ])
-}
-
-/// The role a replica reports, or `None` if it does not answer.
-async fn role(url: &str) -> Option<String> {
-    let resp = http_client()
-        .get(format!("{url}/readyz"))
-        .timeout(Duration::from_secs(2))
-        .send()
-        .await
-        .ok()?;
-    resp.headers()
-        .get("x-rollcall-role")
-        .and_then(|v| v.to_str().ok())
-        .map(str::to_owned)
-}
 
 /// Waits until one of `urls` reports the active role; returns its index.
 async fn wait_active(urls: &[&str]) -> usize {

@@ -15,23 +15,11 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use common::*;
+use pg::{replica, role};
 use serde_json::Value;
 
 const EVERY: Duration = Duration::from_millis(200);
 const STALE_AFTER_MS: i64 = 1_500;
-
-fn replica(db: &pg::Database, dir: &std::path::Path) -> Serve {
-    Serve::new(dir).args(&[
-        "--database-url",
-        db.url(),
-        "--heartbeat-interval",
-        "200ms",
-        "--stale-after",
-        "1500ms",
-        "--flush-interval",
-        "200ms",
-    ])
-}
 
 /// `pg_ctlcluster VERSION main restart`, for the one cluster installed.
 fn restart_postgres() {
@@ -50,18 +38,6 @@ fn restart_postgres() {
         "pg_ctlcluster restart failed: {}",
         String::from_utf8_lossy(&out.stderr)
     );
-}
-
-async fn role(url: &str) -> Option<String> {
-    let resp = http_client()
-        .get(format!("{url}/readyz"))
-        .send()
-        .await
-        .ok()?;
-    resp.headers()
-        .get("x-rollcall-role")
-        .and_then(|v| v.to_str().ok())
-        .map(str::to_owned)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]

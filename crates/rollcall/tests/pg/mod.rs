@@ -7,8 +7,48 @@
 
 #![allow(dead_code)]
 
+use std::path::Path;
+use std::time::Duration;
+
 use rollcall_store::testing::TestDatabase;
 use sqlx::{Connection, PgConnection};
+
+use crate::common::{http_client, Serve};
+
+/// A replica on `db` with short timings: heartbeats every 200 ms, stale
+/// after 1.5 s, heartbeat times flushed every 200 ms; the periodic sweep and
+/// cleanup out of the way.
+pub fn replica(db: &Database, dir: &Path) -> Serve {
+    Serve::new(dir).args(&[
+        "--database-url",
+        db.url(),
+        "--heartbeat-interval",
+        "200ms",
+        "--stale-after",
+        "1500ms",
+        "--flush-interval",
+        "200ms",
+        "--sweep-interval",
+        "1h",
+        "--cleanup-interval",
+        "1h",
+    ])
+}
+
+/// The role a replica reports (`active` or `standby`), or `None` if it
+/// does not answer.
+pub async fn role(url: &str) -> Option<String> {
+    let resp = http_client()
+        .get(format!("{url}/readyz"))
+        .timeout(Duration::from_secs(2))
+        .send()
+        .await
+        .ok()?;
+    resp.headers()
+        .get("x-rollcall-role")
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_owned)
+}
 
 /// A database of its own for one test.
 #[derive(Debug)]
