@@ -33,10 +33,12 @@ use std::time::Duration;
 
 use axum::body::Body;
 use axum::extract::Request;
+use axum::http::header::CONTENT_LENGTH;
 use axum::http::{HeaderName, Method};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use axum::Router;
+use futures::StreamExt;
 use parking_lot::RwLock;
 use rollcall_core::Timestamp;
 use rollcall_store::postgres::{LeaderInfo, Leadership, Notification, PgStore};
@@ -48,6 +50,7 @@ use tower::ServiceExt;
 use tracing::{error, info, warn};
 
 use crate::api::error::ApiError;
+use crate::api::extract::{drain_unread, BATCH_BODY_LIMIT};
 use crate::api::{self, AppState};
 use crate::clock::Clock;
 use crate::{Config, Core, Mode, Role, RoleCell, Running, Shared, StreamSettings};
@@ -397,9 +400,19 @@ impl Inner {
         let mut out = self
             .forward
             .request(parts.method.clone(), url)
-            .body(reqwest::Body::wrap_stream(body.into_data_stream()));
+            .body(reqwest::Body::wrap_stream(capped(body, FORWARD_BODY_CAP)));
+        let too_long = parts
+            .headers
+            .get(CONTENT_LENGTH)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.parse::<u64>().ok())
+            .is_some_and(|n| n > FORWARD_BODY_CAP as u64);
         for (name, value) in &parts.headers {
-            if !is_hop_by_hop(name) && name != axum::http::header::HOST {
+            // A body cut at the cap goes out chunked, not with its length.
+            if !is_hop_by_hop(name)
+                && name != axum::http::header::HOST
+                && !(too_long && name == CONTENT_LENGTH)
+            {
                 out = out.header(name, value);
             }
         }
@@ -419,7 +432,11 @@ impl Inner {
             Err(e) => {
                 warn!(active = %target.advertise_url, error = %e, "forwarding to the active replica failed");
                 // It may have just died: read who leads now for the next one.
-                *self.leader.write() = None;
+                // (Not when the request itself failed, e.g. a client that
+                // went away mid-body: the active replica is still there.)
+                if e.is_connect() {
+                    *self.leader.write() = None;
+                }
                 ApiError::Unavailable(
                     "the active replica did not answer (a takeover may be in progress); retry"
                         .into(),
@@ -455,10 +472,36 @@ fn standby_router(shared: &Shared) -> (Router, AppState) {
     (router, state)
 }
 
+/// The most of a request body a standby passes on: one byte over the
+/// largest body limit. A longer body is refused with 413 whatever its
+/// length (after the checks that come first), and the active replica reads
+/// this much to the end, so its answer arrives whole; the rest is read and
+/// discarded here, as the active replica would.
+const FORWARD_BODY_CAP: usize = BATCH_BODY_LIMIT + 1;
+
+/// The first `cap` bytes of `body`, as a stream.
+fn capped(
+    body: Body,
+    cap: usize,
+) -> impl futures::Stream<Item = Result<bytes::Bytes, axum::Error>> + Send {
+    body.into_data_stream().scan(cap, |left, chunk| {
+        let next = match chunk {
+            Ok(_) if *left == 0 => None,
+            Ok(mut data) => {
+                data.truncate(*left);
+                *left -= data.len();
+                Some(Ok(data))
+            }
+            Err(e) => Some(Err(e)),
+        };
+        std::future::ready(next)
+    })
+}
+
 /// On a standby, passes changes on to the active replica.
 async fn forward_changes(replica: Arc<Inner>, req: Request, next: Next) -> Response {
     if is_change(&req) && replica.role.get() == Role::Standby {
-        replica.forward(req).await
+        drain_unread(req, |req| replica.forward(req)).await
     } else {
         next.run(req).await
     }

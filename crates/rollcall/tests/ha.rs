@@ -304,3 +304,223 @@ async fn cutting_the_active_replicas_connection_demotes_it_and_never_two_are_act
     }
     db.drop().await;
 }
+
+/// One answer, as a client sees it: status, headers (every one but `date`
+/// and the role header, which name the moment and the answering replica),
+/// and the body.
+#[derive(Debug, PartialEq, Eq)]
+struct Answer {
+    status: StatusCode,
+    headers: Vec<(String, String)>,
+    body: String,
+}
+
+async fn answer(resp: reqwest::Response) -> Answer {
+    let status = resp.status();
+    let mut headers: Vec<(String, String)> = resp
+        .headers()
+        .iter()
+        .filter(|(n, _)| *n != "date" && *n != "x-rollcall-role")
+        .map(|(n, v)| (n.to_string(), v.to_str().unwrap_or("<binary>").to_owned()))
+        .collect();
+    headers.sort();
+    let body = resp.text().await.expect("a response body");
+    Answer {
+        status,
+        headers,
+        body,
+    }
+}
+
+/// Sends one request and returns its answer and the role header.
+async fn send_raw(
+    base: &str,
+    method: &str,
+    path: &str,
+    token: Option<&str>,
+    body: Vec<u8>,
+) -> (Answer, Option<String>) {
+    let mut req = http_client().request(method.parse().unwrap(), format!("{base}{path}"));
+    if let Some(t) = token {
+        req = req.bearer_auth(t);
+    }
+    if !body.is_empty() {
+        req = req.header("content-type", "application/json").body(body);
+    }
+    let resp = req.send().await.expect("an HTTP response");
+    let role = resp
+        .headers()
+        .get("x-rollcall-role")
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_owned);
+    (answer(resp).await, role)
+}
+
+/// Starts an active replica and a standby on a fresh database.
+async fn pair(db: &pg::Database, dirs: &[tempfile::TempDir]) -> (Server, Server) {
+    let a = replica(db, dirs[0].path()).spawn().await;
+    assert_eq!(role(&a.url).await.as_deref(), Some("active"));
+    let b = replica(db, dirs[1].path()).spawn().await;
+    assert_eq!(role(&b.url).await.as_deref(), Some("standby"));
+    (a, b)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_standby_answers_refused_changes_exactly_as_the_active_replica() {
+    let Some(db) = pg::Database::create().await else {
+        return;
+    };
+    let dirs: Vec<_> = (0..2).map(|_| tempfile::tempdir().unwrap()).collect();
+    let (a, b) = pair(&db, &dirs).await;
+    let w = a.admin().register("w", "m").await;
+
+    let over = vec![b'x'; 64 * 1024 + 1];
+    let cases: Vec<(&str, &str, Option<&str>, Vec<u8>, StatusCode)> = vec![
+        (
+            "POST",
+            "/v1/tokens",
+            Some(ADMIN),
+            b"{bad".to_vec(),
+            StatusCode::BAD_REQUEST,
+        ),
+        (
+            "POST",
+            "/v1/tokens",
+            Some(ADMIN),
+            br#"{"kind": "bogus", "name": "x"}"#.to_vec(),
+            StatusCode::BAD_REQUEST,
+        ),
+        (
+            "POST",
+            "/v1/tokens",
+            None,
+            b"{}".to_vec(),
+            StatusCode::UNAUTHORIZED,
+        ),
+        (
+            "POST",
+            "/v1/tokens",
+            Some("rc_read_no-such-token"),
+            over.clone(),
+            StatusCode::UNAUTHORIZED,
+        ),
+        (
+            "POST",
+            "/v1/tokens",
+            Some(ADMIN),
+            over.clone(),
+            StatusCode::PAYLOAD_TOO_LARGE,
+        ),
+        (
+            "POST",
+            "/v1/workers/ID/heartbeat",
+            Some(ADMIN),
+            Vec::new(),
+            StatusCode::FORBIDDEN,
+        ),
+        (
+            "POST",
+            "/v1/workers/wkr_nope/drain",
+            Some(ADMIN),
+            Vec::new(),
+            StatusCode::NOT_FOUND,
+        ),
+        (
+            "PUT",
+            "/v1/workers",
+            Some(ADMIN),
+            Vec::new(),
+            StatusCode::METHOD_NOT_ALLOWED,
+        ),
+        (
+            "POST",
+            "/v1/nothing",
+            Some(ADMIN),
+            Vec::new(),
+            StatusCode::NOT_FOUND,
+        ),
+    ];
+    for (method, path, token, body, status) in cases {
+        let path = path.replace("ID", &w.id);
+        let (direct, role_a) = send_raw(&a.url, method, &path, token, body.clone()).await;
+        let (forwarded, role_b) = send_raw(&b.url, method, &path, token, body).await;
+        assert_eq!(direct.status, status, "{method} {path}: {direct:?}");
+        assert_eq!(role_a.as_deref(), Some("active"));
+        assert_eq!(role_b.as_deref(), Some("standby"));
+        assert_eq!(forwarded, direct, "{method} {path} through the standby");
+    }
+
+    // A body larger than the active replica reads and drains (64 KiB, then
+    // up to 4 MiB) is still a 413 through a standby, every time, and does
+    // not disturb the changes that follow.
+    let too_large = send_raw(&a.url, "POST", "/v1/tokens", Some(ADMIN), over)
+        .await
+        .0;
+    for _ in 0..10 {
+        let (huge, _) = send_raw(
+            &b.url,
+            "POST",
+            "/v1/tokens",
+            Some(ADMIN),
+            vec![b'x'; 5 * 1024 * 1024],
+        )
+        .await;
+        assert_eq!(huge, too_large, "a 5 MiB body through the standby");
+        let (created, _) = send_raw(
+            &b.url,
+            "POST",
+            "/v1/tokens",
+            Some(ADMIN),
+            br#"{"kind": "read", "name": "after a refused body"}"#.to_vec(),
+        )
+        .await;
+        assert_eq!(created.status, StatusCode::CREATED, "{created:?}");
+    }
+    db.drop().await;
+}
+
+/// A client that gives up half-way through a body sent to a standby costs
+/// that request only: the standby still knows the active replica.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn an_upload_cut_short_through_a_standby_does_not_refuse_later_changes() {
+    use tokio::io::AsyncWriteExt;
+    let Some(db) = pg::Database::create().await else {
+        return;
+    };
+    let dirs: Vec<_> = (0..2).map(|_| tempfile::tempdir().unwrap()).collect();
+    let (_a, b) = pair(&db, &dirs).await;
+    let api = Api::new(&b.url, ADMIN);
+    for round in 1..=3 {
+        let mut conn = tokio::net::TcpStream::connect(b.addr).await.unwrap();
+        let head = format!(
+            "POST /v1/tokens HTTP/1.1\r\nhost: {}\r\nauthorization: Bearer {ADMIN}\r\n\
+             content-type: application/json\r\ncontent-length: 100000\r\n\r\n",
+            b.addr
+        );
+        conn.write_all(head.as_bytes()).await.unwrap();
+        conn.write_all(&[b' '; 1000]).await.unwrap();
+        conn.flush().await.unwrap();
+        // The standby reads what was sent, then the end of the connection.
+        drop(conn);
+        eventually(
+            Duration::from_secs(10),
+            "the standby to notice the cut upload",
+            || async {
+                (b.stderr()
+                    .matches("forwarding to the active replica failed")
+                    .count()
+                    >= round)
+                    .then_some(())
+            },
+        )
+        .await;
+        let (status, body) = api
+            .post(
+                "/v1/tokens",
+                serde_json::json!({"kind": "read", "name": "next"}),
+            )
+            .await;
+        assert_eq!(status, StatusCode::CREATED, "round {round}: {body}");
+    }
+    db.drop().await;
+}
