@@ -113,6 +113,9 @@ struct Inner {
     forward: reqwest::Client,
     clock: Arc<DbClock>,
     timing: Timing,
+    /// Held while the token cache is reloaded, so that a reload never
+    /// replaces a newer read of the tokens with an older one.
+    token_reload: tokio::sync::Mutex<()>,
 }
 
 impl Replica {
@@ -172,6 +175,7 @@ pub(crate) async fn launch(
             .build()?,
         clock,
         timing: Timing::default(),
+        token_reload: tokio::sync::Mutex::new(()),
     });
 
     // The first election happens before serving, so a lone replica answers
@@ -344,9 +348,7 @@ impl Inner {
         self.clock.sync(&self.pg).await?;
         // The former active replica is fenced: the log is final up to here.
         relay_events(&self.shared).await?;
-        self.shared
-            .tokens
-            .replace_stored(self.shared.store.all_tokens().await?);
+        self.reload_tokens().await?;
         let core = Core::start(&self.shared).await?;
         let state = core.app_state(&self.shared);
         let router = api::router(state.clone(), self.shared.config.metrics_listen.is_none());
@@ -359,6 +361,14 @@ impl Inner {
         });
         info!(epoch = lead.epoch(), "this replica is now the active one");
         Ok(Phase::Active { core, lead })
+    }
+
+    /// Reads every token from the database into the token cache.
+    async fn reload_tokens(&self) -> Result<(), rollcall_store::StoreError> {
+        let _one_at_a_time = self.token_reload.lock().await;
+        let tokens = self.shared.store.all_tokens().await?;
+        self.shared.tokens.replace_stored(tokens);
+        Ok(())
     }
 
     fn set_current(&self, current: (Router, AppState), role: Role) {
@@ -417,8 +427,17 @@ impl Inner {
             }
         }
         out = out.header(FORWARDED_HEADER, self.me.as_str());
+        let changes_tokens = path.starts_with("/v1/tokens");
         match out.send().await {
             Ok(resp) => {
+                // A token created or deleted through this replica counts
+                // here as soon as the client hears of it, as it does on the
+                // active replica (the others learn it from the notification).
+                if changes_tokens && resp.status().is_success() {
+                    if let Err(e) = self.reload_tokens().await {
+                        warn!(error = %e, "reloading tokens failed");
+                    }
+                }
                 let mut builder = Response::builder().status(resp.status());
                 for (name, value) in resp.headers() {
                     if !is_hop_by_hop(name) && name != api::ROLE_HEADER {
@@ -548,9 +567,8 @@ impl Relay {
 async fn relay(replica: Arc<Inner>, stop: CancellationToken) {
     let shared = &replica.shared;
     let reload_tokens = || async {
-        match shared.store.all_tokens().await {
-            Ok(t) => shared.tokens.replace_stored(t),
-            Err(e) => warn!(error = %e, "reloading tokens failed"),
+        if let Err(e) = replica.reload_tokens().await {
+            warn!(error = %e, "reloading tokens failed");
         }
     };
     let catch_up = || async {

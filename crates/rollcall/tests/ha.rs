@@ -524,3 +524,72 @@ async fn an_upload_cut_short_through_a_standby_does_not_refuse_later_changes() {
     }
     db.drop().await;
 }
+
+/// The status of `GET /v1/workers` with `token` on `url`.
+async fn read_status(url: &str, token: &str) -> StatusCode {
+    Api::new(url, token).get("/v1/workers").await.0
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_token_changed_through_a_standby_counts_there_at_once_and_soon_everywhere() {
+    let Some(db) = pg::Database::create().await else {
+        return;
+    };
+    let dirs: Vec<_> = (0..3).map(|_| tempfile::tempdir().unwrap()).collect();
+    let (a, b) = pair(&db, &dirs).await;
+    let c = replica(&db, dirs[2].path()).spawn().await;
+    assert_eq!(role(&c.url).await.as_deref(), Some("standby"));
+    let via_b = Api::new(&b.url, ADMIN);
+    for round in 0..10 {
+        let (status, created) = via_b
+            .post(
+                "/v1/tokens",
+                serde_json::json!({"kind": "read", "name": format!("reader {round}")}),
+            )
+            .await;
+        assert_eq!(status, StatusCode::CREATED, "{created}");
+        let token = created["token"].as_str().unwrap();
+        let id = created["id"].as_str().unwrap();
+        // The standby that passed the change on knows the token at once…
+        assert_eq!(
+            read_status(&b.url, token).await,
+            StatusCode::OK,
+            "round {round}"
+        );
+        // …as does the active replica that made it; the other standby
+        // learns it from the database's notification.
+        assert_eq!(read_status(&a.url, token).await, StatusCode::OK);
+        eventually(
+            Duration::from_secs(10),
+            "the other standby to know the token",
+            || async { (read_status(&c.url, token).await == StatusCode::OK).then_some(()) },
+        )
+        .await;
+
+        let resp = via_b
+            .http
+            .delete(format!("{}/v1/tokens/{id}", b.url))
+            .bearer_auth(ADMIN)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), StatusCode::NO_CONTENT);
+        // A deleted token stops working at once where it was deleted…
+        assert_eq!(
+            read_status(&b.url, token).await,
+            StatusCode::UNAUTHORIZED,
+            "round {round}"
+        );
+        assert_eq!(read_status(&a.url, token).await, StatusCode::UNAUTHORIZED);
+        // …and soon on every replica.
+        eventually(
+            Duration::from_secs(10),
+            "the other standby to forget the token",
+            || async {
+                (read_status(&c.url, token).await == StatusCode::UNAUTHORIZED).then_some(())
+            },
+        )
+        .await;
+    }
+    db.drop().await;
+}
