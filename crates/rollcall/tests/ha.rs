@@ -71,6 +71,14 @@ async fn wait_active(urls: &[&str]) -> usize {
 /// Collects the events a replica's stream delivers, from the start of the
 /// log.
 fn collect_stream(url: &str) -> (Arc<Mutex<Vec<u64>>>, tokio::task::JoinHandle<()>) {
+    collect_stream_after(url, 0)
+}
+
+/// Collects the events a replica's stream delivers after `after`.
+fn collect_stream_after(
+    url: &str,
+    after: u64,
+) -> (Arc<Mutex<Vec<u64>>>, tokio::task::JoinHandle<()>) {
     let seen = Arc::new(Mutex::new(Vec::new()));
     let sink = seen.clone();
     let client = rollcall_client::Client::builder()
@@ -79,7 +87,7 @@ fn collect_stream(url: &str) -> (Arc<Mutex<Vec<u64>>>, tokio::task::JoinHandle<(
         .build()
         .expect("a client");
     let task = tokio::spawn(async move {
-        let mut stream = client.event_stream(Some(0)).await.expect("a stream");
+        let mut stream = client.event_stream(Some(after)).await.expect("a stream");
         while let Some(e) = stream.next().await {
             match e {
                 Ok(e) => sink.lock().unwrap().push(e.seq),
@@ -591,5 +599,83 @@ async fn a_token_changed_through_a_standby_counts_there_at_once_and_soon_everywh
         )
         .await;
     }
+    db.drop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_standbys_stream_delivers_the_log_in_order_while_the_active_replica_commits() {
+    let Some(db) = pg::Database::create().await else {
+        return;
+    };
+    let dirs: Vec<_> = (0..2).map(|_| tempfile::tempdir().unwrap()).collect();
+    let (a, b) = pair(&db, &dirs).await;
+    let (from_start, start_task) = collect_stream(&b.url);
+
+    // Bursts of concurrent changes, through both replicas: registrations,
+    // then each worker's own offline.
+    let register = |i: usize| {
+        let url = if i % 2 == 0 {
+            a.url.clone()
+        } else {
+            b.url.clone()
+        };
+        async move {
+            Api::new(&url, ADMIN)
+                .register(&format!("w{i}"), &format!("m{}", i % 5))
+                .await
+        }
+    };
+    let workers = futures::future::join_all((0..40).map(register)).await;
+    // A second client joins mid-way, resuming after some event on the log.
+    let mid = Api::new(&a.url, ADMIN).events("").await.len() as u64 / 2;
+    let (from_mid, mid_task) = collect_stream_after(&b.url, mid);
+    let offline = |(i, w): (usize, &Registered)| {
+        let url = if i % 2 == 0 {
+            b.url.clone()
+        } else {
+            a.url.clone()
+        };
+        let http = http_client();
+        let (id, token) = (w.id.clone(), w.token.clone());
+        async move {
+            let resp = http
+                .post(format!("{url}/v1/workers/{id}/offline"))
+                .bearer_auth(token)
+                .send()
+                .await
+                .expect("an answer to offline");
+            assert_eq!(resp.status(), StatusCode::OK, "offline of {id}");
+        }
+    };
+    futures::future::join_all(workers.iter().enumerate().map(offline)).await;
+
+    let log: Vec<u64> = Api::new(&b.url, ADMIN)
+        .events("")
+        .await
+        .iter()
+        .map(|e| e["seq"].as_u64().unwrap())
+        .collect();
+    assert_eq!(
+        log,
+        (1..=log.len() as u64).collect::<Vec<_>>(),
+        "the log has a gap"
+    );
+    let last = *log.last().unwrap();
+    for (seen, what) in [(&from_start, "from the start"), (&from_mid, "from mid-way")] {
+        eventually(
+            Duration::from_secs(10),
+            "the stream to reach the end of the log",
+            || async { (seen.lock().unwrap().last() >= Some(&last)).then_some(()) },
+        )
+        .await;
+        let first = if what == "from mid-way" { mid + 1 } else { 1 };
+        assert_eq!(
+            *seen.lock().unwrap(),
+            (first..=last).collect::<Vec<_>>(),
+            "the standby's stream {what} differs from the log"
+        );
+    }
+    start_task.abort();
+    mid_task.abort();
     db.drop().await;
 }
