@@ -338,12 +338,20 @@ impl Inner {
         mut lead: Leadership,
         settle: bool,
     ) -> anyhow::Result<Phase> {
-        info!(epoch = lead.epoch(), "took the active role");
         if settle {
+            info!(
+                epoch = lead.epoch(),
+                "took the active role; waiting for the replica that held it to step down"
+            );
             // The replica that held the role until just now may not have
             // noticed yet; it does within one check and its timeout.
             tokio::time::sleep(self.timing.settle).await;
             lead.check(self.timing.check_timeout).await?;
+        } else {
+            info!(
+                epoch = lead.epoch(),
+                "took the active role, which no replica held"
+            );
         }
         self.clock.sync(&self.pg).await?;
         // The former active replica is fenced: the log is final up to here.

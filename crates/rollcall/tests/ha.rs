@@ -679,3 +679,71 @@ async fn a_standbys_stream_delivers_the_log_in_order_while_the_active_replica_co
     mid_task.abort();
     db.drop().await;
 }
+
+/// The log line of a replica that took the role from one that may not have
+/// noticed yet (it waits before acting), and of one that found it free.
+const TOOK_OVER_WAITING: &str = "took the active role; waiting for the replica that held it";
+const TOOK_OVER_FREE: &str = "took the active role, which no replica held";
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn sigterm_of_the_active_replica_hands_over_at_once_kill9_after_the_wait() {
+    let Some(db) = pg::Database::create().await else {
+        return;
+    };
+    let dirs: Vec<_> = (0..2).map(|_| tempfile::tempdir().unwrap()).collect();
+    let (mut a, mut b) = pair(&db, &dirs).await;
+    let w = Api::new(&b.url, ADMIN).register("w", "m").await;
+    let target = Target::new(&b.url);
+    let mut pulse = Pulse::task(&target, &w, EVERY);
+    eventually(Duration::from_secs(10), "heartbeats", || async {
+        (pulse.stats().acks >= 2).then_some(())
+    })
+    .await;
+
+    // SIGTERM: the active replica hands over as it stops; the standby
+    // takes the free role without waiting.
+    let t = std::time::Instant::now();
+    let (status, _) = a.stop_with("TERM").await;
+    assert!(status.success(), "{status:?}: {}", a.stderr());
+    wait_active(&[b.url.as_str()]).await;
+    let graceful = t.elapsed();
+    let log = b.stderr();
+    assert!(log.contains(TOOK_OVER_FREE), "{log}");
+    assert!(!log.contains(TOOK_OVER_WAITING), "{log}");
+
+    // kill -9: the standby has to wait until the dead replica could have
+    // noticed.
+    let a = replica(&db, dirs[0].path()).spawn().await;
+    assert_eq!(role(&a.url).await.as_deref(), Some("standby"));
+    target.set(&a.url);
+    let acks = pulse.stats().acks;
+    eventually(
+        Duration::from_secs(10),
+        "heartbeats through the standby",
+        || async { (pulse.stats().acks > acks).then_some(()) },
+    )
+    .await;
+    let t = std::time::Instant::now();
+    b.kill9().await;
+    wait_active(&[a.url.as_str()]).await;
+    let killed = t.elapsed();
+    assert!(a.stderr().contains(TOOK_OVER_WAITING), "{}", a.stderr());
+    eprintln!("handover: {graceful:?} after SIGTERM, {killed:?} after kill -9");
+
+    // The worker heartbeated through both handovers and stayed online.
+    let acks = pulse.stats().acks;
+    eventually(
+        Duration::from_secs(10),
+        "heartbeats after the takeover",
+        || async { (pulse.stats().acks > acks).then_some(()) },
+    )
+    .await;
+    pulse.stop().await;
+    let api = Api::new(&a.url, ADMIN);
+    assert_eq!(api.worker(&w.id).await["status"], "online");
+    assert_eq!(
+        offline_events_of(&api.events("").await, &w.id),
+        Vec::<Value>::new()
+    );
+    db.drop().await;
+}
