@@ -747,3 +747,107 @@ async fn sigterm_of_the_active_replica_hands_over_at_once_kill9_after_the_wait()
     );
     db.drop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn an_agent_given_two_replicas_keeps_its_worker_online_when_the_first_dies() {
+    let Some(db) = pg::Database::create().await else {
+        return;
+    };
+    let dirs: Vec<_> = (0..2).map(|_| tempfile::tempdir().unwrap()).collect();
+    let (mut a, b) = pair(&db, &dirs).await;
+    let (status, enroll) = a
+        .admin()
+        .post(
+            "/v1/tokens",
+            serde_json::json!({"kind": "enroll", "name": "agents"}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::CREATED, "{enroll}");
+
+    let mut agent = tokio::process::Command::new(BIN);
+    agent
+        .args(["agent", "run", "--server", &format!("{},{}", a.url, b.url)])
+        .args(["--token", enroll["token"].as_str().unwrap()])
+        .args([
+            "--name",
+            "sleeper",
+            "--machine-id",
+            "host-a",
+            "--",
+            "sleep",
+            "600",
+        ])
+        .env("RUST_LOG", "warn")
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .kill_on_drop(true);
+    for (k, _) in std::env::vars_os() {
+        if k.to_string_lossy().starts_with("ROLLCALL_") {
+            agent.env_remove(&k);
+        }
+    }
+    let mut agent = agent.spawn().expect("rollcall agent starts");
+
+    let api_b = Api::new(&b.url, ADMIN);
+    let worker = eventually(
+        Duration::from_secs(20),
+        "the agent's worker online",
+        || async {
+            let list = api_b.get_ok("/v1/workers?machine_id=host-a").await;
+            list["items"]
+                .as_array()
+                .and_then(|ws| ws.iter().find(|w| w["name"] == "sleeper"))
+                .filter(|w| w["status"] == "online")
+                .cloned()
+        },
+    )
+    .await;
+    let id = worker["id"].as_str().unwrap().to_owned();
+
+    // The replica the agent talks to first, the active one, dies.
+    a.kill9().await;
+    wait_active(&[b.url.as_str()]).await;
+    let active_at = now_ms();
+    // Heartbeats reach the new active replica, through the second URL…
+    let api = Api::new(&b.url, ADMIN);
+    eventually(
+        Duration::from_secs(10),
+        "a heartbeat after the takeover",
+        || async {
+            let w = api.worker(&id).await;
+            let beat = &w["last_heartbeat_at"];
+            (!beat.is_null() && ts(beat) > active_at).then_some(())
+        },
+    )
+    .await;
+    // …and keep it online, in the same session, past a stale period.
+    until_ms(now_ms() + STALE_AFTER_MS + 500).await;
+    let now = api.worker(&id).await;
+    assert_eq!(now["status"], "online", "{now}");
+    assert_eq!(now["session"], worker["session"], "{now}");
+    assert_eq!(
+        offline_events_of(&api.events("").await, &id),
+        Vec::<Value>::new()
+    );
+    assert!(
+        matches!(agent.try_wait(), Ok(None)),
+        "the agent and its child keep running"
+    );
+
+    // Told to stop, the agent marks its worker offline through the survivor.
+    let pid = agent.id().expect("the agent runs");
+    let status = std::process::Command::new("kill")
+        .args(["-s", "TERM", &pid.to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success());
+    tokio::time::timeout(EXIT_TIMEOUT, agent.wait())
+        .await
+        .expect("the agent exits on SIGTERM")
+        .unwrap();
+    let w = api.worker(&id).await;
+    assert_eq!(w["status"], "offline", "{w}");
+    assert_eq!(w["offline_reason"], "shutdown", "{w}");
+    db.drop().await;
+}
