@@ -35,7 +35,6 @@ use axum::body::Body;
 use axum::extract::Request;
 use axum::http::header::CONTENT_LENGTH;
 use axum::http::{HeaderName, Method};
-use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use axum::Router;
 use futures::StreamExt;
@@ -106,8 +105,10 @@ struct Inner {
     /// How the other replicas reach this one.
     me: String,
     role: RoleCell,
-    /// The router (and its state) requests go to now.
-    current: RwLock<(Router, AppState)>,
+    /// The router (and its state) requests go to now, and the role it
+    /// serves: read together, so that a request is never given to one
+    /// role's router on the strength of the other role.
+    current: RwLock<(Router, AppState, Role)>,
     /// The active replica as last read from the database.
     leader: RwLock<Option<LeaderInfo>>,
     forward: reqwest::Client,
@@ -162,7 +163,7 @@ pub(crate) async fn launch(
     let standby = standby_router(&shared);
     shared.metrics.set_active(false);
     let inner = Arc::new(Inner {
-        current: RwLock::new(standby),
+        current: RwLock::new((standby.0, standby.1, Role::Standby)),
         shared: shared.clone(),
         pg,
         me,
@@ -184,15 +185,10 @@ pub(crate) async fn launch(
     let task = tokio::spawn(inner.clone().run(phase));
 
     let dispatch = inner.clone();
-    let forwarder = inner.clone();
-    let app = Router::new()
-        .fallback_service(tower::service_fn(move |req: Request| {
-            let router = dispatch.current.read().0.clone();
-            async move { router.oneshot(req).await }
-        }))
-        .layer(axum::middleware::from_fn(move |req, next| {
-            forward_changes(forwarder.clone(), req, next)
-        }));
+    let app = Router::new().fallback_service(tower::service_fn(move |req: Request| {
+        let replica = dispatch.clone();
+        async move { Ok::<_, std::convert::Infallible>(replica.dispatch(req).await) }
+    }));
     let metrics_addr = match metrics_listener {
         Some(l) => {
             // Scrapes go to whichever role is current.
@@ -295,8 +291,12 @@ impl Inner {
                             // Requests have ended; hand over cleanly.
                             self.set_current(standby_router(&self.shared), Role::Standby);
                             core.stop().await;
-                            if let Err(e) = lead.release().await {
-                                warn!(error = %e, "releasing the active role failed; the database releases it when the connection closes");
+                            // Bounded: an unreachable database must not
+                            // hold up the exit.
+                            match tokio::time::timeout(self.timing.check_timeout, lead.release()).await {
+                                Ok(Ok(())) => {}
+                                Ok(Err(e)) => warn!(error = %e, "releasing the active role failed; the database releases it when the connection closes"),
+                                Err(_) => warn!("releasing the active role timed out; the database releases it when the connection closes"),
                             }
                             info!("stopped acting as the active replica (shutdown)");
                             return;
@@ -379,13 +379,30 @@ impl Inner {
         Ok(())
     }
 
+    /// Serves a request with the current role's router; a standby passes
+    /// changes on to the active replica instead.
+    async fn dispatch(&self, req: Request) -> Response {
+        let (router, role) = {
+            let current = self.current.read();
+            (current.0.clone(), current.2)
+        };
+        if role == Role::Standby && is_change(&req) {
+            drain_unread(req, |req| self.forward(req)).await
+        } else {
+            match router.oneshot(req).await {
+                Ok(resp) => resp,
+                Err(never) => match never {},
+            }
+        }
+    }
+
     fn set_current(&self, current: (Router, AppState), role: Role) {
         // The role flips before the router: a request that sees `active`
         // in the header was served by the active router or forwarded to it.
         if role == Role::Standby {
             self.role.set(role);
         }
-        *self.current.write() = current;
+        *self.current.write() = (current.0, current.1, role);
         if role == Role::Active {
             self.role.set(role);
         }
@@ -523,15 +540,6 @@ fn capped(
         };
         std::future::ready(next)
     })
-}
-
-/// On a standby, passes changes on to the active replica.
-async fn forward_changes(replica: Arc<Inner>, req: Request, next: Next) -> Response {
-    if is_change(&req) && replica.role.get() == Role::Standby {
-        drain_unread(req, |req| replica.forward(req)).await
-    } else {
-        next.run(req).await
-    }
 }
 
 /// Publishes every event of the log after the last one published.
