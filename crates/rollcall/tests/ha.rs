@@ -383,7 +383,9 @@ async fn a_standby_answers_refused_changes_exactly_as_the_active_replica() {
     let w = a.admin().register("w", "m").await;
 
     let over = vec![b'x'; 64 * 1024 + 1];
-    let cases: Vec<(&str, &str, Option<&str>, Vec<u8>, StatusCode)> = vec![
+    // (method, path, token, body, the active replica's status)
+    type Case<'a> = (&'a str, &'a str, Option<&'a str>, Vec<u8>, StatusCode);
+    let cases: Vec<Case> = vec![
         (
             "POST",
             "/v1/tokens",
@@ -614,7 +616,7 @@ async fn a_standbys_stream_delivers_the_log_in_order_while_the_active_replica_co
     // Bursts of concurrent changes, through both replicas: registrations,
     // then each worker's own offline.
     let register = |i: usize| {
-        let url = if i % 2 == 0 {
+        let url = if i.is_multiple_of(2) {
             a.url.clone()
         } else {
             b.url.clone()
@@ -630,7 +632,7 @@ async fn a_standbys_stream_delivers_the_log_in_order_while_the_active_replica_co
     let mid = Api::new(&a.url, ADMIN).events("").await.len() as u64 / 2;
     let (from_mid, mid_task) = collect_stream_after(&b.url, mid);
     let offline = |(i, w): (usize, &Registered)| {
-        let url = if i % 2 == 0 {
+        let url = if i.is_multiple_of(2) {
             b.url.clone()
         } else {
             a.url.clone()
