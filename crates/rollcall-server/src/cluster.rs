@@ -293,10 +293,17 @@ impl Inner {
                             core.stop().await;
                             // Bounded: an unreachable database must not
                             // hold up the exit.
-                            match tokio::time::timeout(self.timing.check_timeout, lead.release()).await {
+                            let released =
+                                tokio::time::timeout(self.timing.check_timeout, lead.release());
+                            match released.await {
                                 Ok(Ok(())) => {}
-                                Ok(Err(e)) => warn!(error = %e, "releasing the active role failed; the database releases it when the connection closes"),
-                                Err(_) => warn!("releasing the active role timed out; the database releases it when the connection closes"),
+                                Ok(Err(e)) => warn!(
+                                    error = %e,
+                                    "releasing the active role failed; the database releases it when the connection closes"
+                                ),
+                                Err(_) => warn!(
+                                    "releasing the active role timed out; the database releases it when the connection closes"
+                                ),
                             }
                             info!("stopped acting as the active replica (shutdown)");
                             return;
