@@ -33,10 +33,11 @@ use std::time::Duration;
 
 use axum::body::Body;
 use axum::extract::Request;
+use axum::http::header::CONTENT_LENGTH;
 use axum::http::{HeaderName, Method};
-use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use axum::Router;
+use futures::StreamExt;
 use parking_lot::RwLock;
 use rollcall_core::Timestamp;
 use rollcall_store::postgres::{LeaderInfo, Leadership, Notification, PgStore};
@@ -48,6 +49,7 @@ use tower::ServiceExt;
 use tracing::{error, info, warn};
 
 use crate::api::error::ApiError;
+use crate::api::extract::{drain_unread, BATCH_BODY_LIMIT};
 use crate::api::{self, AppState};
 use crate::clock::Clock;
 use crate::{Config, Core, Mode, Role, RoleCell, Running, Shared, StreamSettings};
@@ -103,13 +105,18 @@ struct Inner {
     /// How the other replicas reach this one.
     me: String,
     role: RoleCell,
-    /// The router (and its state) requests go to now.
-    current: RwLock<(Router, AppState)>,
+    /// The router (and its state) requests go to now, and the role it
+    /// serves: read together, so that a request is never given to one
+    /// role's router on the strength of the other role.
+    current: RwLock<(Router, AppState, Role)>,
     /// The active replica as last read from the database.
     leader: RwLock<Option<LeaderInfo>>,
     forward: reqwest::Client,
     clock: Arc<DbClock>,
     timing: Timing,
+    /// Held while the token cache is reloaded, so that a reload never
+    /// replaces a newer read of the tokens with an older one.
+    token_reload: tokio::sync::Mutex<()>,
 }
 
 impl Replica {
@@ -156,7 +163,7 @@ pub(crate) async fn launch(
     let standby = standby_router(&shared);
     shared.metrics.set_active(false);
     let inner = Arc::new(Inner {
-        current: RwLock::new(standby),
+        current: RwLock::new((standby.0, standby.1, Role::Standby)),
         shared: shared.clone(),
         pg,
         me,
@@ -169,6 +176,7 @@ pub(crate) async fn launch(
             .build()?,
         clock,
         timing: Timing::default(),
+        token_reload: tokio::sync::Mutex::new(()),
     });
 
     // The first election happens before serving, so a lone replica answers
@@ -177,15 +185,10 @@ pub(crate) async fn launch(
     let task = tokio::spawn(inner.clone().run(phase));
 
     let dispatch = inner.clone();
-    let forwarder = inner.clone();
-    let app = Router::new()
-        .fallback_service(tower::service_fn(move |req: Request| {
-            let router = dispatch.current.read().0.clone();
-            async move { router.oneshot(req).await }
-        }))
-        .layer(axum::middleware::from_fn(move |req, next| {
-            forward_changes(forwarder.clone(), req, next)
-        }));
+    let app = Router::new().fallback_service(tower::service_fn(move |req: Request| {
+        let replica = dispatch.clone();
+        async move { Ok::<_, std::convert::Infallible>(replica.dispatch(req).await) }
+    }));
     let metrics_addr = match metrics_listener {
         Some(l) => {
             // Scrapes go to whichever role is current.
@@ -288,8 +291,19 @@ impl Inner {
                             // Requests have ended; hand over cleanly.
                             self.set_current(standby_router(&self.shared), Role::Standby);
                             core.stop().await;
-                            if let Err(e) = lead.release().await {
-                                warn!(error = %e, "releasing the active role failed; the database releases it when the connection closes");
+                            // Bounded: an unreachable database must not
+                            // hold up the exit.
+                            let released =
+                                tokio::time::timeout(self.timing.check_timeout, lead.release());
+                            match released.await {
+                                Ok(Ok(())) => {}
+                                Ok(Err(e)) => warn!(
+                                    error = %e,
+                                    "releasing the active role failed; the database releases it when the connection closes"
+                                ),
+                                Err(_) => warn!(
+                                    "releasing the active role timed out; the database releases it when the connection closes"
+                                ),
                             }
                             info!("stopped acting as the active replica (shutdown)");
                             return;
@@ -331,19 +345,25 @@ impl Inner {
         mut lead: Leadership,
         settle: bool,
     ) -> anyhow::Result<Phase> {
-        info!(epoch = lead.epoch(), "took the active role");
         if settle {
+            info!(
+                epoch = lead.epoch(),
+                "took the active role; waiting for the replica that held it to step down"
+            );
             // The replica that held the role until just now may not have
             // noticed yet; it does within one check and its timeout.
             tokio::time::sleep(self.timing.settle).await;
             lead.check(self.timing.check_timeout).await?;
+        } else {
+            info!(
+                epoch = lead.epoch(),
+                "took the active role, which no replica held"
+            );
         }
         self.clock.sync(&self.pg).await?;
         // The former active replica is fenced: the log is final up to here.
         relay_events(&self.shared).await?;
-        self.shared
-            .tokens
-            .replace_stored(self.shared.store.all_tokens().await?);
+        self.reload_tokens().await?;
         let core = Core::start(&self.shared).await?;
         let state = core.app_state(&self.shared);
         let router = api::router(state.clone(), self.shared.config.metrics_listen.is_none());
@@ -358,13 +378,38 @@ impl Inner {
         Ok(Phase::Active { core, lead })
     }
 
+    /// Reads every token from the database into the token cache.
+    async fn reload_tokens(&self) -> Result<(), rollcall_store::StoreError> {
+        let _one_at_a_time = self.token_reload.lock().await;
+        let tokens = self.shared.store.all_tokens().await?;
+        self.shared.tokens.replace_stored(tokens);
+        Ok(())
+    }
+
+    /// Serves a request with the current role's router; a standby passes
+    /// changes on to the active replica instead.
+    async fn dispatch(&self, req: Request) -> Response {
+        let (router, role) = {
+            let current = self.current.read();
+            (current.0.clone(), current.2)
+        };
+        if role == Role::Standby && is_change(&req) {
+            drain_unread(req, |req| self.forward(req)).await
+        } else {
+            match router.oneshot(req).await {
+                Ok(resp) => resp,
+                Err(never) => match never {},
+            }
+        }
+    }
+
     fn set_current(&self, current: (Router, AppState), role: Role) {
         // The role flips before the router: a request that sees `active`
         // in the header was served by the active router or forwarded to it.
         if role == Role::Standby {
             self.role.set(role);
         }
-        *self.current.write() = current;
+        *self.current.write() = (current.0, current.1, role);
         if role == Role::Active {
             self.role.set(role);
         }
@@ -397,15 +442,34 @@ impl Inner {
         let mut out = self
             .forward
             .request(parts.method.clone(), url)
-            .body(reqwest::Body::wrap_stream(body.into_data_stream()));
+            .body(reqwest::Body::wrap_stream(capped(body, FORWARD_BODY_CAP)));
+        let too_long = parts
+            .headers
+            .get(CONTENT_LENGTH)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.parse::<u64>().ok())
+            .is_some_and(|n| n > FORWARD_BODY_CAP as u64);
         for (name, value) in &parts.headers {
-            if !is_hop_by_hop(name) && name != axum::http::header::HOST {
+            // A body cut at the cap goes out chunked, not with its length.
+            if !is_hop_by_hop(name)
+                && name != axum::http::header::HOST
+                && !(too_long && name == CONTENT_LENGTH)
+            {
                 out = out.header(name, value);
             }
         }
         out = out.header(FORWARDED_HEADER, self.me.as_str());
+        let changes_tokens = path.starts_with("/v1/tokens");
         match out.send().await {
             Ok(resp) => {
+                // A token created or deleted through this replica counts
+                // here as soon as the client hears of it, as it does on the
+                // active replica (the others learn it from the notification).
+                if changes_tokens && resp.status().is_success() {
+                    if let Err(e) = self.reload_tokens().await {
+                        warn!(error = %e, "reloading tokens failed");
+                    }
+                }
                 let mut builder = Response::builder().status(resp.status());
                 for (name, value) in resp.headers() {
                     if !is_hop_by_hop(name) && name != api::ROLE_HEADER {
@@ -422,7 +486,11 @@ impl Inner {
                 let e = e.without_url();
                 warn!(active = %target.advertise_url, error = %e, "forwarding to the active replica failed");
                 // It may have just died: read who leads now for the next one.
-                *self.leader.write() = None;
+                // (Not when the request itself failed, e.g. a client that
+                // went away mid-body: the active replica is still there.)
+                if e.is_connect() {
+                    *self.leader.write() = None;
+                }
                 ApiError::Unavailable(
                     "the active replica did not answer (a takeover may be in progress); retry"
                         .into(),
@@ -458,13 +526,30 @@ fn standby_router(shared: &Shared) -> (Router, AppState) {
     (router, state)
 }
 
-/// On a standby, passes changes on to the active replica.
-async fn forward_changes(replica: Arc<Inner>, req: Request, next: Next) -> Response {
-    if is_change(&req) && replica.role.get() == Role::Standby {
-        replica.forward(req).await
-    } else {
-        next.run(req).await
-    }
+/// The most of a request body a standby passes on: one byte over the
+/// largest body limit. A longer body is refused with 413 whatever its
+/// length (after the checks that come first), and the active replica reads
+/// this much to the end, so its answer arrives whole; the rest is read and
+/// discarded here, as the active replica would.
+const FORWARD_BODY_CAP: usize = BATCH_BODY_LIMIT + 1;
+
+/// The first `cap` bytes of `body`, as a stream.
+fn capped(
+    body: Body,
+    cap: usize,
+) -> impl futures::Stream<Item = Result<bytes::Bytes, axum::Error>> + Send {
+    body.into_data_stream().scan(cap, |left, chunk| {
+        let next = match chunk {
+            Ok(_) if *left == 0 => None,
+            Ok(mut data) => {
+                data.truncate(*left);
+                *left -= data.len();
+                Some(Ok(data))
+            }
+            Err(e) => Some(Err(e)),
+        };
+        std::future::ready(next)
+    })
 }
 
 /// Publishes every event of the log after the last one published.
@@ -508,9 +593,8 @@ impl Relay {
 async fn relay(replica: Arc<Inner>, stop: CancellationToken) {
     let shared = &replica.shared;
     let reload_tokens = || async {
-        match shared.store.all_tokens().await {
-            Ok(t) => shared.tokens.replace_stored(t),
-            Err(e) => warn!(error = %e, "reloading tokens failed"),
+        if let Err(e) = replica.reload_tokens().await {
+            warn!(error = %e, "reloading tokens failed");
         }
     };
     let catch_up = || async {

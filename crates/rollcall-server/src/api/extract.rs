@@ -223,8 +223,18 @@ const DRAIN_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(2);
 /// answered with `Connection: close`, which at least keeps clients from
 /// reusing the connection.
 pub async fn close_if_body_unread(req: Request, next: Next) -> Response {
+    drain_unread(req, |req| next.run(req)).await
+}
+
+/// What [`close_if_body_unread`] does, around any way of answering `req`
+/// (a standby's forwarding to the active replica, too).
+pub async fn drain_unread<F, Fut>(req: Request, answer: F) -> Response
+where
+    F: FnOnce(Request) -> Fut,
+    Fut: std::future::Future<Output = Response>,
+{
     if req.body().is_end_stream() || req.version() > Version::HTTP_11 {
-        return next.run(req).await;
+        return answer(req).await;
     }
     let done = Arc::new(AtomicBool::new(false));
     let shared = Arc::new(parking_lot::Mutex::new(Body::empty()));
@@ -235,7 +245,7 @@ pub async fn close_if_body_unread(req: Request, next: Next) -> Response {
             done: done.clone(),
         })
     });
-    let mut response = next.run(req).await;
+    let mut response = answer(req).await;
     if done.load(Ordering::Acquire) {
         return response;
     }
