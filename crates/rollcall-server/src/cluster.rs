@@ -240,11 +240,13 @@ impl Inner {
     /// led until now (so the new one must let it notice first); otherwise
     /// remembers who leads, to forward changes there.
     async fn contend(&self) -> Result<Option<(Leadership, bool)>, rollcall_store::StoreError> {
-        let before = self.pg.leader().await?;
         match self.pg.try_lead(&self.me, &self.me).await? {
-            Some(lead) => Ok(Some((lead, before.is_some()))),
+            Some(lead) => {
+                let settle = lead.succeeded_a_leader();
+                Ok(Some((lead, settle)))
+            }
             None => {
-                *self.leader.write() = before;
+                *self.leader.write() = self.pg.leader().await?;
                 Ok(None)
             }
         }
@@ -255,6 +257,14 @@ impl Inner {
         let stop = self.shared.shutdown.clone();
         let mut last_sync = tokio::time::Instant::now();
         loop {
+            // Every replica keeps its offset to the database's clock
+            // current: a standby's reads compute deadlines too.
+            if last_sync.elapsed() >= self.timing.clock_sync {
+                last_sync = tokio::time::Instant::now();
+                if let Err(e) = self.clock.sync(&self.pg).await {
+                    warn!(error = %e, "measuring the database clock failed");
+                }
+            }
             phase = match phase {
                 Phase::Standby { relay } => {
                     tokio::select! {
@@ -311,15 +321,7 @@ impl Inner {
                         _ = tokio::time::sleep(self.timing.check) => {}
                     }
                     match lead.check(self.timing.check_timeout).await {
-                        Ok(()) => {
-                            if last_sync.elapsed() >= self.timing.clock_sync {
-                                last_sync = tokio::time::Instant::now();
-                                if let Err(e) = self.clock.sync(&self.pg).await {
-                                    warn!(error = %e, "measuring the database clock failed");
-                                }
-                            }
-                            Phase::Active { core, lead }
-                        }
+                        Ok(()) => Phase::Active { core, lead },
                         Err(e) => {
                             error!(error = %e, epoch = lead.epoch(), "lost the active role; standing by");
                             // First stop taking changes, then drop everything

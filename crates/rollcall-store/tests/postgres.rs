@@ -273,6 +273,7 @@ async fn one_replica_leads_until_its_leadership_is_dropped() {
 
     let mut la = lead(&a, "a").await;
     assert_eq!(la.epoch(), 1);
+    assert!(!la.succeeded_a_leader(), "the first leader succeeds nobody");
     for _ in 0..3 {
         assert!(b.try_lead("b", "http://b:8080").await.unwrap().is_none());
     }
@@ -312,6 +313,10 @@ async fn one_replica_leads_until_its_leadership_is_dropped() {
     ));
     let mut lb = lead_eventually(&b, "b").await;
     assert_eq!(lb.epoch(), 2);
+    assert!(
+        lb.succeeded_a_leader(),
+        "a did not hand over: it was dropped"
+    );
     lb.check(Duration::from_secs(10)).await.unwrap();
     let info = a.leader().await.unwrap().expect("b leads");
     assert_eq!((info.epoch, info.replica.as_str()), (2, "b"));
@@ -479,6 +484,10 @@ async fn release_hands_the_lead_over_at_once() {
 
     let lb = lead(&b, "b").await;
     assert_eq!(lb.epoch(), 2);
+    assert!(
+        !lb.succeeded_a_leader(),
+        "a handed over: nobody to wait for"
+    );
     assert_eq!(b.commit(vec![write]).await.unwrap().applied, [true]);
     assert_eq!(
         b.leader().await.unwrap().map(|l| (l.epoch, l.replica)),

@@ -47,6 +47,10 @@ pub struct Leadership {
     /// The connection that holds the session-level lock.
     conn: Option<PgConnection>,
     epoch: i64,
+    /// Whether another replica led until this one took over (it did not
+    /// release the role: it died, or lost its connection, and may not have
+    /// noticed yet).
+    succeeded: bool,
     /// The backend process of `conn`.
     pid: i32,
     /// The store's fence, cleared when leadership ends.
@@ -105,10 +109,14 @@ impl PgStore {
             return Ok(None);
         }
         // If this fails the connection is dropped, and the lock with it.
-        let epoch: i64 = sqlx::query_scalar(
-            "UPDATE rollcall_leader SET epoch = epoch + 1, replica = $1, advertise_url = $2, \
+        // The row is read and raised in one statement, so whether a replica
+        // led until now is known exactly (a graceful release clears it).
+        let (epoch, succeeded): (i64, bool) = sqlx::query_as(
+            "UPDATE rollcall_leader AS l SET epoch = l.epoch + 1, replica = $1, \
+               advertise_url = $2, \
                since = FLOOR(EXTRACT(EPOCH FROM clock_timestamp()) * 1000)::BIGINT \
-             WHERE id = 1 RETURNING epoch",
+             FROM (SELECT replica FROM rollcall_leader WHERE id = 1) AS before \
+             WHERE l.id = 1 RETURNING l.epoch, before.replica IS NOT NULL",
         )
         .bind(replica)
         .bind(advertise_url)
@@ -118,6 +126,7 @@ impl PgStore {
         Ok(Some(Leadership {
             conn: Some(conn),
             epoch,
+            succeeded,
             pid,
             fence: self.fence.clone(),
             lost: false,
@@ -169,6 +178,12 @@ impl Leadership {
     /// The epoch this leadership raised the table to.
     pub fn epoch(&self) -> i64 {
         self.epoch
+    }
+
+    /// Whether another replica held the role until now without releasing
+    /// it (read in the same statement that took the role over).
+    pub fn succeeded_a_leader(&self) -> bool {
+        self.succeeded
     }
 
     /// The database backend process holding the lock (for operators, and for
