@@ -69,7 +69,11 @@ pub struct Live {
 
 #[derive(Debug, Default)]
 struct Shard {
-    workers: HashMap<WorkerId, Live>,
+    /// Boxed: a `Live` is about 200 bytes, and a hash table keeps up to
+    /// twice as many slots as entries, so slots of a pointer waste far less
+    /// than slots of a whole worker (about 160 bytes per worker at a
+    /// million).
+    workers: HashMap<WorkerId, Box<Live>>,
     /// Workers whose heartbeat time has not been written behind yet.
     dirty: Vec<WorkerId>,
 }
@@ -215,7 +219,11 @@ impl Engine {
 
     /// A copy of a worker's state.
     pub fn get(&self, id: &WorkerId) -> Option<Live> {
-        self.shard(id).lock().workers.get(id).cloned()
+        self.shard(id)
+            .lock()
+            .workers
+            .get(id)
+            .map(|live| Live::clone(live))
     }
 
     /// The worker registered under a name on a machine, if any.
@@ -274,12 +282,12 @@ impl Engine {
                 }
                 Entry::Vacant(v) => {
                     old_hash = None;
-                    v.insert(Live {
+                    v.insert(Box::new(Live {
                         record,
                         deadline,
                         pending: 0,
                         dirty: false,
-                    });
+                    }));
                 }
             }
         }
