@@ -249,6 +249,7 @@ pub async fn stop_round(
     let before = rc.stats()?;
     let load = crate::server::load_average();
     let started = Instant::now();
+    eprintln!("stopping {} workers at once", range.len());
     keeper.stop(range.clone(), true);
     let mut seen: HashMap<usize, (i64, Option<i64>)> = HashMap::with_capacity(range.len());
     let mut false_offline = 0;

@@ -50,6 +50,10 @@ struct Cli {
     /// Print one JSON document on stdout instead of the table.
     #[arg(long, global = true)]
     json: bool,
+    /// Also write the JSON document to this file (the table still goes to
+    /// stdout).
+    #[arg(long, global = true)]
+    json_out: Option<PathBuf>,
     /// The Redis server for the baseline, HOST:PORT.
     #[arg(long, global = true, default_value = "127.0.0.1:6379")]
     redis: String,

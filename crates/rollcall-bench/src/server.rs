@@ -79,6 +79,12 @@ impl Rollcall {
         cmd.args(["serve", "--listen", "127.0.0.1:0", "--data-dir"])
             .arg(dir.path())
             .args(extra)
+            // Extra server flags for experiments, e.g. `--flush-interval 1h`.
+            .args(
+                std::env::var("BENCH_SERVER_ARGS")
+                    .unwrap_or_default()
+                    .split_whitespace(),
+            )
             .env("ROLLCALL_ADMIN_TOKEN", &admin)
             .env(
                 "RUST_LOG",
