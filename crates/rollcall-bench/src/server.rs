@@ -79,6 +79,12 @@ impl Rollcall {
         cmd.args(["serve", "--listen", "127.0.0.1:0", "--data-dir"])
             .arg(dir.path())
             .args(extra)
+            // Extra server flags for experiments, e.g. `--flush-interval 1h`.
+            .args(
+                std::env::var("BENCH_SERVER_ARGS")
+                    .unwrap_or_default()
+                    .split_whitespace(),
+            )
             .env("ROLLCALL_ADMIN_TOKEN", &admin)
             .env(
                 "RUST_LOG",
@@ -89,7 +95,8 @@ impl Rollcall {
             addr,
             admin,
             http: reqwest::Client::builder()
-                .pool_max_idle_per_host(128)
+                .pool_max_idle_per_host(1024)
+                .tcp_nodelay(true)
                 .build()?,
             proc: Arc::new(Proc {
                 child: std::sync::Mutex::new(child),
@@ -102,20 +109,19 @@ impl Rollcall {
         format!("http://{}{}", self.addr, path)
     }
 
-    /// The server's resident set size, from /proc.
-    pub fn rss_kib(&self) -> Result<u64> {
-        let pid = self
+    /// The server's process id.
+    pub fn pid(&self) -> Result<u32> {
+        Ok(self
             .proc
             .child
             .lock()
             .map_err(|_| anyhow!("poisoned"))?
-            .id();
-        let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
-        status
-            .lines()
-            .find_map(|l| l.strip_prefix("VmRSS:"))
-            .and_then(|v| v.split_whitespace().next()?.parse().ok())
-            .context("no VmRSS")
+            .id())
+    }
+
+    /// The server's memory and CPU, from /proc.
+    pub fn stats(&self) -> Result<ProcStats> {
+        ProcStats::read(self.pid()?)
     }
 
     async fn call(
@@ -142,7 +148,10 @@ impl Rollcall {
         })
     }
 
-    /// Registers `n` workers over `concurrency` parallel requests.
+    /// Registers `n` workers over `concurrency` parallel requests, spread
+    /// over 100 machines. The writer commits concurrent registrations
+    /// together, so more requests in flight mean fewer, larger
+    /// transactions. Prints progress to stderr every 10 %.
     pub async fn register_many(
         &self,
         n: usize,
@@ -151,7 +160,9 @@ impl Rollcall {
         heartbeat_ms: Option<u64>,
     ) -> Result<Vec<Registered>> {
         use futures::StreamExt;
-        let results: Vec<Result<Registered>> = futures::stream::iter(0..n)
+        let started = std::time::Instant::now();
+        let mut out = Vec::with_capacity(n);
+        let mut results = futures::stream::iter(0..n)
             .map(|i| async move {
                 let mut body = json!({
                     "name": format!("bench-{i}"),
@@ -161,23 +172,63 @@ impl Rollcall {
                 if let Some(h) = heartbeat_ms {
                     body["heartbeat_interval_ms"] = json!(h);
                 }
-                let v = self
-                    .call(
-                        reqwest::Method::POST,
-                        "/v1/workers",
-                        &self.admin,
-                        Some(body),
-                    )
+                let resp = self
+                    .http
+                    .post(self.url("/v1/workers"))
+                    .bearer_auth(&self.admin)
+                    .json(&body)
+                    .send()
                     .await?;
+                let status = resp.status();
+                let bytes = resp.bytes().await?;
+                if !status.is_success() {
+                    bail!("registering: {status}: {}", String::from_utf8_lossy(&bytes));
+                }
+                #[derive(serde::Deserialize)]
+                struct W {
+                    id: String,
+                }
+                #[derive(serde::Deserialize)]
+                struct R {
+                    worker: W,
+                    token: String,
+                }
+                let r: R = serde_json::from_slice(&bytes)?;
                 Ok(Registered {
-                    id: v["worker"]["id"].as_str().context("no id")?.to_owned(),
-                    token: v["token"].as_str().context("no token")?.to_owned(),
+                    id: r.worker.id,
+                    token: r.token,
                 })
             })
-            .buffered(concurrency)
-            .collect()
-            .await;
-        results.into_iter().collect()
+            .buffer_unordered(concurrency);
+        let step = (n / 10).max(1);
+        while let Some(r) = results.next().await {
+            out.push(r?);
+            if out.len() % step == 0 {
+                eprintln!(
+                    "  registered {}/{n} ({:.0}/s)",
+                    out.len(),
+                    out.len() as f64 / started.elapsed().as_secs_f64()
+                );
+            }
+        }
+        Ok(out)
+    }
+
+    /// POSTs a JSON body and returns the answer's bytes; fails on non-2xx.
+    pub async fn post_raw(&self, path: &str, token: &str, body: Value) -> Result<bytes::Bytes> {
+        let resp = self
+            .http
+            .post(self.url(path))
+            .bearer_auth(token)
+            .json(&body)
+            .send()
+            .await?;
+        let status = resp.status();
+        let bytes = resp.bytes().await?;
+        if !status.is_success() {
+            bail!("{path}: {status}: {}", String::from_utf8_lossy(&bytes));
+        }
+        Ok(bytes)
     }
 
     /// Creates a token of a kind, returning the secret.
@@ -191,34 +242,6 @@ impl Rollcall {
             )
             .await?;
         Ok(v["token"].as_str().context("no token")?.to_owned())
-    }
-
-    /// Sends one batch heartbeat; fails if any entry failed. Returns how
-    /// many workers it resumed.
-    pub async fn batch_heartbeat(&self, enroll: &str, workers: Vec<Registered>) -> Result<usize> {
-        let beats: Vec<Value> = workers
-            .iter()
-            .map(|w| json!({"worker_id": w.id, "token": w.token}))
-            .collect();
-        let v = self
-            .call(
-                reqwest::Method::POST,
-                "/v1/heartbeats",
-                enroll,
-                Some(json!({"heartbeats": beats})),
-            )
-            .await?;
-        let failed = v["results"]
-            .as_array()
-            .map(|r| r.iter().filter(|x| x["ok"] != json!(true)).count())
-            .unwrap_or(usize::MAX);
-        if failed > 0 {
-            bail!("{failed} heartbeats of a batch failed");
-        }
-        Ok(v["results"]
-            .as_array()
-            .map(|r| r.iter().filter(|x| x["resumed"] == json!(true)).count())
-            .unwrap_or(0))
     }
 
     /// The largest event seq so far.
@@ -242,43 +265,21 @@ impl Rollcall {
         }
     }
 
-    /// Every `worker.offline` event after `after`.
-    pub async fn offline_events(&self, after: i64) -> Result<Vec<Value>> {
-        let mut out = Vec::new();
-        let mut cursor = after;
-        loop {
-            let v = self
-                .call(
-                    reqwest::Method::GET,
-                    &format!("/v1/events?after={cursor}&limit=1000&type=worker.offline"),
-                    &self.admin,
-                    None,
-                )
-                .await?;
-            let items = v["items"].as_array().cloned().unwrap_or_default();
-            if let Some(last) = items.last() {
-                cursor = last["seq"].as_i64().unwrap_or(cursor);
-            }
-            out.extend(items);
-            if v["next_cursor"].is_null() {
-                return Ok(out);
-            }
-        }
-    }
-
-    /// How many workers are online.
-    pub async fn count_online(&self) -> Result<usize> {
+    /// How many workers are online or draining, summed over machines.
+    pub async fn count_online(&self) -> Result<u64> {
         let mut n = 0;
         let mut cursor: Option<String> = None;
         loop {
             let path = match &cursor {
-                Some(c) => format!("/v1/workers?status=online&limit=1000&cursor={c}"),
-                None => "/v1/workers?status=online&limit=1000".to_owned(),
+                Some(c) => format!("/v1/machines?limit=1000&cursor={c}"),
+                None => "/v1/machines?limit=1000".to_owned(),
             };
             let v = self
                 .call(reqwest::Method::GET, &path, &self.admin, None)
                 .await?;
-            n += v["items"].as_array().map(|i| i.len()).unwrap_or(0);
+            for m in v["items"].as_array().into_iter().flatten() {
+                n += m["workers_online"].as_u64().unwrap_or(0);
+            }
             match v["next_cursor"].as_str() {
                 Some(c) => cursor = Some(c.to_owned()),
                 None => return Ok(n),
@@ -334,4 +335,68 @@ pub fn percentile(sorted: &[i64], q: f64) -> i64 {
     }
     let i = ((sorted.len() as f64 - 1.0) * q).round() as usize;
     sorted[i.min(sorted.len() - 1)]
+}
+
+/// Memory and CPU of a process, from `/proc/<pid>/status` and `/proc/<pid>/stat`.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct ProcStats {
+    /// Resident set size now.
+    pub rss_kib: u64,
+    /// The largest resident set size so far.
+    pub hwm_kib: u64,
+    /// User plus system CPU time since the process started.
+    pub cpu_s: f64,
+}
+
+/// Clock ticks per second of `/proc/<pid>/stat` times (`getconf CLK_TCK`).
+fn clock_ticks() -> f64 {
+    static TICKS: std::sync::OnceLock<f64> = std::sync::OnceLock::new();
+    *TICKS.get_or_init(|| {
+        Command::new("getconf")
+            .arg("CLK_TCK")
+            .output()
+            .ok()
+            .and_then(|o| String::from_utf8(o.stdout).ok()?.trim().parse().ok())
+            .unwrap_or(100.0)
+    })
+}
+
+impl ProcStats {
+    pub fn read(pid: u32) -> Result<Self> {
+        let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
+        let kib = |key: &str| -> Result<u64> {
+            status
+                .lines()
+                .find_map(|l| l.strip_prefix(key))
+                .and_then(|v| v.split_whitespace().next()?.parse().ok())
+                .with_context(|| format!("no {key} in /proc/{pid}/status"))
+        };
+        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))?;
+        // Fields after the command name (which may hold spaces), from field 3.
+        let rest = stat
+            .rsplit_once(')')
+            .map(|(_, r)| r)
+            .context("malformed /proc/pid/stat")?;
+        let fields: Vec<&str> = rest.split_whitespace().collect();
+        // utime and stime are fields 14 and 15, i.e. 11 and 12 after field 3.
+        let ticks: u64 = fields
+            .get(11)
+            .and_then(|u| u.parse::<u64>().ok())
+            .zip(fields.get(12).and_then(|s| s.parse::<u64>().ok()))
+            .map(|(u, s)| u + s)
+            .context("no utime/stime in /proc/pid/stat")?;
+        Ok(ProcStats {
+            rss_kib: kib("VmRSS:")?,
+            hwm_kib: kib("VmHWM:")?,
+            cpu_s: ticks as f64 / clock_ticks(),
+        })
+    }
+}
+
+/// The 1, 5 and 15 minute load averages (what `uptime` prints).
+pub fn load_average() -> String {
+    std::fs::read_to_string("/proc/loadavg")
+        .ok()
+        .map(|l| l.split_whitespace().take(3).collect::<Vec<_>>().join(" "))
+        .unwrap_or_default()
 }

@@ -9,8 +9,13 @@
 //!
 //! Machine ids and worker names are chosen by callers: 1–128 characters of
 //! `[A-Za-z0-9._:-]`.
+//!
+//! Each holds its text in an `Arc<str>`: the server keeps a worker's id,
+//! name and machine in several indexes at once (by token, by name, in the
+//! timer heap), and a clone shares the text instead of copying it.
 
 use std::fmt;
+use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 use thiserror::Error;
@@ -52,7 +57,7 @@ macro_rules! generated_id {
         $(#[$doc])*
         #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
         #[serde(try_from = "String", into = "String")]
-        pub struct $name(String);
+        pub struct $name(Arc<str>);
 
         impl $name {
             /// The prefix every id of this kind starts with.
@@ -60,13 +65,13 @@ macro_rules! generated_id {
 
             /// A new id from a creation time and 80 random bits.
             pub fn generate(now: Timestamp, random: [u8; 10]) -> Self {
-                $name(format!("{}{}", $prefix, encode_ulid(now, random)))
+                $name(format!("{}{}", $prefix, encode_ulid(now, random)).into())
             }
 
             /// Validates `s` as an id of this kind.
             pub fn parse(s: &str) -> Result<Self, IdError> {
                 match s.strip_prefix($prefix) {
-                    Some(body) if is_ulid_body(body) => Ok($name(s.to_owned())),
+                    Some(body) if is_ulid_body(body) => Ok($name(s.into())),
                     _ => Err(IdError::Malformed { what: $what }),
                 }
             }
@@ -86,7 +91,7 @@ macro_rules! generated_id {
 
         impl From<$name> for String {
             fn from(id: $name) -> String {
-                id.0
+                id.0.as_ref().to_owned()
             }
         }
 
@@ -129,13 +134,13 @@ macro_rules! chosen_name {
         $(#[$doc])*
         #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
         #[serde(try_from = "String", into = "String")]
-        pub struct $name(String);
+        pub struct $name(Arc<str>);
 
         impl $name {
             /// Validates `s`: 1–128 characters of `[A-Za-z0-9._:-]`.
             pub fn parse(s: &str) -> Result<Self, IdError> {
                 validate_name(s, $what)?;
-                Ok($name(s.to_owned()))
+                Ok($name(s.into()))
             }
 
             /// The name as a string slice.
@@ -148,13 +153,13 @@ macro_rules! chosen_name {
             type Error = IdError;
             fn try_from(s: String) -> Result<Self, IdError> {
                 validate_name(&s, $what)?;
-                Ok($name(s))
+                Ok($name(s.into()))
             }
         }
 
         impl From<$name> for String {
             fn from(id: $name) -> String {
-                id.0
+                id.0.as_ref().to_owned()
             }
         }
 

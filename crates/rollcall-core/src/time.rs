@@ -52,7 +52,52 @@ impl Timestamp {
     }
 
     /// RFC 3339 in UTC with millisecond precision: `2026-11-28T07:18:40.123Z`.
+    ///
+    /// Every heartbeat answer carries one, so years 0–9999 are rendered by
+    /// plain arithmetic; the rest go through the `time` crate.
     pub fn to_rfc3339(self) -> String {
+        match self.render_fast() {
+            Some(s) => s,
+            None => self.render_slow(),
+        }
+    }
+
+    fn render_fast(self) -> Option<String> {
+        let days = self.0.div_euclid(86_400_000);
+        let in_day = self.0.rem_euclid(86_400_000);
+        let (year, month, day) = civil_from_days(days);
+        if !(0..=9999).contains(&year) {
+            return None;
+        }
+        let (h, rest) = (in_day / 3_600_000, in_day % 3_600_000);
+        let (m, rest) = (rest / 60_000, rest % 60_000);
+        let (sec, milli) = (rest / 1000, rest % 1000);
+        let mut out = [0u8; 24];
+        let mut put = |at: usize, value: i64, digits: usize| {
+            let mut v = value;
+            for i in (0..digits).rev() {
+                out[at + i] = b'0' + (v % 10) as u8;
+                v /= 10;
+            }
+        };
+        put(0, year, 4);
+        put(5, month, 2);
+        put(8, day, 2);
+        put(11, h, 2);
+        put(14, m, 2);
+        put(17, sec, 2);
+        put(20, milli, 3);
+        out[4] = b'-';
+        out[7] = b'-';
+        out[10] = b'T';
+        out[13] = b':';
+        out[16] = b':';
+        out[19] = b'.';
+        out[23] = b'Z';
+        String::from_utf8(out.to_vec()).ok()
+    }
+
+    fn render_slow(self) -> String {
         const FORMAT: &[time::format_description::FormatItem<'static>] = format_description!(
             "[year]-[month]-[day]T[hour]:[minute]:[second].[subsecond digits:3]Z"
         );
@@ -69,6 +114,21 @@ impl Timestamp {
         let dt = OffsetDateTime::parse(s, &Rfc3339).ok()?;
         Some(Timestamp((dt.unix_timestamp_nanos() / 1_000_000) as i64))
     }
+}
+
+/// The proleptic Gregorian (year, month, day) of a day number counted from
+/// 1970-01-01 (Howard Hinnant's `civil_from_days`).
+fn civil_from_days(z: i64) -> (i64, i64, i64) {
+    let z = z + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    (year, month, day)
 }
 
 /// A duration in whole milliseconds, saturating at `i64::MAX`.
@@ -109,6 +169,12 @@ mod tests {
     }
 
     proptest! {
+        #[test]
+        fn fast_rendering_matches_the_time_crate(ms in -62_167_219_200_000i64..253_402_300_800_000) {
+            let t = Timestamp::from_millis(ms);
+            prop_assert_eq!(t.to_rfc3339(), t.render_slow());
+        }
+
         #[test]
         fn rfc3339_round_trips(ms in 0i64..4_102_444_800_000) {
             let t = Timestamp::from_millis(ms);

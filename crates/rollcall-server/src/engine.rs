@@ -19,7 +19,7 @@
 use std::cmp::Reverse;
 use std::collections::hash_map::{Entry, RandomState};
 use std::collections::{BinaryHeap, HashMap};
-use std::hash::BuildHasher;
+use std::hash::{BuildHasher, BuildHasherDefault, Hasher};
 use std::time::Duration;
 
 use parking_lot::Mutex;
@@ -29,6 +29,29 @@ use rollcall_store::{HeartbeatMark, WorkerRecord};
 use tokio::sync::Notify;
 
 const SHARDS: usize = 64;
+
+/// Hashes a [`TokenHash`] key by folding its bytes: the key is already a
+/// SHA-256, uniformly distributed, so hashing it again would only cost time
+/// on every authenticated heartbeat.
+#[derive(Debug, Default, Clone, Copy)]
+struct TokenKeyHasher(u64);
+
+impl Hasher for TokenKeyHasher {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+
+    fn write(&mut self, bytes: &[u8]) {
+        for chunk in bytes.chunks(8) {
+            let mut word = [0u8; 8];
+            word[..chunk.len()].copy_from_slice(chunk);
+            self.0 = self.0.rotate_left(23) ^ u64::from_le_bytes(word);
+        }
+    }
+}
+
+/// Token hash → worker.
+type TokenIndex = HashMap<TokenHash, WorkerId, BuildHasherDefault<TokenKeyHasher>>;
 
 /// A worker as the engine holds it.
 #[derive(Debug, Clone)]
@@ -46,7 +69,11 @@ pub struct Live {
 
 #[derive(Debug, Default)]
 struct Shard {
-    workers: HashMap<WorkerId, Live>,
+    /// Boxed: a `Live` is about 200 bytes, and a hash table keeps up to
+    /// twice as many slots as entries, so slots of a pointer waste far less
+    /// than slots of a whole worker (about 160 bytes per worker at a
+    /// million).
+    workers: HashMap<WorkerId, Box<Live>>,
     /// Workers whose heartbeat time has not been written behind yet.
     dirty: Vec<WorkerId>,
 }
@@ -108,7 +135,7 @@ pub struct Census {
 pub struct Engine {
     shards: Box<[Mutex<Shard>]>,
     /// Token hash → worker, for authenticating worker tokens.
-    tokens: Box<[Mutex<HashMap<TokenHash, WorkerId>>]>,
+    tokens: Box<[Mutex<TokenIndex>]>,
     /// (machine, name) → worker, for re-registration. Only the writer uses it.
     names: Mutex<HashMap<(MachineId, WorkerName), WorkerId>>,
     timers: Mutex<BinaryHeap<Reverse<(Timestamp, WorkerId)>>>,
@@ -140,7 +167,7 @@ impl Engine {
         &self.shards[(self.hasher.hash_one(id) as usize) % SHARDS]
     }
 
-    fn token_shard(&self, hash: &TokenHash) -> &Mutex<HashMap<TokenHash, WorkerId>> {
+    fn token_shard(&self, hash: &TokenHash) -> &Mutex<TokenIndex> {
         &self.tokens[hash.as_bytes()[0] as usize % SHARDS]
     }
 
@@ -198,7 +225,11 @@ impl Engine {
 
     /// A copy of a worker's state.
     pub fn get(&self, id: &WorkerId) -> Option<Live> {
-        self.shard(id).lock().workers.get(id).cloned()
+        self.shard(id)
+            .lock()
+            .workers
+            .get(id)
+            .map(|live| Live::clone(live))
     }
 
     /// The worker registered under a name on a machine, if any.
@@ -257,12 +288,12 @@ impl Engine {
                 }
                 Entry::Vacant(v) => {
                     old_hash = None;
-                    v.insert(Live {
+                    v.insert(Box::new(Live {
                         record,
                         deadline,
                         pending: 0,
                         dirty: false,
-                    });
+                    }));
                 }
             }
         }

@@ -25,6 +25,9 @@ use crate::rows::*;
 use crate::sqlite_batch::{self, Outcome};
 use crate::{Result, Store, StoreError};
 
+/// The write connection's page cache, in KiB.
+const WRITER_CACHE_KIB: u32 = 64 * 1024;
+
 /// Heartbeat marks written per transaction by [`Store::flush_heartbeats`].
 const FLUSH_CHUNK: usize = 1000;
 
@@ -64,11 +67,19 @@ impl SqliteStore {
             .busy_timeout(Duration::from_secs(10))
             .pragma("temp_store", "memory")
             .statement_cache_capacity(256);
+        // The writer touches workers, their indexes and the event log at
+        // random places; a page cache big enough for a large fleet's hot
+        // pages keeps a burst of transitions from reading every page back
+        // from the OS (the default is 2 MiB).
         let writer = SqlitePoolOptions::new()
             .max_connections(1)
             .min_connections(1)
             .acquire_timeout(Duration::from_secs(30))
-            .connect_with(options.clone())
+            .connect_with(
+                options
+                    .clone()
+                    .pragma("cache_size", format!("-{WRITER_CACHE_KIB}")),
+            )
             .await?;
         sqlx::migrate!("migrations/sqlite").run(&writer).await?;
         let reader = SqlitePoolOptions::new()

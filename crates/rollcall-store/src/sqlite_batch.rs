@@ -16,7 +16,7 @@ use std::collections::{BTreeMap, HashMap, HashSet};
 use rollcall_core::{MachineId, MachineStatus, Timestamp, WorkerId};
 use sqlx::{QueryBuilder, Sqlite, Transaction};
 
-use crate::records::{EventRecord, WorkerWrite};
+use crate::records::{EventRecord, Expect, WorkerRecord, WorkerWrite};
 use crate::rows::ms;
 use crate::Result;
 
@@ -138,43 +138,27 @@ async fn apply_layer(tx: &mut Transaction<'_, Sqlite>, layer: &[&WorkerWrite]) -
     }
 
     for chunk in updates.chunks(ROWS) {
-        let mut qb: QueryBuilder<Sqlite> = QueryBuilder::new(
-            "WITH v (id, name, machine_id, status, offline_reason, session, labels, hb, stale, \
-             registered_at, last_hb, status_changed_at, token_hash, exp_status, exp_session) AS (",
-        );
-        qb.push_values(chunk, |mut b, (r, e)| {
-            b.push_bind(r.id.as_str().to_owned())
-                .push_bind(r.name.as_str().to_owned())
-                .push_bind(r.machine_id.as_str().to_owned())
-                .push_bind(r.status.as_str())
-                .push_bind(r.offline_reason.map(|x| x.as_str()))
-                .push_bind(r.session as i64)
-                .push_bind(crate::rows::labels_json(&r.labels))
-                .push_bind(ms(r.heartbeat_interval))
-                .push_bind(ms(r.stale_after))
-                .push_bind(r.registered_at.as_millis())
-                .push_bind(r.last_heartbeat_at.map(|t| t.as_millis()))
-                .push_bind(r.status_changed_at.as_millis())
-                .push_bind(r.token_hash.to_hex())
-                .push_bind(e.status.as_str())
-                .push_bind(e.session as i64);
-        });
-        // Within a session the heartbeat time only moves forward, as in the
-        // one-write path.
-        qb.push(
-            ") UPDATE workers SET name = v.name, machine_id = v.machine_id, status = v.status, \
-             offline_reason = v.offline_reason, \
-             last_heartbeat_at = CASE WHEN workers.session = v.session \
-               THEN MAX(COALESCE(workers.last_heartbeat_at, v.last_hb), COALESCE(v.last_hb, workers.last_heartbeat_at)) \
-               ELSE v.last_hb END, \
-             session = v.session, labels = v.labels, heartbeat_interval_ms = v.hb, \
-             stale_after_ms = v.stale, registered_at = v.registered_at, \
-             status_changed_at = v.status_changed_at, token_hash = v.token_hash \
-             FROM v WHERE workers.id = v.id AND workers.status = v.exp_status \
-             AND workers.session = v.exp_session RETURNING workers.id",
-        );
-        let done: Vec<(String,)> = qb.build_query_as().fetch_all(&mut **tx).await?;
-        if done.len() != chunk.len() {
+        // Most transitions change only the lifecycle columns (an expiry, a
+        // resume, a drain, an offline). Writing just those leaves the
+        // unique indexes on the token hash and on (machine, name) alone,
+        // which is most of the cost of a burst of expiries. The narrow
+        // statement applies only where every other column already holds
+        // the value being written, so it is the full write; the rest (a
+        // registration again: new token, labels, intervals) take the full
+        // statement below.
+        let narrow: HashSet<String> = update_rows(tx, chunk, NARROW_UPDATE)
+            .await?
+            .into_iter()
+            .collect();
+        let rest: Vec<_> = chunk
+            .iter()
+            .filter(|(r, _)| !narrow.contains(r.id.as_str()))
+            .copied()
+            .collect();
+        if rest.is_empty() {
+            continue;
+        }
+        if update_rows(tx, &rest, FULL_UPDATE).await?.len() != rest.len() {
             return Ok(false);
         }
     }
@@ -206,6 +190,68 @@ async fn apply_layer(tx: &mut Transaction<'_, Sqlite>, layer: &[&WorkerWrite]) -
         }
     }
     Ok(true)
+}
+
+/// The values of an update, named for [`NARROW_UPDATE`] and [`FULL_UPDATE`].
+const UPDATE_VALUES: &str = "WITH v (id, name, machine_id, status, offline_reason, session, \
+     labels, hb, stale, registered_at, last_hb, status_changed_at, token_hash, exp_status, \
+     exp_session) AS (";
+
+/// Within a session the heartbeat time only moves forward, as in the
+/// one-write path.
+const LAST_HEARTBEAT: &str = "last_heartbeat_at = CASE WHEN workers.session = v.session \
+     THEN MAX(COALESCE(workers.last_heartbeat_at, v.last_hb), COALESCE(v.last_hb, workers.last_heartbeat_at)) \
+     ELSE v.last_hb END";
+
+/// Only the lifecycle columns, where the others already hold the new values.
+const NARROW_UPDATE: &str = "UPDATE workers SET status = v.status, \
+     offline_reason = v.offline_reason, session = v.session, \
+     status_changed_at = v.status_changed_at, {LAST_HEARTBEAT} \
+     FROM v WHERE workers.id = v.id AND workers.status = v.exp_status \
+     AND workers.session = v.exp_session \
+     AND workers.name = v.name AND workers.machine_id = v.machine_id \
+     AND workers.labels = v.labels AND workers.heartbeat_interval_ms = v.hb \
+     AND workers.stale_after_ms = v.stale AND workers.registered_at = v.registered_at \
+     AND workers.token_hash = v.token_hash RETURNING workers.id";
+
+/// Every column.
+const FULL_UPDATE: &str = "UPDATE workers SET name = v.name, machine_id = v.machine_id, \
+     status = v.status, offline_reason = v.offline_reason, {LAST_HEARTBEAT}, \
+     session = v.session, labels = v.labels, heartbeat_interval_ms = v.hb, \
+     stale_after_ms = v.stale, registered_at = v.registered_at, \
+     status_changed_at = v.status_changed_at, token_hash = v.token_hash \
+     FROM v WHERE workers.id = v.id AND workers.status = v.exp_status \
+     AND workers.session = v.exp_session RETURNING workers.id";
+
+/// Runs one of the conditional updates over `rows`; returns the ids it
+/// changed.
+async fn update_rows(
+    tx: &mut Transaction<'_, Sqlite>,
+    rows: &[(&WorkerRecord, &Expect)],
+    statement: &str,
+) -> Result<Vec<String>> {
+    let mut qb: QueryBuilder<Sqlite> = QueryBuilder::new(UPDATE_VALUES);
+    qb.push_values(rows, |mut b, (r, e)| {
+        b.push_bind(r.id.as_str().to_owned())
+            .push_bind(r.name.as_str().to_owned())
+            .push_bind(r.machine_id.as_str().to_owned())
+            .push_bind(r.status.as_str())
+            .push_bind(r.offline_reason.map(|x| x.as_str()))
+            .push_bind(r.session as i64)
+            .push_bind(crate::rows::labels_json(&r.labels))
+            .push_bind(ms(r.heartbeat_interval))
+            .push_bind(ms(r.stale_after))
+            .push_bind(r.registered_at.as_millis())
+            .push_bind(r.last_heartbeat_at.map(|t| t.as_millis()))
+            .push_bind(r.status_changed_at.as_millis())
+            .push_bind(r.token_hash.to_hex())
+            .push_bind(e.status.as_str())
+            .push_bind(e.session as i64);
+    });
+    qb.push(") ");
+    qb.push(statement.replace("{LAST_HEARTBEAT}", LAST_HEARTBEAT));
+    let done: Vec<(String,)> = qb.build_query_as().fetch_all(&mut **tx).await?;
+    Ok(done.into_iter().map(|(id,)| id).collect())
 }
 
 /// Derives the status of the given machines in a few statements, returning

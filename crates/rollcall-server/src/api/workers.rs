@@ -6,7 +6,9 @@ use axum::body::Body;
 use axum::extract::State;
 use axum::http::StatusCode;
 use axum::Json;
-use rollcall_core::{Labels, MachineId, OfflineReason, Status, TokenKind, WorkerId, WorkerName};
+use rollcall_core::{
+    Labels, MachineId, OfflineReason, Status, Timestamp, TokenKind, WorkerId, WorkerName,
+};
 use rollcall_store::WorkerFilter;
 use serde::Deserialize;
 
@@ -125,27 +127,50 @@ fn beat_response(beat: Beat, resumed: bool) -> HeartbeatResponse {
 /// live, through the writer when it is offline or has a change queued.
 async fn beat(s: &AppState, id: &WorkerId) -> Result<HeartbeatResponse, ApiError> {
     let now = s.clock.now();
+    match fast_beat(s, id, now) {
+        Some(answer) => answer,
+        None => beat_via_writer(s, id, now).await,
+    }
+}
+
+/// The in-memory part of a heartbeat; `None` when it must be ordered
+/// behind a change queued in the writer.
+fn fast_beat(
+    s: &AppState,
+    id: &WorkerId,
+    now: Timestamp,
+) -> Option<Result<HeartbeatResponse, ApiError>> {
     match s.engine.heartbeat(id, now) {
-        FastBeat::Done(b) => Ok(beat_response(b, false)),
-        FastBeat::Unknown => Err(ApiError::Unauthorized(
+        FastBeat::Done(b) => Some(Ok(beat_response(b, false))),
+        FastBeat::Unknown => Some(Err(ApiError::Unauthorized(
+            "unknown, expired or revoked token".into(),
+        ))),
+        FastBeat::NeedsWriter => None,
+    }
+}
+
+/// A heartbeat of a worker that is offline or has a change queued: the
+/// writer orders it behind that change.
+async fn beat_via_writer(
+    s: &AppState,
+    id: &WorkerId,
+    now: Timestamp,
+) -> Result<HeartbeatResponse, ApiError> {
+    match s
+        .writer
+        .submit(Request::Heartbeat {
+            id: id.clone(),
+            at: now,
+        })
+        .await
+    {
+        Ok(Reply::Beat { beat, resumed }) => Ok(beat_response(beat, resumed)),
+        Ok(_) => Err(ApiError::Internal),
+        // Deleted between authentication and now: its token is gone.
+        Err(WriteError::NotFound) => Err(ApiError::Unauthorized(
             "unknown, expired or revoked token".into(),
         )),
-        FastBeat::NeedsWriter => match s
-            .writer
-            .submit(Request::Heartbeat {
-                id: id.clone(),
-                at: now,
-            })
-            .await
-        {
-            Ok(Reply::Beat { beat, resumed }) => Ok(beat_response(beat, resumed)),
-            Ok(_) => Err(ApiError::Internal),
-            // Deleted between authentication and now: its token is gone.
-            Err(WriteError::NotFound) => Err(ApiError::Unauthorized(
-                "unknown, expired or revoked token".into(),
-            )),
-            Err(e) => Err(e.into()),
-        },
+        Err(e) => Err(e.into()),
     }
 }
 
@@ -233,49 +258,71 @@ async fn batch(
         )));
     }
     let now = s.clock.now();
-    let futures = req.heartbeats.into_iter().map(|entry| {
-        let s = s.clone();
-        async move {
-            let outcome = match s.tokens.authenticate_token(&s.engine, &entry.token, now) {
-                Err(e) => Err(ApiError::from(e)),
-                Ok(Principal::Worker(own)) if own.as_str() == entry.worker_id => {
-                    beat(&s, &own).await
+    // Live workers beat in memory, right here, in request order. The few
+    // that must go through the writer (offline, or a change queued) are
+    // submitted together afterwards and answered in their places.
+    let mut results = Vec::with_capacity(req.heartbeats.len());
+    let mut queued: Vec<(usize, WorkerId)> = Vec::new();
+    for entry in req.heartbeats {
+        let outcome = match s.tokens.authenticate_token(&s.engine, &entry.token, now) {
+            Err(e) => Err(ApiError::from(e)),
+            Ok(Principal::Worker(own)) if own.as_str() == entry.worker_id => {
+                match fast_beat(s, &own, now) {
+                    Some(answer) => answer,
+                    None => {
+                        queued.push((results.len(), own));
+                        results.push(batch_result(entry.worker_id, Err(ApiError::Internal)));
+                        continue;
+                    }
                 }
-                Ok(Principal::Worker(_)) => Err(ApiError::forbidden(
-                    "a worker token may only act on its own worker",
-                )),
-                Ok(p) => Err(ApiError::forbidden(format!(
-                    "a {} token cannot send heartbeats; only the worker's own token can",
-                    p.kind()
-                ))),
-            };
-            match outcome {
-                Ok(r) => BatchResult {
-                    worker_id: entry.worker_id,
-                    ok: true,
-                    status: Some(r.status),
-                    session: Some(r.session),
-                    resumed: Some(r.resumed),
-                    deadline_at: Some(r.deadline_at),
-                    error: None,
-                },
-                Err(e) => BatchResult {
-                    worker_id: entry.worker_id,
-                    ok: false,
-                    status: None,
-                    session: None,
-                    resumed: None,
-                    deadline_at: None,
-                    error: Some(BatchError {
-                        code: e.code().into(),
-                        message: e.message(),
-                    }),
-                },
             }
+            Ok(Principal::Worker(_)) => Err(ApiError::forbidden(
+                "a worker token may only act on its own worker",
+            )),
+            Ok(p) => Err(ApiError::forbidden(format!(
+                "a {} token cannot send heartbeats; only the worker's own token can",
+                p.kind()
+            ))),
+        };
+        results.push(batch_result(entry.worker_id, outcome));
+    }
+    if !queued.is_empty() {
+        let answers =
+            futures::future::join_all(queued.iter().map(|(_, id)| beat_via_writer(s, id, now)))
+                .await;
+        for ((i, _), answer) in queued.into_iter().zip(answers) {
+            let worker_id = std::mem::take(&mut results[i].worker_id);
+            results[i] = batch_result(worker_id, answer);
         }
-    });
-    let results = futures::future::join_all(futures).await;
+    }
     Ok(BatchResponse { results })
+}
+
+/// One entry of a batch answer.
+fn batch_result(worker_id: String, outcome: Result<HeartbeatResponse, ApiError>) -> BatchResult {
+    match outcome {
+        Ok(r) => BatchResult {
+            worker_id,
+            ok: true,
+            status: Some(r.status),
+            session: Some(r.session),
+            resumed: Some(r.resumed),
+            deadline_at: Some(r.deadline_at),
+            error: None,
+        },
+        Err(e) => BatchResult {
+            worker_id,
+            ok: false,
+            status: None,
+            session: None,
+            resumed: None,
+            deadline_at: None,
+            error: Some(BatchError {
+                code: e.code().into(),
+                message: e.message(),
+            }),
+        },
+    }
 }
 
 fn worker_reply(reply: Reply) -> Result<Json<Worker>, ApiError> {
