@@ -18,7 +18,10 @@
 //! - `expiry`: all N workers stop at once; how long until all are offline.
 //! - `rss`: the server's memory with N online workers.
 //! - `store-commit`: the store alone, K transitions in one commit.
-//! - `all`: every benchmark above but `store-commit`, with the targets.
+//! - `replicas`: PostgreSQL mode, two replicas: heartbeats through the
+//!   active replica and through a standby (which forwards them), and the
+//!   takeover time after `kill -9` of the active one.
+//! - `all`: every benchmark above but `store-commit` and `replicas`, with the targets.
 //!
 //! Build first: `cargo build --release -p rollcall -p rollcall-bench`.
 
@@ -27,6 +30,7 @@
 mod fleet;
 mod load;
 mod redis;
+mod replicas;
 mod server;
 mod sse;
 mod store;
@@ -137,6 +141,9 @@ enum Cmd {
     Expiry(ExpiryArgs),
     /// Server memory with N online workers.
     Rss(RssArgs),
+    /// PostgreSQL mode: heartbeats through the active replica and through a
+    /// standby, and the takeover time.
+    Replicas(replicas::ReplicasArgs),
     /// Every benchmark with its defaults (or the sizes given), and the targets.
     All {
         #[arg(long, default_value_t = 3)]
@@ -256,6 +263,7 @@ fn main() -> Result<()> {
         Cmd::Detection(a) => vec![rt.block_on(detection(bin, a))?],
         Cmd::Expiry(a) => vec![rt.block_on(expiry(bin, a))?],
         Cmd::Rss(a) => vec![rt.block_on(rss(bin, a))?],
+        Cmd::Replicas(a) => vec![rt.block_on(replicas::replicas(bin, a))?],
         Cmd::All {
             rounds,
             rss_workers,

@@ -69,12 +69,23 @@ impl Drop for Proc {
 impl Rollcall {
     /// Starts `rollcall serve` on a free port with a fresh data directory.
     pub async fn start(bin: Option<PathBuf>, extra: &[&str]) -> Result<Self> {
+        let admin = format!("rc_admin_bench_{:032x}", rand::random::<u128>());
+        Self::start_with_admin(bin, extra, &admin).await
+    }
+
+    /// Like [`Rollcall::start`], with a given admin token (replicas of one
+    /// deployment share theirs).
+    pub async fn start_with_admin(
+        bin: Option<PathBuf>,
+        extra: &[&str],
+        admin: &str,
+    ) -> Result<Self> {
         let bin = match bin {
             Some(b) => b,
             None => sibling("rollcall")?,
         };
         let dir = tempfile::tempdir()?;
-        let admin = format!("rc_admin_bench_{:032x}", rand::random::<u128>());
+        let admin = admin.to_owned();
         let mut cmd = Command::new(&bin);
         cmd.args(["serve", "--listen", "127.0.0.1:0", "--data-dir"])
             .arg(dir.path())
@@ -117,6 +128,14 @@ impl Rollcall {
             .lock()
             .map_err(|_| anyhow!("poisoned"))?
             .id())
+    }
+
+    /// Kills the server (SIGKILL) and reaps it.
+    pub fn kill(&self) -> Result<()> {
+        let mut child = self.proc.child.lock().map_err(|_| anyhow!("poisoned"))?;
+        child.kill()?;
+        child.wait()?;
+        Ok(())
     }
 
     /// The server's memory and CPU, from /proc.
