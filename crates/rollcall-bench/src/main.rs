@@ -324,12 +324,13 @@ fn main() -> Result<()> {
             anyhow::Ok(out)
         })?,
     };
+    let doc: Vec<Value> = reports.iter().map(|r| r.json.clone()).collect();
+    let doc = serde_json::to_string_pretty(&json!({ "results": doc }))?;
+    if let Some(path) = &cli.json_out {
+        std::fs::write(path, &doc)?;
+    }
     if cli.json {
-        let doc: Vec<Value> = reports.iter().map(|r| r.json.clone()).collect();
-        println!(
-            "{}",
-            serde_json::to_string_pretty(&json!({ "results": doc }))?
-        );
+        println!("{doc}");
     } else {
         print_table(&reports);
     }
