@@ -666,15 +666,7 @@ async fn detection(bin: Option<PathBuf>, a: DetectionArgs) -> Result<Report> {
         eprintln!("detection round {round}: {}", r.json());
         rounds.push(r);
     }
-    Ok(lag_report(
-        B,
-        &rc,
-        &rounds,
-        a.workers,
-        a.stop,
-        a.stale_after,
-        false,
-    )?)
+    lag_report(B, &rc, &rounds, a.workers, a.stop, a.stale_after, false)
 }
 
 async fn expiry(bin: Option<PathBuf>, a: ExpiryArgs) -> Result<Report> {
@@ -686,15 +678,7 @@ async fn expiry(bin: Option<PathBuf>, a: ExpiryArgs) -> Result<Report> {
         eprintln!("expiry round {round}: {}", r.json());
         rounds.push(r);
     }
-    Ok(lag_report(
-        B,
-        &rc,
-        &rounds,
-        a.workers,
-        a.workers,
-        a.stale_after,
-        true,
-    )?)
+    lag_report(B, &rc, &rounds, a.workers, a.workers, a.stale_after, true)
 }
 
 fn lag_report(
