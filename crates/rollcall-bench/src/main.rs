@@ -332,12 +332,13 @@ fn main() -> Result<()> {
             anyhow::Ok(out)
         })?,
     };
+    let doc: Vec<Value> = reports.iter().map(|r| r.json.clone()).collect();
+    let doc = serde_json::to_string_pretty(&json!({ "results": doc }))?;
+    if let Some(path) = &cli.json_out {
+        std::fs::write(path, &doc)?;
+    }
     if cli.json {
-        let doc: Vec<Value> = reports.iter().map(|r| r.json.clone()).collect();
-        println!(
-            "{}",
-            serde_json::to_string_pretty(&json!({ "results": doc }))?
-        );
+        println!("{doc}");
     } else {
         print_table(&reports);
     }
@@ -673,15 +674,7 @@ async fn detection(bin: Option<PathBuf>, a: DetectionArgs) -> Result<Report> {
         eprintln!("detection round {round}: {}", r.json());
         rounds.push(r);
     }
-    Ok(lag_report(
-        B,
-        &rc,
-        &rounds,
-        a.workers,
-        a.stop,
-        a.stale_after,
-        false,
-    )?)
+    lag_report(B, &rc, &rounds, a.workers, a.stop, a.stale_after, false)
 }
 
 async fn expiry(bin: Option<PathBuf>, a: ExpiryArgs) -> Result<Report> {
@@ -693,15 +686,7 @@ async fn expiry(bin: Option<PathBuf>, a: ExpiryArgs) -> Result<Report> {
         eprintln!("expiry round {round}: {}", r.json());
         rounds.push(r);
     }
-    Ok(lag_report(
-        B,
-        &rc,
-        &rounds,
-        a.workers,
-        a.workers,
-        a.stale_after,
-        true,
-    )?)
+    lag_report(B, &rc, &rounds, a.workers, a.workers, a.stale_after, true)
 }
 
 fn lag_report(

@@ -57,7 +57,7 @@ fn parse(csv: &str) -> Result<RedisRun> {
         .map(|f| f.trim_matches('"').to_owned())
         .collect();
     let row: Vec<String> = lines
-        .last()
+        .next_back()
         .context("no result row from redis-benchmark")?
         .split("\",\"")
         .map(|f| f.trim_matches('"').to_owned())

@@ -433,12 +433,18 @@ impl Store for SqliteStore {
                 let t = machines.entry(machine).or_insert(at);
                 *t = (*t).max(at);
             }
-            for (id, at) in machines {
-                sqlx::query("UPDATE machines SET last_seen_at = MAX(last_seen_at, ?) WHERE id = ?")
-                    .bind(at)
-                    .bind(id)
-                    .execute(&mut *tx)
-                    .await?;
+            // One statement for the chunk's machines, not one per machine:
+            // a flush of a large fleet touches every machine in every chunk.
+            if !machines.is_empty() {
+                let mut qb: QueryBuilder<Sqlite> = QueryBuilder::new("WITH m (id, at) AS (");
+                qb.push_values(&machines, |mut b, (id, at)| {
+                    b.push_bind(id.clone()).push_bind(*at);
+                });
+                qb.push(
+                    ") UPDATE machines SET last_seen_at = MAX(machines.last_seen_at, m.at) \
+                     FROM m WHERE machines.id = m.id",
+                );
+                qb.build().execute(&mut *tx).await?;
             }
             tx.commit().await?;
         }
