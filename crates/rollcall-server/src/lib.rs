@@ -598,10 +598,15 @@ pub(crate) fn serve_http(
     role: RoleCell,
     shared: &Shared,
 ) -> JoinHandle<std::io::Result<()>> {
+    // A plain response-header layer: no boxed middleware on the heartbeat
+    // path.
     let app = app
-        .layer(axum::middleware::from_fn(move |req, next| {
-            api::role_header(role.get(), req, next)
-        }))
+        .layer(tower_http::set_header::SetResponseHeaderLayer::overriding(
+            axum::http::HeaderName::from_static(api::ROLE_HEADER),
+            move |_: &axum::response::Response| {
+                Some(axum::http::HeaderValue::from_static(role.get().as_str()))
+            },
+        ))
         .layer(catch_panic());
     let stop = shared.shutdown.clone();
     // Connections that stop reading are closed rather than waited for, so

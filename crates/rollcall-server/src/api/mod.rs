@@ -122,20 +122,6 @@ pub fn router(state: AppState, with_metrics: bool) -> Router {
 /// The header that tells which role the answering server has.
 pub const ROLE_HEADER: &str = "x-rollcall-role";
 
-/// Adds [`ROLE_HEADER`] (`active` or `standby`) to every response.
-pub async fn role_header(
-    role: crate::Role,
-    req: axum::extract::Request,
-    next: axum::middleware::Next,
-) -> axum::response::Response {
-    let mut resp = next.run(req).await;
-    resp.headers_mut().insert(
-        ROLE_HEADER,
-        axum::http::HeaderValue::from_static(role.as_str()),
-    );
-    resp
-}
-
 /// The router of the separate metrics listener (`metrics_listen`): only
 /// `GET /metrics`.
 pub fn metrics_router(state: AppState) -> Router {
