@@ -375,14 +375,9 @@ fn print_table(reports: &[Report]) {
 /// Registration settings shared by the benchmarks.
 const REGISTER_CONCURRENCY: usize = 512;
 
-async fn heartbeat(bin: Option<PathBuf>, redis_url: &str, a: HeartbeatArgs) -> Result<Report> {
-    const B: &str = "heartbeat";
-    let rc = Rollcall::start(bin, &[]).await?;
-    let registered = rc
-        .register_many(a.workers, REGISTER_CONCURRENCY, 90_000, None)
-        .await?;
-    eprintln!("heartbeat: registered {} workers", registered.len());
-    let targets: Vec<load::Target> = registered
+/// One single-heartbeat request per registered worker, with its own token.
+fn heartbeat_targets(registered: &[server::Registered]) -> Vec<load::Target> {
+    registered
         .iter()
         .map(|w| load::Target {
             path: format!("/v1/workers/{}/heartbeat", w.id),
@@ -390,7 +385,17 @@ async fn heartbeat(bin: Option<PathBuf>, redis_url: &str, a: HeartbeatArgs) -> R
             body: Bytes::new(),
             beats: 1,
         })
-        .collect();
+        .collect()
+}
+
+async fn heartbeat(bin: Option<PathBuf>, redis_url: &str, a: HeartbeatArgs) -> Result<Report> {
+    const B: &str = "heartbeat";
+    let rc = Rollcall::start(bin, &[]).await?;
+    let registered = rc
+        .register_many(a.workers, REGISTER_CONCURRENCY, 90_000, None)
+        .await?;
+    eprintln!("heartbeat: registered {} workers", registered.len());
+    let targets = heartbeat_targets(&registered);
     let baseline = server::Baseline::start().await?;
     let noop: Vec<load::Target> = (0..a.workers)
         .map(|i| load::Target {

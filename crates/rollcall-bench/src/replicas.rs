@@ -7,13 +7,14 @@
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
-use bytes::Bytes;
 use clap::Args;
 use rollcall_store::testing::TestDatabase;
 use serde_json::json;
 
 use crate::server::{load_average, Rollcall};
-use crate::{fmt_rate, list, load, median, ms, row, Report, REGISTER_CONCURRENCY};
+use crate::{
+    fmt_rate, heartbeat_targets, list, load, median, ms, row, Report, REGISTER_CONCURRENCY,
+};
 
 #[derive(Debug, Clone, Args)]
 pub struct ReplicasArgs {
@@ -84,15 +85,7 @@ pub async fn replicas(bin: Option<std::path::PathBuf>, a: ReplicasArgs) -> Resul
         .register_many(a.workers, REGISTER_CONCURRENCY, 90_000, None)
         .await?;
     eprintln!("replicas: registered {} workers", registered.len());
-    let targets: Vec<load::Target> = registered
-        .iter()
-        .map(|w| load::Target {
-            path: format!("/v1/workers/{}/heartbeat", w.id),
-            auth: format!("Bearer {}", w.token),
-            body: Bytes::new(),
-            beats: 1,
-        })
-        .collect();
+    let targets = heartbeat_targets(&registered);
 
     let (mut via_active, mut via_standby, mut ratios) = (vec![], vec![], vec![]);
     let (mut a_p99, mut s_p50, mut s_p99, mut a_p50) = (vec![], vec![], vec![], vec![]);
