@@ -372,6 +372,30 @@ fn print_table(reports: &[Report]) {
     }
 }
 
+/// The rows every loaded benchmark ends with: the server's CPU while loaded
+/// (`cpu_share`: CPU seconds per wall second), its RSS at the end, and the
+/// load average of each round.
+fn server_rows(
+    bench: &'static str,
+    cpu_share: f64,
+    stats: &server::ProcStats,
+    loads: &[String],
+) -> [Row; 3] {
+    [
+        row(
+            bench,
+            "server CPU while loaded",
+            format!("{:.0} %", cpu_share * 100.0),
+        ),
+        row(
+            bench,
+            "server RSS at end",
+            format!("{} MiB", stats.rss_kib / 1024),
+        ),
+        row(bench, "load average per round", loads.join(" | ")),
+    ]
+}
+
 /// Registration settings shared by the benchmarks.
 const REGISTER_CONCURRENCY: usize = 512;
 
@@ -447,7 +471,7 @@ async fn heartbeat(bin: Option<PathBuf>, redis_url: &str, a: HeartbeatArgs) -> R
     }
     let stats = rc.stats()?;
     let ratio = median(&ratios);
-    let rows = vec![
+    let mut rows = vec![
         row(
             B,
             "rollcall heartbeats/s (median)",
@@ -494,18 +518,8 @@ async fn heartbeat(bin: Option<PathBuf>, redis_url: &str, a: HeartbeatArgs) -> R
             "redis p50 / p99 ms",
             format!("{:.2} / {:.2}", median(&redis_p50), median(&redis_p99)),
         ),
-        row(
-            B,
-            "server CPU while loaded",
-            format!("{:.0} %", cpu / wall * 100.0),
-        ),
-        row(
-            B,
-            "server RSS at end",
-            format!("{} MiB", stats.rss_kib / 1024),
-        ),
-        row(B, "load average per round", loads.join(" | ")),
     ];
+    rows.extend(server_rows(B, cpu / wall, &stats, &loads));
     Ok(Report {
         rows,
         json: json!({
@@ -578,7 +592,7 @@ async fn batch(bin: Option<PathBuf>, redis_url: &str, a: BatchArgs) -> Result<Re
     }
     let stats = rc.stats()?;
     let rate = median(&rates);
-    let rows = vec![
+    let mut rows = vec![
         target(
             row(B, "worker-heartbeats/s (median)", fmt_rate(rate)),
             ">= 1,000,000",
@@ -600,18 +614,8 @@ async fn batch(bin: Option<PathBuf>, redis_url: &str, a: BatchArgs) -> Result<Re
                 median(&p999)
             ),
         ),
-        row(
-            B,
-            "server CPU while loaded",
-            format!("{:.0} %", cpu / wall * 100.0),
-        ),
-        row(
-            B,
-            "server RSS at end",
-            format!("{} MiB", stats.rss_kib / 1024),
-        ),
-        row(B, "load average per round", loads.join(" | ")),
     ];
+    rows.extend(server_rows(B, cpu / wall, &stats, &loads));
     Ok(Report {
         rows,
         json: json!({

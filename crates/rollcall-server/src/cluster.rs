@@ -663,14 +663,21 @@ impl DbClock {
         let before = self.base.now().as_millis();
         let db = pg.now().await?.as_millis();
         let after = self.base.now().as_millis();
-        let offset = if (before..=after).contains(&db) {
-            0
-        } else {
-            db - (before + after) / 2
-        };
-        self.offset_ms
-            .store(offset, std::sync::atomic::Ordering::Relaxed);
+        self.offset_ms.store(
+            clock_offset(before, db, after),
+            std::sync::atomic::Ordering::Relaxed,
+        );
         Ok(())
+    }
+}
+
+/// The offset of the database's clock reading `db`, taken between the
+/// local readings `before` and `after` (see [`DbClock::sync`]).
+fn clock_offset(before: i64, db: i64, after: i64) -> i64 {
+    if (before..=after).contains(&db) {
+        0
+    } else {
+        db - (before + after) / 2
     }
 }
 
@@ -680,5 +687,34 @@ impl Clock for DbClock {
         Timestamp::from_millis(
             base.as_millis() + self.offset_ms.load(std::sync::atomic::Ordering::Relaxed),
         )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::clock::TokioClock;
+
+    #[test]
+    fn clock_offset_is_zero_within_the_round_trip_else_from_its_middle() {
+        assert_eq!(clock_offset(1_000, 1_000, 1_004), 0);
+        assert_eq!(clock_offset(1_000, 1_004, 1_004), 0);
+        // The database is ahead: measured from the middle of the trip.
+        assert_eq!(clock_offset(1_000, 1_500, 1_004), 498);
+        // Behind.
+        assert_eq!(clock_offset(1_000, 400, 1_010), -605);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn db_clock_reads_the_base_clock_plus_the_offset() {
+        let base = Arc::new(TokioClock::starting_at(Timestamp::from_millis(10_000)));
+        let clock = DbClock::new(base);
+        assert_eq!(clock.now(), Timestamp::from_millis(10_000));
+        clock.offset_ms.store(
+            clock_offset(10_000, 10_250, 10_000),
+            std::sync::atomic::Ordering::Relaxed,
+        );
+        tokio::time::advance(Duration::from_millis(5)).await;
+        assert_eq!(clock.now(), Timestamp::from_millis(10_255));
     }
 }

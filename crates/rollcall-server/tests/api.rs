@@ -159,6 +159,13 @@ async fn healthz_readyz_and_openapi_need_no_token() {
     assert_eq!(r.text, "ok");
     let r = app.send(Method::GET, "/readyz", None, None).await;
     assert_eq!(r.status, 200, "{}", r.text);
+    // A lone server (or the one replica, on PostgreSQL) is the active one.
+    assert_eq!(
+        r.headers
+            .get("x-rollcall-role")
+            .map(|v| v.to_str().unwrap()),
+        Some("active")
+    );
 
     let r = app.send(Method::GET, "/openapi.json", None, None).await;
     assert_eq!(r.status, 200);
