@@ -120,6 +120,16 @@ impl Tokens {
         std::mem::take(&mut *self.uses.lock()).into_iter().collect()
     }
 
+    /// Puts back uses whose write failed, so the next flush retries them
+    /// (a later use of the same token wins).
+    pub fn restore_uses(&self, uses: Vec<(TokenId, Timestamp)>) {
+        let mut pending = self.uses.lock();
+        for (id, at) in uses {
+            let t = pending.entry(id).or_insert(at);
+            *t = (*t).max(at);
+        }
+    }
+
     /// Authenticates the value of an `Authorization` header.
     pub fn authenticate(
         &self,

@@ -434,6 +434,23 @@ impl Engine {
         marks
     }
 
+    /// Marks again the heartbeat times of `marks` as not yet written
+    /// behind (their write failed), so the next flush retries them. A mark
+    /// of a session that has ended since is dropped: the store ignores it
+    /// anyway.
+    pub fn restore_dirty(&self, marks: &[HeartbeatMark]) {
+        for m in marks {
+            let mut guard = self.shard(&m.worker_id).lock();
+            let shard = &mut *guard;
+            if let Some(live) = shard.workers.get_mut(&m.worker_id) {
+                if live.record.session == m.session && !live.dirty {
+                    live.dirty = true;
+                    shard.dirty.push(m.worker_id.clone());
+                }
+            }
+        }
+    }
+
     /// Ids, statuses and sessions of every worker (for the sweep).
     pub fn statuses(&self) -> HashMap<WorkerId, (Status, u64)> {
         let mut out = HashMap::new();

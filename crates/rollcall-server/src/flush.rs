@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 
 use rollcall_store::Store;
 use tokio_util::sync::CancellationToken;
-use tracing::warn;
+use tracing::debug;
 
 use crate::auth::Tokens;
 use crate::engine::Engine;
@@ -51,14 +51,15 @@ impl Flusher {
         if let Err(e) = self.store.flush_heartbeats(&marks).await {
             ok = false;
             written = 0;
-            warn!(error = %e, marks = n, "writing heartbeat times behind failed; will retry");
-            // Put them back by re-marking: the next heartbeat does, and the
-            // stored value is display-only. Nothing is lost for liveness.
+            // Logged once per incident by the store's health watch.
+            debug!(error = %e, marks = n, "writing heartbeat times behind failed; will retry");
+            self.engine.restore_dirty(&marks);
         }
         let uses = self.tokens.take_uses();
         if let Err(e) = self.store.touch_tokens(&uses).await {
             ok = false;
-            warn!(error = %e, "writing token last-use times failed");
+            debug!(error = %e, "writing token last-use times failed; will retry");
+            self.tokens.restore_uses(uses);
         }
         self.metrics.flushed(written, started.elapsed(), ok);
         n

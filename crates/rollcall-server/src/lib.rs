@@ -38,6 +38,7 @@ pub mod config;
 pub mod detector;
 pub mod engine;
 pub mod flush;
+pub mod health;
 pub mod hub;
 pub mod metrics;
 pub mod writer;
@@ -205,6 +206,8 @@ pub(crate) struct Shared {
     pub(crate) hub: hub::Hub,
     pub(crate) clock: Arc<dyn Clock>,
     pub(crate) metrics: Arc<metrics::Metrics>,
+    /// Whether the store can commit; `store` reports every write to it.
+    pub(crate) health: Arc<health::StoreHealth>,
     pub(crate) stream: StreamSettings,
     /// Cancelled when the server shuts down.
     pub(crate) shutdown: CancellationToken,
@@ -228,6 +231,7 @@ impl Shared {
             policy: self.config.policy,
             cleaner,
             metrics: self.metrics.clone(),
+            store_health: self.health.clone(),
             metrics_token: self.config.metrics_token.as_deref().map(TokenHash::of),
             stream: self.stream,
             shutdown: self.shutdown.child_token(),
@@ -429,11 +433,20 @@ async fn admin_token(
     Ok((None, Some(secret)))
 }
 
+/// Writes `secret` to `path` (mode 0600) so that a reader finds either no
+/// file or the whole secret, never a part: into a temporary file beside it,
+/// synced, renamed over `path`, and the directory synced. A full disk fails
+/// the start with the error; it never leaves an empty or cut token file.
 fn write_secret(path: &Path, secret: &str) -> std::io::Result<()> {
     use std::io::Write;
-    if let Some(dir) = path.parent() {
-        std::fs::create_dir_all(dir)?;
-    }
+    let dir = match path.parent() {
+        Some(d) if !d.as_os_str().is_empty() => d,
+        _ => Path::new("."),
+    };
+    std::fs::create_dir_all(dir)?;
+    let mut tmp_name = path.file_name().unwrap_or_default().to_owned();
+    tmp_name.push(".tmp");
+    let tmp = dir.join(tmp_name);
     let mut options = std::fs::OpenOptions::new();
     options.write(true).create(true).truncate(true);
     #[cfg(unix)]
@@ -441,14 +454,22 @@ fn write_secret(path: &Path, secret: &str) -> std::io::Result<()> {
         use std::os::unix::fs::OpenOptionsExt;
         options.mode(0o600);
     }
-    let mut f = options.open(path)?;
-    #[cfg(unix)]
-    {
-        use std::os::unix::fs::PermissionsExt;
-        f.set_permissions(std::fs::Permissions::from_mode(0o600))?;
+    let written = (|| {
+        let mut f = options.open(&tmp)?;
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt;
+            f.set_permissions(std::fs::Permissions::from_mode(0o600))?;
+        }
+        writeln!(f, "{secret}")?;
+        f.sync_all()?;
+        std::fs::rename(&tmp, path)?;
+        std::fs::File::open(dir)?.sync_all()
+    })();
+    if written.is_err() {
+        let _ = std::fs::remove_file(&tmp);
     }
-    writeln!(f, "{secret}")?;
-    f.sync_all()
+    written
 }
 
 /// Starts rollcall on `listener`: opens the store, loads the engine with the
@@ -499,6 +520,9 @@ async fn launch(
     let addr = listener.local_addr()?;
     let metrics_listener = bind_metrics(&config).await?;
     let (shared, generated) = prepare(config, store, clock, stream).await?;
+    // Events already in the log are not published again; the writer fills
+    // any gap after this from the log (see `writer.rs`).
+    shared.hub.mark_published(shared.store.last_seq().await?);
     let core = Core::start(&shared).await?;
     let state = core.app_state(&shared);
     let metrics_addr = match metrics_listener {
@@ -530,6 +554,9 @@ pub(crate) async fn prepare(
     clock: Arc<dyn Clock>,
     stream: StreamSettings,
 ) -> anyhow::Result<(Shared, Option<String>)> {
+    let metrics = Arc::new(metrics::Metrics::new());
+    let health = Arc::new(health::StoreHealth::new(metrics.clone()));
+    let store: Arc<dyn Store> = Arc::new(health::Watched::new(store, health.clone()));
     let existing_tokens = store.all_tokens().await?;
     let (configured_admin, generated) =
         admin_token(&config, store.as_ref(), &existing_tokens, clock.now()).await?;
@@ -543,7 +570,8 @@ pub(crate) async fn prepare(
         tokens,
         hub: hub::Hub::new(),
         clock,
-        metrics: Arc::new(metrics::Metrics::new()),
+        metrics,
+        health,
         stream,
         shutdown: CancellationToken::new(),
     };

@@ -121,6 +121,9 @@ pub struct Metrics {
     last_pruned_events: IntGauge,
     last_expired_tokens: IntGauge,
     active: IntGauge,
+    store_writable: IntGauge,
+    store_write_failures: IntCounter,
+    store_incidents: IntCounter,
 }
 
 impl fmt::Debug for Metrics {
@@ -351,6 +354,23 @@ impl Metrics {
         for s in ["online", "offline"] {
             machines.with_label_values(&[s]);
         }
+        let store_writable = gauge(
+            &r,
+            "rollcall_store_writable",
+            "1 while the store's last write (a commit, a flush, a token change, a readiness probe) succeeded; 0 while it fails (a full disk, an I/O error, a lost database).",
+        );
+        store_writable.set(1);
+        let store_write_failures = counter(
+            &r,
+            "rollcall_store_write_failures_total",
+            "Writes to the store that failed; nothing they carried was acknowledged.",
+        );
+        let store_incidents = counter(
+            &r,
+            "rollcall_store_incidents_total",
+            "Times the store went from writable to failing.",
+        );
+
         Metrics {
             workers,
             machines,
@@ -391,6 +411,9 @@ impl Metrics {
             last_pruned_events,
             last_expired_tokens,
             active,
+            store_writable,
+            store_write_failures,
+            store_incidents,
             registry: r,
         }
     }
@@ -495,6 +518,20 @@ impl Metrics {
             last.affected_machines
                 .set(s.affected_machine_ids.len() as i64);
         }
+    }
+
+    /// A write to the store failed; `new_incident` when it was writable.
+    pub fn store_write_failed(&self, new_incident: bool) {
+        self.store_write_failures.inc();
+        self.store_writable.set(0);
+        if new_incident {
+            self.store_incidents.inc();
+        }
+    }
+
+    /// A write to the store succeeded.
+    pub fn store_write_succeeded(&self) {
+        self.store_writable.set(1);
     }
 
     /// Records whether this server is the active one.

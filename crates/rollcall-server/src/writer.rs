@@ -20,7 +20,7 @@ use rollcall_core::{
     WorkerName,
 };
 use rollcall_store::{
-    EventRecord, Expect, MachineUpsert, NewEvent, Store, WorkerRecord, WorkerWrite,
+    EventFilter, EventRecord, Expect, MachineUpsert, NewEvent, Store, WorkerRecord, WorkerWrite,
 };
 use thiserror::Error;
 use tokio::sync::{mpsc, oneshot};
@@ -389,8 +389,11 @@ impl WriterTask {
                     committed = result.events;
                 }
                 Err(e) => {
+                    // Nothing of the batch is installed, published or
+                    // acknowledged; expiries are retried. The store's
+                    // health watch logs the incident once.
                     self.metrics.commit_failed();
-                    error!(error = %e, writes = n, "committing transitions failed");
+                    tracing::debug!(error = %e, writes = n, "committing transitions failed");
                     for slot in work.values_mut() {
                         if slot.written {
                             slot.failed = true;
@@ -454,12 +457,84 @@ impl WriterTask {
                 };
             }
         }
+        self.fill_gap(committed.first().map(|e| e.seq)).await;
         for e in &committed {
             log_event(e);
             self.metrics.event(e);
         }
         self.hub.publish(committed);
         self.settle(jobs, planned, &work, now, false).await;
+    }
+
+    /// Publishes, before the events of `seq` onward, any event of the log
+    /// that was never published, and reloads its workers from the store.
+    ///
+    /// There is such a gap only when a commit reported failure but its
+    /// transaction was durable after all (the connection was lost during
+    /// COMMIT): its callers were told 503, the engine kept its old view, and
+    /// subscribers would otherwise never see its events. The log is the
+    /// truth; the hub follows it without a hole.
+    async fn fill_gap(&self, seq: Option<i64>) {
+        let Some(first) = seq else { return };
+        let mut after = self.hub.last_seq();
+        if first <= after + 1 {
+            return;
+        }
+        warn!(
+            from = after + 1,
+            to = first - 1,
+            "events committed by a write that reported failure are in the log; publishing them"
+        );
+        while after + 1 < first {
+            let page = match self
+                .store
+                .list_events(&EventFilter::default(), after, 1000)
+                .await
+            {
+                Ok(p) => p,
+                Err(e) => {
+                    error!(error = %e, "reading the log to fill a gap in the published events failed");
+                    return;
+                }
+            };
+            let missing: Vec<EventRecord> =
+                page.items.into_iter().filter(|e| e.seq < first).collect();
+            let Some(last) = missing.last().map(|e| e.seq) else {
+                return;
+            };
+            for e in &missing {
+                if let Some(id) = &e.worker_id {
+                    self.resync(id).await;
+                }
+                log_event(e);
+                self.metrics.event(e);
+            }
+            self.hub.publish(missing);
+            after = last;
+        }
+    }
+
+    /// Loads a worker from the store into the engine unless the engine
+    /// already has it in the same status and session (its deadline, fresher
+    /// in memory than in the store, is then kept).
+    async fn resync(&self, id: &WorkerId) {
+        match self.store.get_worker(id).await {
+            Ok(Some(record)) => {
+                let same = self.engine.get(id).is_some_and(|l| {
+                    l.record.status == record.status && l.record.session == record.session
+                });
+                if !same {
+                    let d = rollcall_core::policy::deadline(
+                        record.last_heartbeat_at,
+                        Some(record.registered_at),
+                        record.stale_after,
+                    );
+                    self.engine.apply(record, d);
+                }
+            }
+            Ok(None) => self.engine.remove(id),
+            Err(e) => error!(worker_id = %id, error = %e, "reloading a worker failed"),
+        }
     }
 
     /// Brings the engine in line with what was committed.

@@ -70,8 +70,13 @@ pub type Result<T, E = StoreError> = std::result::Result<T, E>;
 /// The storage contract. See the crate docs for the guarantees.
 #[async_trait]
 pub trait Store: Send + Sync + std::fmt::Debug + 'static {
-    /// Answers when the database does (for `/readyz`).
+    /// Answers when the database does.
     async fn ping(&self) -> Result<()>;
+
+    /// Commits a one-row write transaction: proof that the store can still
+    /// make a change durable (a full disk or an I/O error fails it), where
+    /// [`Store::ping`] only proves that it answers. For readiness checks.
+    async fn probe_write(&self, at: Timestamp) -> Result<()>;
 
     /// Every worker, for loading the liveness engine at start-up.
     async fn load_workers(&self) -> Result<Vec<WorkerRecord>>;

@@ -283,6 +283,17 @@ impl Store for PgStore {
         Ok(())
     }
 
+    async fn probe_write(&self, at: Timestamp) -> Result<()> {
+        sqlx::query(
+            "INSERT INTO rollcall_probe (id, at) VALUES (1, $1) \
+             ON CONFLICT (id) DO UPDATE SET at = excluded.at",
+        )
+        .bind(at.as_millis())
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
     async fn load_workers(&self) -> Result<Vec<WorkerRecord>> {
         let rows = sqlx::query(&format!("SELECT {WORKER_COLUMNS} FROM workers"))
             .fetch_all(&self.pool)

@@ -5,6 +5,12 @@
 //! - All writes go through one connection, so write transactions never race
 //!   each other for SQLite's lock; reads use a pool of their own and never
 //!   wait for writes (WAL readers see the last commit).
+//! - A write connection that saw any error is closed, never reused (see
+//!   [`WriteConn`]): after a failed COMMIT (a full disk, an I/O error)
+//!   SQLite may have rolled the transaction back by itself while the driver
+//!   still counts it open, and such a connection would turn every later
+//!   transaction into a savepoint that never commits. The next write opens
+//!   a fresh connection.
 //! - One process per database file: [`SqliteStore::open`] takes an exclusive
 //!   lock on `<file>.lock` and refuses to open while another process holds it.
 
@@ -18,7 +24,8 @@ use rollcall_core::{MachineId, MachineStatus, Timestamp, TokenId, WorkerId};
 use sqlx::sqlite::{
     SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous,
 };
-use sqlx::{Connection, QueryBuilder, Sqlite, Transaction};
+use sqlx::pool::PoolConnection;
+use sqlx::{Connection, QueryBuilder, Sqlite, SqliteConnection, Transaction};
 
 use crate::records::*;
 use crate::rows::*;
@@ -129,6 +136,54 @@ fn take_lock(db: &Path) -> Result<File> {
             "cannot lock {}: {e}",
             lock_path.display()
         ))),
+    }
+}
+
+/// The write connection, borrowed for one operation. Unless the operation
+/// reports success through [`WriteConn::done`], the connection is closed
+/// instead of going back to the pool: an error (or a cancelled future) may
+/// have left it inside a transaction that SQLite already ended, or the
+/// other way round, and nothing later could tell. Closing costs one
+/// reconnect after a failure; trusting it could cost every later write.
+struct WriteConn {
+    conn: PoolConnection<Sqlite>,
+    healthy: bool,
+}
+
+impl WriteConn {
+    async fn acquire(pool: &SqlitePool) -> Result<Self> {
+        Ok(WriteConn {
+            conn: pool.acquire().await?,
+            healthy: false,
+        })
+    }
+
+    /// Hands back `result`, keeping the connection only if it is `Ok` and
+    /// the driver sees no transaction left open.
+    fn done<T>(mut self, result: Result<T>) -> Result<T> {
+        self.healthy = result.is_ok() && !self.conn.is_in_transaction();
+        result
+    }
+}
+
+impl std::ops::Deref for WriteConn {
+    type Target = SqliteConnection;
+    fn deref(&self) -> &SqliteConnection {
+        &self.conn
+    }
+}
+
+impl std::ops::DerefMut for WriteConn {
+    fn deref_mut(&mut self) -> &mut SqliteConnection {
+        &mut self.conn
+    }
+}
+
+impl Drop for WriteConn {
+    fn drop(&mut self) {
+        if !self.healthy {
+            self.conn.close_on_drop();
+        }
     }
 }
 
@@ -257,6 +312,117 @@ async fn put_worker(
     Ok(q.execute(&mut **tx).await?.rows_affected() == 1)
 }
 
+/// [`Store::commit`] on the write connection.
+async fn commit_on(conn: &mut SqliteConnection, writes: Vec<WorkerWrite>) -> Result<CommitResult> {
+    let mut tx = conn.begin().await?;
+    if let Outcome::Applied = sqlite_batch::apply_writes(&mut tx, &writes).await? {
+        let mut seq = current_seq(&mut tx).await?;
+        let mut events = Vec::new();
+        let mut machines: BTreeMap<MachineId, Timestamp> = BTreeMap::new();
+        for write in &writes {
+            let (worker_id, machine_id, new_events) = match write {
+                WorkerWrite::Put { record, events, .. } => {
+                    (&record.id, &record.machine_id, events)
+                }
+                WorkerWrite::Delete {
+                    id,
+                    machine_id,
+                    events,
+                    ..
+                } => (id, machine_id, events),
+            };
+            let at = machines
+                .entry(machine_id.clone())
+                .or_insert(Timestamp::EPOCH);
+            for e in new_events {
+                seq += 1;
+                *at = (*at).max(e.at);
+                events.push(worker_event(seq, worker_id, machine_id, e));
+            }
+        }
+        let machine_events =
+            sqlite_batch::derive_machines(&mut tx, &machines, &mut seq).await?;
+        events.extend(machine_events);
+        insert_events(&mut tx, &events).await?;
+        tx.commit().await?;
+        return Ok(CommitResult {
+            applied: vec![true; writes.len()],
+            events,
+        });
+    }
+    // Some write's condition failed: replay the batch one write at a
+    // time, which applies exactly the writes whose conditions hold.
+    tx.rollback().await?;
+    let mut tx = conn.begin().await?;
+    let mut seq = current_seq(&mut tx).await?;
+    let mut applied = Vec::with_capacity(writes.len());
+    let mut events = Vec::new();
+    let mut machines: BTreeMap<MachineId, Timestamp> = BTreeMap::new();
+    for write in writes {
+        let (ok, worker_id, machine_id, new_events) = match write {
+            WorkerWrite::Put {
+                record,
+                expect,
+                machine,
+                events,
+            } => {
+                let ok = match &machine {
+                    // The machine row must exist before a worker refers
+                    // to it, but a write that is not applied changes
+                    // nothing: upsert it in a savepoint, undone if the
+                    // worker's condition does not hold.
+                    Some(m) => {
+                        let mut sp = tx.begin().await?;
+                        upsert_machine(&mut sp, m).await?;
+                        let ok = put_worker(&mut sp, &record, expect).await?;
+                        if ok {
+                            sp.commit().await?;
+                        } else {
+                            sp.rollback().await?;
+                        }
+                        ok
+                    }
+                    None => put_worker(&mut tx, &record, expect).await?,
+                };
+                (ok, record.id, record.machine_id, events)
+            }
+            WorkerWrite::Delete {
+                id,
+                machine_id,
+                expect,
+                events,
+            } => {
+                let n = sqlx::query(
+                    "DELETE FROM workers WHERE id = ? AND status = ? AND session = ?",
+                )
+                .bind(id.as_str())
+                .bind(expect.status.as_str())
+                .bind(expect.session as i64)
+                .execute(&mut *tx)
+                .await?
+                .rows_affected();
+                (n == 1, id, machine_id, events)
+            }
+        };
+        applied.push(ok);
+        if !ok {
+            continue;
+        }
+        for e in &new_events {
+            seq += 1;
+            let at = machines.entry(machine_id.clone()).or_insert(e.at);
+            *at = (*at).max(e.at);
+            events.push(worker_event(seq, &worker_id, &machine_id, e));
+        }
+        machines.entry(machine_id).or_insert(Timestamp::EPOCH);
+    }
+    let machine_events = derive_machines(&mut tx, machines, &mut seq).await?;
+    events.extend(machine_events);
+    insert_events(&mut tx, &events).await?;
+    tx.commit().await?;
+    Ok(CommitResult { applied, events })
+}
+
 #[async_trait]
 impl Store for SqliteStore {
     async fn ping(&self) -> Result<()> {
@@ -264,191 +430,120 @@ impl Store for SqliteStore {
         Ok(())
     }
 
-    async fn load_workers(&self) -> Result<Vec<WorkerRecord>> {
-        let rows = sqlx::query(&format!("SELECT {WORKER_COLUMNS} FROM workers"))
-            .fetch_all(&self.writer)
+    async fn probe_write(&self, at: Timestamp) -> Result<()> {
+        let mut conn = WriteConn::acquire(&self.writer).await?;
+        let result = async {
+            let mut tx = conn.begin().await?;
+            sqlx::query(
+                "INSERT INTO rollcall_probe (id, at) VALUES (1, ?) \
+                 ON CONFLICT (id) DO UPDATE SET at = excluded.at",
+            )
+            .bind(at.as_millis())
+            .execute(&mut *tx)
             .await?;
-        rows.iter().map(worker_from).collect()
+            tx.commit().await?;
+            Ok(())
+        }
+        .await;
+        conn.done(result)
+    }
+
+    async fn load_workers(&self) -> Result<Vec<WorkerRecord>> {
+        let mut conn = WriteConn::acquire(&self.writer).await?;
+        let result = async {
+            let rows = sqlx::query(&format!("SELECT {WORKER_COLUMNS} FROM workers"))
+                .fetch_all(&mut *conn)
+                .await?;
+            rows.iter().map(worker_from).collect()
+        }
+        .await;
+        conn.done(result)
     }
 
     async fn commit(&self, writes: Vec<WorkerWrite>) -> Result<CommitResult> {
-        let mut tx = self.writer.begin().await?;
-        if let Outcome::Applied = sqlite_batch::apply_writes(&mut tx, &writes).await? {
-            let mut seq = current_seq(&mut tx).await?;
-            let mut events = Vec::new();
-            let mut machines: BTreeMap<MachineId, Timestamp> = BTreeMap::new();
-            for write in &writes {
-                let (worker_id, machine_id, new_events) = match write {
-                    WorkerWrite::Put { record, events, .. } => {
-                        (&record.id, &record.machine_id, events)
-                    }
-                    WorkerWrite::Delete {
-                        id,
-                        machine_id,
-                        events,
-                        ..
-                    } => (id, machine_id, events),
-                };
-                let at = machines
-                    .entry(machine_id.clone())
-                    .or_insert(Timestamp::EPOCH);
-                for e in new_events {
-                    seq += 1;
-                    *at = (*at).max(e.at);
-                    events.push(worker_event(seq, worker_id, machine_id, e));
-                }
-            }
-            let machine_events =
-                sqlite_batch::derive_machines(&mut tx, &machines, &mut seq).await?;
-            events.extend(machine_events);
-            insert_events(&mut tx, &events).await?;
-            tx.commit().await?;
-            return Ok(CommitResult {
-                applied: vec![true; writes.len()],
-                events,
-            });
-        }
-        // Some write's condition failed: replay the batch one write at a
-        // time, which applies exactly the writes whose conditions hold.
-        tx.rollback().await?;
-        let mut tx = self.writer.begin().await?;
-        let mut seq = current_seq(&mut tx).await?;
-        let mut applied = Vec::with_capacity(writes.len());
-        let mut events = Vec::new();
-        let mut machines: BTreeMap<MachineId, Timestamp> = BTreeMap::new();
-        for write in writes {
-            let (ok, worker_id, machine_id, new_events) = match write {
-                WorkerWrite::Put {
-                    record,
-                    expect,
-                    machine,
-                    events,
-                } => {
-                    let ok = match &machine {
-                        // The machine row must exist before a worker refers
-                        // to it, but a write that is not applied changes
-                        // nothing: upsert it in a savepoint, undone if the
-                        // worker's condition does not hold.
-                        Some(m) => {
-                            let mut sp = tx.begin().await?;
-                            upsert_machine(&mut sp, m).await?;
-                            let ok = put_worker(&mut sp, &record, expect).await?;
-                            if ok {
-                                sp.commit().await?;
-                            } else {
-                                sp.rollback().await?;
-                            }
-                            ok
-                        }
-                        None => put_worker(&mut tx, &record, expect).await?,
-                    };
-                    (ok, record.id, record.machine_id, events)
-                }
-                WorkerWrite::Delete {
-                    id,
-                    machine_id,
-                    expect,
-                    events,
-                } => {
-                    let n = sqlx::query(
-                        "DELETE FROM workers WHERE id = ? AND status = ? AND session = ?",
-                    )
-                    .bind(id.as_str())
-                    .bind(expect.status.as_str())
-                    .bind(expect.session as i64)
-                    .execute(&mut *tx)
-                    .await?
-                    .rows_affected();
-                    (n == 1, id, machine_id, events)
-                }
-            };
-            applied.push(ok);
-            if !ok {
-                continue;
-            }
-            for e in &new_events {
-                seq += 1;
-                let at = machines.entry(machine_id.clone()).or_insert(e.at);
-                *at = (*at).max(e.at);
-                events.push(worker_event(seq, &worker_id, &machine_id, e));
-            }
-            machines.entry(machine_id).or_insert(Timestamp::EPOCH);
-        }
-        let machine_events = derive_machines(&mut tx, machines, &mut seq).await?;
-        events.extend(machine_events);
-        insert_events(&mut tx, &events).await?;
-        tx.commit().await?;
-        Ok(CommitResult { applied, events })
+        let mut conn = WriteConn::acquire(&self.writer).await?;
+        let result = commit_on(&mut conn, writes).await;
+        conn.done(result)
     }
 
     async fn reconcile_machines(&self, at: Timestamp) -> Result<Vec<EventRecord>> {
-        let mut tx = self.writer.begin().await?;
-        let ids: Vec<String> = sqlx::query_scalar("SELECT id FROM machines")
-            .fetch_all(&mut *tx)
-            .await?;
-        let ids = ids
-            .iter()
-            .map(|id| Ok((MachineId::parse(id).map_err(corrupt)?, at)))
-            .collect::<Result<Vec<_>>>()?;
-        let mut seq = current_seq(&mut tx).await?;
-        let events = derive_machines(&mut tx, ids, &mut seq).await?;
-        insert_events(&mut tx, &events).await?;
-        tx.commit().await?;
-        Ok(events)
+        let mut conn = WriteConn::acquire(&self.writer).await?;
+        let result = async {
+            let mut tx = conn.begin().await?;
+            let ids: Vec<String> = sqlx::query_scalar("SELECT id FROM machines")
+                .fetch_all(&mut *tx)
+                .await?;
+            let ids = ids
+                .iter()
+                .map(|id| Ok((MachineId::parse(id).map_err(corrupt)?, at)))
+                .collect::<Result<Vec<_>>>()?;
+            let mut seq = current_seq(&mut tx).await?;
+            let events = derive_machines(&mut tx, ids, &mut seq).await?;
+            insert_events(&mut tx, &events).await?;
+            tx.commit().await?;
+            Ok(events)
+        }
+        .await;
+        conn.done(result)
     }
 
     async fn flush_heartbeats(&self, marks: &[HeartbeatMark]) -> Result<()> {
-        // Small transactions of one statement each: the write connection is
-        // shared with the transition writer, which must never wait long for
-        // it (detection lag), so a large flush is cut into short pieces.
-        // One row per (worker, session), the latest time: an UPDATE … FROM
-        // with duplicate keys would apply an arbitrary one of them.
-        let mut latest: BTreeMap<(&str, u64), Timestamp> = BTreeMap::new();
-        for m in marks {
-            let t = latest
-                .entry((m.worker_id.as_str(), m.session))
-                .or_insert(m.at);
-            *t = (*t).max(m.at);
-        }
-        let marks: Vec<_> = latest.into_iter().collect();
-        for chunk in marks.chunks(FLUSH_CHUNK) {
-            let mut tx = self.writer.begin().await?;
-            let mut qb: QueryBuilder<Sqlite> = QueryBuilder::new("WITH v (id, session, at) AS (");
-            qb.push_values(chunk, |mut b, ((id, session), at)| {
-                b.push_bind(id.to_string())
-                    .push_bind(*session as i64)
-                    .push_bind(at.as_millis());
-            });
-            // A mark of an ended session (or a forgotten worker) matches no
-            // row and is ignored entirely, machine included.
-            qb.push(
-                ") UPDATE workers SET last_heartbeat_at = \
-                 MAX(COALESCE(workers.last_heartbeat_at, 0), v.at) \
-                 FROM v WHERE workers.id = v.id AND workers.session = v.session \
-                 RETURNING workers.machine_id, workers.last_heartbeat_at",
-            );
-            let rows: Vec<(String, i64)> = qb.build_query_as().fetch_all(&mut *tx).await?;
-            let mut machines: BTreeMap<String, i64> = BTreeMap::new();
-            for (machine, at) in rows {
-                let t = machines.entry(machine).or_insert(at);
-                *t = (*t).max(at);
+        let mut conn = WriteConn::acquire(&self.writer).await?;
+        let result = async {
+            // Small transactions of one statement each: the write connection is
+            // shared with the transition writer, which must never wait long for
+            // it (detection lag), so a large flush is cut into short pieces.
+            // One row per (worker, session), the latest time: an UPDATE … FROM
+            // with duplicate keys would apply an arbitrary one of them.
+            let mut latest: BTreeMap<(&str, u64), Timestamp> = BTreeMap::new();
+            for m in marks {
+                let t = latest
+                    .entry((m.worker_id.as_str(), m.session))
+                    .or_insert(m.at);
+                *t = (*t).max(m.at);
             }
-            // One statement for the chunk's machines, not one per machine:
-            // a flush of a large fleet touches every machine in every chunk.
-            if !machines.is_empty() {
-                let mut qb: QueryBuilder<Sqlite> = QueryBuilder::new("WITH m (id, at) AS (");
-                qb.push_values(&machines, |mut b, (id, at)| {
-                    b.push_bind(id.clone()).push_bind(*at);
+            let marks: Vec<_> = latest.into_iter().collect();
+            for chunk in marks.chunks(FLUSH_CHUNK) {
+                let mut tx = conn.begin().await?;
+                let mut qb: QueryBuilder<Sqlite> = QueryBuilder::new("WITH v (id, session, at) AS (");
+                qb.push_values(chunk, |mut b, ((id, session), at)| {
+                    b.push_bind(id.to_string())
+                        .push_bind(*session as i64)
+                        .push_bind(at.as_millis());
                 });
+                // A mark of an ended session (or a forgotten worker) matches no
+                // row and is ignored entirely, machine included.
                 qb.push(
-                    ") UPDATE machines SET last_seen_at = MAX(machines.last_seen_at, m.at) \
-                     FROM m WHERE machines.id = m.id",
+                    ") UPDATE workers SET last_heartbeat_at = \
+                     MAX(COALESCE(workers.last_heartbeat_at, 0), v.at) \
+                     FROM v WHERE workers.id = v.id AND workers.session = v.session \
+                     RETURNING workers.machine_id, workers.last_heartbeat_at",
                 );
-                qb.build().execute(&mut *tx).await?;
+                let rows: Vec<(String, i64)> = qb.build_query_as().fetch_all(&mut *tx).await?;
+                let mut machines: BTreeMap<String, i64> = BTreeMap::new();
+                for (machine, at) in rows {
+                    let t = machines.entry(machine).or_insert(at);
+                    *t = (*t).max(at);
+                }
+                // One statement for the chunk's machines, not one per machine:
+                // a flush of a large fleet touches every machine in every chunk.
+                if !machines.is_empty() {
+                    let mut qb: QueryBuilder<Sqlite> = QueryBuilder::new("WITH m (id, at) AS (");
+                    qb.push_values(&machines, |mut b, (id, at)| {
+                        b.push_bind(id.clone()).push_bind(*at);
+                    });
+                    qb.push(
+                        ") UPDATE machines SET last_seen_at = MAX(machines.last_seen_at, m.at) \
+                         FROM m WHERE machines.id = m.id",
+                    );
+                    qb.build().execute(&mut *tx).await?;
+                }
+                tx.commit().await?;
             }
-            tx.commit().await?;
+            Ok(())
         }
-        Ok(())
+        .await;
+        conn.done(result)
     }
 
     async fn get_worker(&self, id: &WorkerId) -> Result<Option<WorkerRecord>> {
@@ -552,20 +647,25 @@ impl Store for SqliteStore {
     }
 
     async fn insert_token(&self, t: &TokenRecord) -> Result<()> {
-        sqlx::query(
-            "INSERT INTO tokens (id, kind, name, hash, created_at, expires_at, last_used_at) \
-             VALUES (?, ?, ?, ?, ?, ?, ?)",
-        )
-        .bind(t.id.as_str())
-        .bind(t.kind.as_str())
-        .bind(&t.name)
-        .bind(t.hash.to_hex())
-        .bind(t.created_at.as_millis())
-        .bind(t.expires_at.map(|x| x.as_millis()))
-        .bind(t.last_used_at.map(|x| x.as_millis()))
-        .execute(&self.writer)
-        .await?;
-        Ok(())
+        let mut conn = WriteConn::acquire(&self.writer).await?;
+        let result = async {
+            sqlx::query(
+                "INSERT INTO tokens (id, kind, name, hash, created_at, expires_at, last_used_at) \
+                 VALUES (?, ?, ?, ?, ?, ?, ?)",
+            )
+            .bind(t.id.as_str())
+            .bind(t.kind.as_str())
+            .bind(&t.name)
+            .bind(t.hash.to_hex())
+            .bind(t.created_at.as_millis())
+            .bind(t.expires_at.map(|x| x.as_millis()))
+            .bind(t.last_used_at.map(|x| x.as_millis()))
+            .execute(&mut *conn)
+            .await?;
+            Ok(())
+        }
+        .await;
+        conn.done(result)
     }
 
     async fn list_tokens(
@@ -586,51 +686,71 @@ impl Store for SqliteStore {
     }
 
     async fn all_tokens(&self) -> Result<Vec<TokenRecord>> {
-        let rows = sqlx::query(
-            "SELECT id, kind, name, hash, created_at, expires_at, last_used_at FROM tokens",
-        )
-        .fetch_all(&self.writer)
-        .await?;
-        rows.iter().map(token_from).collect()
+        let mut conn = WriteConn::acquire(&self.writer).await?;
+        let result = async {
+            let rows = sqlx::query(
+                "SELECT id, kind, name, hash, created_at, expires_at, last_used_at FROM tokens",
+            )
+            .fetch_all(&mut *conn)
+            .await?;
+            rows.iter().map(token_from).collect()
+        }
+        .await;
+        conn.done(result)
     }
 
     async fn delete_token(&self, id: &TokenId) -> Result<bool> {
-        let n = sqlx::query("DELETE FROM tokens WHERE id = ?")
-            .bind(id.as_str())
-            .execute(&self.writer)
-            .await?
-            .rows_affected();
-        Ok(n == 1)
+        let mut conn = WriteConn::acquire(&self.writer).await?;
+        let result = async {
+            let n = sqlx::query("DELETE FROM tokens WHERE id = ?")
+                .bind(id.as_str())
+                .execute(&mut *conn)
+                .await?
+                .rows_affected();
+            Ok(n == 1)
+        }
+        .await;
+        conn.done(result)
     }
 
     async fn touch_tokens(&self, uses: &[(TokenId, Timestamp)]) -> Result<()> {
-        if uses.is_empty() {
-            return Ok(());
+        let mut conn = WriteConn::acquire(&self.writer).await?;
+        let result = async {
+            if uses.is_empty() {
+                return Ok(());
+            }
+            let mut tx = conn.begin().await?;
+            for (id, at) in uses {
+                sqlx::query(
+                    "UPDATE tokens SET last_used_at = MAX(COALESCE(last_used_at, 0), ?) WHERE id = ?",
+                )
+                .bind(at.as_millis())
+                .bind(id.as_str())
+                .execute(&mut *tx)
+                .await?;
+            }
+            tx.commit().await?;
+            Ok(())
         }
-        let mut tx = self.writer.begin().await?;
-        for (id, at) in uses {
-            sqlx::query(
-                "UPDATE tokens SET last_used_at = MAX(COALESCE(last_used_at, 0), ?) WHERE id = ?",
-            )
-            .bind(at.as_millis())
-            .bind(id.as_str())
-            .execute(&mut *tx)
-            .await?;
-        }
-        tx.commit().await?;
-        Ok(())
+        .await;
+        conn.done(result)
     }
 
     async fn delete_expired_tokens(&self, now: Timestamp) -> Result<Vec<TokenId>> {
-        let ids: Vec<String> = sqlx::query_scalar(
-            "DELETE FROM tokens WHERE expires_at IS NOT NULL AND expires_at <= ? RETURNING id",
-        )
-        .bind(now.as_millis())
-        .fetch_all(&self.writer)
-        .await?;
-        ids.iter()
-            .map(|id| TokenId::parse(id).map_err(corrupt))
-            .collect()
+        let mut conn = WriteConn::acquire(&self.writer).await?;
+        let result = async {
+            let ids: Vec<String> = sqlx::query_scalar(
+                "DELETE FROM tokens WHERE expires_at IS NOT NULL AND expires_at <= ? RETURNING id",
+            )
+            .bind(now.as_millis())
+            .fetch_all(&mut *conn)
+            .await?;
+            ids.iter()
+                .map(|id| TokenId::parse(id).map_err(corrupt))
+                .collect()
+        }
+        .await;
+        conn.done(result)
     }
 
     async fn offline_workers_since(&self, before: Timestamp) -> Result<Vec<WorkerRecord>> {
@@ -644,21 +764,31 @@ impl Store for SqliteStore {
     }
 
     async fn forget_empty_machines(&self) -> Result<u64> {
-        let n = sqlx::query(
-            "DELETE FROM machines WHERE NOT EXISTS (SELECT 1 FROM workers w WHERE w.machine_id = machines.id)",
-        )
-        .execute(&self.writer)
-        .await?
-        .rows_affected();
-        Ok(n)
+        let mut conn = WriteConn::acquire(&self.writer).await?;
+        let result = async {
+            let n = sqlx::query(
+                "DELETE FROM machines WHERE NOT EXISTS (SELECT 1 FROM workers w WHERE w.machine_id = machines.id)",
+            )
+            .execute(&mut *conn)
+            .await?
+            .rows_affected();
+            Ok(n)
+        }
+        .await;
+        conn.done(result)
     }
 
     async fn prune_events(&self, before: Timestamp) -> Result<u64> {
-        let n = sqlx::query("DELETE FROM events WHERE at <= ?")
-            .bind(before.as_millis())
-            .execute(&self.writer)
-            .await?
-            .rows_affected();
-        Ok(n)
+        let mut conn = WriteConn::acquire(&self.writer).await?;
+        let result = async {
+            let n = sqlx::query("DELETE FROM events WHERE at <= ?")
+                .bind(before.as_millis())
+                .execute(&mut *conn)
+                .await?
+                .rows_affected();
+            Ok(n)
+        }
+        .await;
+        conn.done(result)
     }
 }

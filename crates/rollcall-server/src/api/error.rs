@@ -24,6 +24,9 @@ pub enum ApiError {
     Conflict(String),
     PayloadTooLarge(usize),
     Unavailable(String),
+    /// `/readyz`: not ready, for the reason given (shown to the caller: it
+    /// is what an operator needs to see).
+    NotReady(String),
     Internal,
 }
 
@@ -66,7 +69,7 @@ impl ApiError {
             ApiError::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
             ApiError::Conflict(_) => StatusCode::CONFLICT,
             ApiError::PayloadTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
-            ApiError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
+            ApiError::Unavailable(_) | ApiError::NotReady(_) => StatusCode::SERVICE_UNAVAILABLE,
             ApiError::Internal => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
@@ -80,7 +83,7 @@ impl ApiError {
             ApiError::NotFound(_) => "not_found",
             ApiError::Conflict(_) => "conflict",
             ApiError::PayloadTooLarge(_) => "payload_too_large",
-            ApiError::Unavailable(_) => "unavailable",
+            ApiError::Unavailable(_) | ApiError::NotReady(_) => "unavailable",
             ApiError::Internal => "internal",
         }
     }
@@ -92,7 +95,8 @@ impl ApiError {
             | ApiError::Unauthorized(m)
             | ApiError::Forbidden(m)
             | ApiError::NotFound(m)
-            | ApiError::Conflict(m) => m.clone(),
+            | ApiError::Conflict(m)
+            | ApiError::NotReady(m) => m.clone(),
             ApiError::MethodNotAllowed => "method not allowed on this path".into(),
             ApiError::PayloadTooLarge(limit) => {
                 format!("request body is larger than the limit of {limit} bytes")
@@ -117,8 +121,10 @@ impl ApiError {
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
+        // At debug level: a store that cannot commit is logged once per
+        // incident (`health.rs`), not once per refused request.
         if let ApiError::Unavailable(cause) = &self {
-            tracing::warn!(cause = %cause, "answering 503");
+            tracing::debug!(cause = %cause, "answering 503");
         }
         (self.status(), Json(self.body())).into_response()
     }

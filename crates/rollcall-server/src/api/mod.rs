@@ -44,6 +44,8 @@ pub struct AppState {
     pub policy: LivenessPolicy,
     pub cleaner: Cleaner,
     pub metrics: Arc<Metrics>,
+    /// Whether the store can commit (for `/readyz`).
+    pub store_health: Arc<crate::health::StoreHealth>,
     /// The hash of `metrics_token`: when set, `GET /metrics` needs it (or
     /// an admin token).
     pub metrics_token: Option<TokenHash>,

@@ -22,13 +22,19 @@ pub async fn healthz() -> &'static str {
     "ok"
 }
 
-/// Readiness: the store answers.
+/// Readiness: the store can commit. Unless a write finished within the
+/// last second, a one-row write transaction proves it (a full disk, an I/O
+/// error or a lost database fail it); while the last write failed, the
+/// answer is 503 with the reason.
 #[utoipa::path(get, path = "/readyz", tag = "operations",
     responses(
         (status = 200, description = "Ready", body = String, example = "ready"),
-        (status = 503, description = "The store does not answer", body = ErrorBody),
+        (status = 503, description = "The store cannot commit, or does not answer", body = ErrorBody),
     ))]
 pub async fn readyz(State(s): State<AppState>) -> Result<&'static str, ApiError> {
+    if let Some(reason) = s.store_health.check(s.store.as_ref(), s.clock.now()).await {
+        return Err(ApiError::NotReady(reason));
+    }
     s.store.ping().await?;
     Ok("ready")
 }

@@ -68,6 +68,11 @@ impl Database {
         self.db.url()
     }
 
+    /// The database's name.
+    pub fn name(&self) -> &str {
+        self.db.name()
+    }
+
     /// Cuts the connection that holds the active replica's lock, as a lost
     /// network path or a database failover would. Returns whether one was
     /// found.
@@ -85,6 +90,19 @@ impl Database {
         .expect("terminating the lock holder");
         let _ = conn.close().await;
         cut.iter().any(|&ok| ok)
+    }
+
+    /// Runs `sql` (one or more statements) on the database, behind the
+    /// servers' backs.
+    pub async fn execute(&self, sql: &str) {
+        let mut conn = PgConnection::connect(self.url())
+            .await
+            .expect("connecting to the test database");
+        sqlx::raw_sql(sql)
+            .execute(&mut conn)
+            .await
+            .unwrap_or_else(|e| panic!("{sql}: {e}"));
+        let _ = conn.close().await;
     }
 
     /// Drops the database (every replica must be gone or will be cut off).
