@@ -75,6 +75,11 @@ STREAM_IDLE_TIMEOUT = 45.0
 
 Params = Dict[str, Union[str, int, None]]
 
+#: No cap on concurrent connections (as Node's fetch): a process hosting many
+#: worker handles must not see heartbeats time out waiting for a pooled
+#: connection. Idle connections kept for reuse are capped.
+LIMITS = httpx.Limits(max_connections=None, max_keepalive_connections=100)
+
 
 @dataclass
 class _Call:
@@ -266,7 +271,7 @@ class Rollcall(_Base):
         http: Optional[httpx.Client] = None,
     ) -> None:
         super().__init__(url, urls=urls, token=token, timeout=timeout)
-        self._http = http or httpx.Client(timeout=timeout)
+        self._http = http or httpx.Client(timeout=timeout, limits=LIMITS)
 
     def with_token(self, token: str) -> Rollcall:
         """A client that sends ``token`` instead, sharing connections and fail-over state."""
@@ -514,7 +519,7 @@ class AsyncRollcall(_Base):
         http: Optional[httpx.AsyncClient] = None,
     ) -> None:
         super().__init__(url, urls=urls, token=token, timeout=timeout)
-        self._http = http or httpx.AsyncClient(timeout=timeout)
+        self._http = http or httpx.AsyncClient(timeout=timeout, limits=LIMITS)
 
     def with_token(self, token: str) -> AsyncRollcall:
         copy = AsyncRollcall.__new__(AsyncRollcall)
