@@ -215,3 +215,35 @@ def test_the_asyncio_worker(server: Server) -> None:
         return f"{after['status']}:{after['offline_reason']}"
 
     assert asyncio.run(main()) == "offline:shutdown"
+
+
+ASYNC_CHILD = textwrap.dedent(
+    """
+    import asyncio, os
+    from rollcall import Rollcall
+
+    async def main():
+        rc = Rollcall(os.environ["ROLLCALL_SERVER"], token=os.environ["ROLLCALL_TOKEN"])
+        async with rc.aworker(name=os.environ["WORKER_NAME"], heartbeat_interval_ms=100) as w:
+            await w.wait_ready()
+            print("online", flush=True)
+            await asyncio.sleep(3600)
+
+    asyncio.run(main())
+    """
+)
+
+
+def test_sigterm_says_goodbye_for_an_asyncio_worker(server: Server) -> None:
+    admin = Rollcall(server.url, token=ADMIN)
+    child = spawn(["-c", ASYNC_CHILD], server, enroll_token(server), "async-term-1")
+    try:
+        assert child.stdout is not None and child.stdout.readline().strip() == "online"
+        child.send_signal(signal.SIGTERM)
+        child.wait(timeout=30)
+        assert child.returncode == -signal.SIGTERM
+        w = named(admin, "async-term-1")
+        assert w is not None and (w["status"], w["offline_reason"]) == ("offline", "shutdown")
+    finally:
+        child.kill()
+        child.wait()

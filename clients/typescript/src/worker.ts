@@ -227,7 +227,12 @@ export class WorkerHandle extends EventEmitter<WorkerEvents> {
       await this.sleep(delay);
       if (this.stopping.signal.aborted) break;
       const started = Date.now();
-      const next = await this.serialised(() => this.step());
+      let next: number;
+      try {
+        next = await this.serialised(() => this.step());
+      } catch (e) {
+        next = this.failed(e); // a step handles the errors it expects; anything else is retried too
+      }
       delay = Math.max(0, started + next - Date.now());
     }
   }
