@@ -1,0 +1,50 @@
+"""rollcall for Python: typed calls over the HTTP contract, fail-over across
+replicas, and worker handles that register, heartbeat and say goodbye.
+
+>>> from rollcall import Rollcall
+>>> rc = Rollcall("http://127.0.0.1:7373", token="rc_enroll_…")
+>>> with rc.worker(name="render-1") as w:   # a background thread heartbeats
+...     run_jobs(until=w.stopping)
+"""
+
+from ._client import AsyncRollcall, Rollcall
+from ._errors import ApiError, ErrorCode, RollcallError, StoppedError, TransportError
+from ._types import (
+    BatchResult,
+    CreatedToken,
+    Event,
+    EventType,
+    HeartbeatAck,
+    Machine,
+    MachineWithWorkers,
+    Page,
+    Registration,
+    Token,
+    Worker as WorkerRecord,
+)
+from ._worker import AsyncWorker, Worker
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "ApiError",
+    "AsyncRollcall",
+    "AsyncWorker",
+    "BatchResult",
+    "CreatedToken",
+    "ErrorCode",
+    "Event",
+    "EventType",
+    "HeartbeatAck",
+    "Machine",
+    "MachineWithWorkers",
+    "Page",
+    "Registration",
+    "Rollcall",
+    "RollcallError",
+    "StoppedError",
+    "Token",
+    "TransportError",
+    "Worker",
+    "WorkerRecord",
+]

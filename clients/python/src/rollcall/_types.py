@@ -1,0 +1,148 @@
+"""The shapes of the HTTP contract as typed dictionaries, with the values the
+server sends on the wire (``"online"``, ``"worker.registered"``)."""
+
+from __future__ import annotations
+
+import sys
+from typing import Dict, Generic, List, Literal, Optional, TypeVar, Union
+
+if sys.version_info >= (3, 11):  # pragma: no cover - depends on the interpreter
+    from typing import TypedDict
+else:  # Generic TypedDicts need typing_extensions before 3.11.
+    from typing_extensions import TypedDict
+
+WorkerStatus = Literal["online", "draining", "offline"]
+MachineStatus = Literal["online", "offline"]
+OfflineReason = Literal["shutdown", "stale", "exited", "replaced", "revoked"]
+EventReason = Literal["registered", "heartbeat", "shutdown", "stale", "exited", "replaced", "revoked"]
+EventType = Literal[
+    "worker.registered",
+    "worker.online",
+    "worker.draining",
+    "worker.offline",
+    "worker.deleted",
+    "machine.online",
+    "machine.offline",
+]
+TokenKind = Literal["admin", "enroll", "read", "worker"]
+Labels = Dict[str, str]
+
+T = TypeVar("T")
+
+
+class Worker(TypedDict):
+    id: str
+    name: str
+    machine_id: str
+    status: WorkerStatus
+    offline_reason: Optional[OfflineReason]
+    session: int
+    labels: Labels
+    heartbeat_interval_ms: int
+    stale_after_ms: int
+    registered_at: str
+    last_heartbeat_at: Optional[str]
+    deadline_at: Optional[str]
+    status_changed_at: str
+
+
+class Machine(TypedDict):
+    id: str
+    hostname: Optional[str]
+    labels: Labels
+    status: MachineStatus
+    workers_online: int
+    workers_total: int
+    first_seen_at: str
+    last_seen_at: str
+    status_changed_at: str
+
+
+class MachineWithWorkers(Machine):
+    workers: List[Worker]
+
+
+class Event(TypedDict):
+    seq: int
+    at: str
+    type: EventType
+    worker_id: Optional[str]
+    machine_id: str
+    reason: Optional[EventReason]
+    session: Optional[int]
+    detection_lag_ms: Optional[int]
+
+
+class Registration(TypedDict):
+    worker: Worker
+    token: str
+
+
+class HeartbeatAck(TypedDict):
+    status: Literal["online", "draining"]
+    session: int
+    resumed: bool
+    deadline_at: str
+    heartbeat_interval_ms: int
+
+
+class BatchError(TypedDict):
+    code: str
+    message: str
+
+
+class BatchOk(TypedDict):
+    worker_id: str
+    ok: Literal[True]
+    status: Literal["online", "draining"]
+    session: int
+    resumed: bool
+    deadline_at: str
+
+
+class BatchFailed(TypedDict):
+    worker_id: str
+    ok: Literal[False]
+    error: BatchError
+
+
+BatchResult = Union[BatchOk, BatchFailed]
+
+
+class Token(TypedDict):
+    id: str
+    kind: TokenKind
+    name: str
+    created_at: str
+    expires_at: Optional[str]
+    last_used_at: Optional[str]
+
+
+class CreatedToken(TypedDict):
+    id: str
+    kind: TokenKind
+    name: str
+    token: str
+    expires_at: Optional[str]
+
+
+class Page(TypedDict, Generic[T]):
+    items: List[T]
+    next_cursor: Optional[str]
+
+
+class StaleCleanup(TypedDict):
+    success: bool
+    deleted_count: int
+    marked_offline_count: int
+    affected_machine_ids: List[str]
+
+
+class FullCleanup(TypedDict):
+    success: bool
+    stale: StaleCleanup
+    forgotten_workers: int
+    forgotten_machines: int
+    pruned_events: int
+    expired_tokens: int
+    duration_ms: int
