@@ -50,6 +50,17 @@ impl TokenKind {
         }
     }
 
+    /// The wire name with its indefinite article, for messages: "an admin",
+    /// "an enroll", "a read", "a worker".
+    pub const fn with_article(self) -> &'static str {
+        match self {
+            TokenKind::Admin => "an admin",
+            TokenKind::Enroll => "an enroll",
+            TokenKind::Read => "a read",
+            TokenKind::Worker => "a worker",
+        }
+    }
+
     /// The kind a presented token claims by its prefix, if any. The claim is
     /// only trusted once the token's hash has been found.
     pub fn of(token: &str) -> Option<TokenKind> {
@@ -149,6 +160,14 @@ mod tests {
             assert_eq!(TokenKind::parse(kind.as_str()), Some(kind));
         }
         assert_eq!(TokenKind::of("Bearer x"), None);
+    }
+
+    #[test]
+    fn messages_name_kinds_with_the_right_article() {
+        assert_eq!(TokenKind::Admin.with_article(), "an admin");
+        assert_eq!(TokenKind::Enroll.with_article(), "an enroll");
+        assert_eq!(TokenKind::Read.with_article(), "a read");
+        assert_eq!(TokenKind::Worker.with_article(), "a worker");
     }
 
     #[test]

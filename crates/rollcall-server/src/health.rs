@@ -165,6 +165,10 @@ impl Store for Watched {
         self.inner.ping().await
     }
 
+    async fn shutdown(&self) -> Result<()> {
+        self.inner.shutdown().await
+    }
+
     async fn probe_write(&self, at: Timestamp) -> Result<()> {
         let r = self.inner.probe_write(at).await;
         self.record("probe", r)

@@ -26,8 +26,9 @@
 //! restart grace, starts the background tasks and begins serving on the
 //! caller's listener. [`Running::shutdown`] stops accepting requests, lets
 //! in-flight ones finish (event streams end; a client that is not reading
-//! gets a short grace, then its connection is closed), drains the writer and
-//! flushes heartbeat times.
+//! gets a short grace, then its connection is closed), drains the writer,
+//! flushes heartbeat times and shuts the store down (SQLite checkpoints its
+//! WAL, so `rollcall.db` alone holds every commit).
 
 pub mod api;
 pub mod auth;
@@ -78,8 +79,9 @@ pub struct Running {
 /// How this server runs.
 #[derive(Debug)]
 enum Mode {
-    /// SQLite: this process is the only one, always active.
-    Single(Core),
+    /// SQLite: this process is the only one, always active. The store is
+    /// kept to be shut down last, once the core has written everything.
+    Single(Core, Arc<dyn Store>),
     /// PostgreSQL: one replica of several, active or standby.
     Replica(cluster::Replica),
 }
@@ -145,7 +147,7 @@ impl Running {
     /// standby's refuse to change anything).
     pub fn cleaner(&self) -> Cleaner {
         match &self.mode {
-            Mode::Single(core) => core.cleaner.clone(),
+            Mode::Single(core, _) => core.cleaner.clone(),
             Mode::Replica(r) => r.state().cleaner,
         }
     }
@@ -154,7 +156,7 @@ impl Running {
     /// tools; a standby's is empty).
     pub fn engine(&self) -> Arc<engine::Engine> {
         match &self.mode {
-            Mode::Single(core) => core.engine.clone(),
+            Mode::Single(core, _) => core.engine.clone(),
             Mode::Replica(r) => r.state().engine,
         }
     }
@@ -162,7 +164,7 @@ impl Running {
     /// Whether this server is the active one.
     pub fn role(&self) -> Role {
         match &self.mode {
-            Mode::Single(_) => Role::Active,
+            Mode::Single(..) => Role::Active,
             Mode::Replica(r) => r.role(),
         }
     }
@@ -179,13 +181,21 @@ impl Running {
     }
 
     /// Graceful shutdown: stop accepting, finish in-flight requests, drain
-    /// the writer, flush heartbeat times, close the store (and, for a
+    /// the writer, flush heartbeat times, close the store (SQLite: with its
+    /// WAL checkpointed into the database file and truncated; for a
     /// replica, give up the active role so that a standby takes over at once).
     pub async fn shutdown(self) -> anyhow::Result<()> {
         self.stop.cancel();
         let http = self.http.await;
         match self.mode {
-            Mode::Single(core) => core.stop().await,
+            Mode::Single(core, store) => {
+                core.stop().await;
+                // Nothing writes any more: checkpoint SQLite's WAL into the
+                // database file, so that the file alone holds every commit.
+                if let Err(e) = store.shutdown().await {
+                    warn!(error = %e, "closing the store at shutdown failed");
+                }
+            }
             Mode::Replica(r) => r.shutdown().await,
         }
         if let Ok(Err(e)) = &http {
@@ -525,6 +535,7 @@ async fn launch(
     shared.hub.mark_published(shared.store.last_seq().await?);
     let core = Core::start(&shared).await?;
     let state = core.app_state(&shared);
+    let store = shared.store.clone();
     let metrics_addr = match metrics_listener {
         Some(l) => Some(serve_metrics(
             l,
@@ -541,7 +552,7 @@ async fn launch(
         metrics_addr,
         stop,
         http,
-        mode: Mode::Single(core),
+        mode: Mode::Single(core, store),
         generated_admin_token: generated,
     })
 }

@@ -2061,6 +2061,16 @@ async fn invariant_9_a_token_acts_only_within_its_scope() {
     );
     expect_rejected(&app, cases).await;
 
+    // The refusal names the token's kind, with the right article.
+    for (token, kind) in [(enroll, "an enroll"), (read, "a read"), (own, "a worker")] {
+        let resp = app.get("/v1/tokens", token).await;
+        let message = resp.expect(403)["error"]["message"].as_str().unwrap();
+        assert!(
+            message.starts_with(&format!("{kind} token may not")),
+            "{message}"
+        );
+    }
+
     // And within its scope each token works.
     app.get("/v1/workers", read).await.expect(200);
     app.get("/v1/events", read).await.expect(200);

@@ -39,13 +39,10 @@ fn chromium_or_skip() -> Option<PathBuf> {
     if std::env::var_os("ROLLCALL_REQUIRE_BROWSER").is_some() {
         panic!("ROLLCALL_REQUIRE_BROWSER is set but {CHROMIUM} does not exist; install chromium");
     }
-    eprintln!();
-    eprintln!("************************************************************");
-    eprintln!("*  SKIPPED: the dashboard browser test needs Chromium at   *");
-    eprintln!("*  {CHROMIUM} (apt-get install chromium). CI sets       *");
-    eprintln!("*  ROLLCALL_REQUIRE_BROWSER=1 so that it never skips.      *");
-    eprintln!("************************************************************");
-    eprintln!();
+    rollcall_store::testing::skip(&format!(
+        "needs Chromium at {CHROMIUM} (apt-get install chromium); \
+         CI sets ROLLCALL_REQUIRE_BROWSER=1 so that it never skips"
+    ));
     None
 }
 

@@ -107,10 +107,10 @@ fn promtool_check(text: &str) {
                 std::env::var("ROLLCALL_REQUIRE_PROMTOOL").as_deref() != Ok("1"),
                 "ROLLCALL_REQUIRE_PROMTOOL=1 but promtool cannot run: {e}"
             );
-            eprintln!(
-                "note: promtool not found ({e}); skipping `promtool check metrics` \
+            rollcall_store::testing::skip(&format!(
+                "promtool not found ({e}): `promtool check metrics` not run \
                  (install Debian's `prometheus` package to run it)"
-            );
+            ));
             return;
         }
     };

@@ -10,7 +10,8 @@
 //! - [`records`]: the typed rows; `rows` turns database rows into them, for
 //!   both backends.
 //! - [`sqlite`]: the embedded default (WAL, one process per file), with
-//!   `sqlite_batch`, its multi-row fast path; migrations in
+//!   `sqlite_batch`, its multi-row fast path, and [`sqlite::backup`], a
+//!   consistent copy taken while a server writes; migrations in
 //!   `migrations/sqlite`.
 //! - [`postgres`]: several replicas on one database, with `postgres::batch`
 //!   (a batch as statements over arrays) and [`postgres::ha`] (the leader
@@ -34,6 +35,7 @@ pub mod postgres;
 pub mod records;
 mod rows;
 pub mod sqlite;
+mod sqlite_backup;
 mod sqlite_batch;
 #[cfg(feature = "testing")]
 pub mod testing;
@@ -77,6 +79,15 @@ pub trait Store: Send + Sync + std::fmt::Debug + 'static {
     /// make a change durable (a full disk or an I/O error fails it), where
     /// [`Store::ping`] only proves that it answers. For readiness checks.
     async fn probe_write(&self, at: Timestamp) -> Result<()>;
+
+    /// Called once at a clean shutdown, when nothing writes any more: leaves
+    /// the database complete on its own and releases it. SQLite checkpoints
+    /// its WAL into the main file (truncating the WAL) and closes its
+    /// connections, so `rollcall.db` alone holds every commit. The default
+    /// does nothing.
+    async fn shutdown(&self) -> Result<()> {
+        Ok(())
+    }
 
     /// Every worker, for loading the liveness engine at start-up.
     async fn load_workers(&self) -> Result<Vec<WorkerRecord>>;

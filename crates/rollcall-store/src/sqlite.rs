@@ -32,6 +32,8 @@ use crate::rows::*;
 use crate::sqlite_batch::{self, Outcome};
 use crate::{Result, Store, StoreError};
 
+pub use crate::sqlite_backup::{backup, BackupError, BackupSummary};
+
 /// The write connection's page cache, in KiB.
 const WRITER_CACHE_KIB: u32 = 64 * 1024;
 
@@ -107,10 +109,29 @@ impl SqliteStore {
         &self.path
     }
 
-    /// Closes both pools, finishing the WAL checkpoint.
-    pub async fn close(&self) {
+    /// Closes both pools. Readers go first, so that the writer's checkpoint
+    /// is not held back by a reader's snapshot: the WAL is copied into the
+    /// main file and truncated to zero bytes, and `rollcall.db` alone holds
+    /// every commit (a copy of it is a whole database; `rollcall backup` is
+    /// still the way to copy one that is being served).
+    pub async fn close(&self) -> Result<()> {
         self.reader.close().await;
+        let checkpoint: Result<()> = async {
+            let (busy, _, _): (i64, i64, i64) = sqlx::query_as("PRAGMA wal_checkpoint(TRUNCATE)")
+                .fetch_one(&self.writer)
+                .await?;
+            if busy != 0 {
+                tracing::warn!(
+                    db = %self.path.display(),
+                    "the WAL checkpoint at shutdown could not finish (the database is busy); \
+                     the next start completes it"
+                );
+            }
+            Ok(())
+        }
+        .await;
         self.writer.close().await;
+        checkpoint
     }
 }
 
@@ -428,6 +449,10 @@ impl Store for SqliteStore {
     async fn ping(&self) -> Result<()> {
         sqlx::query("SELECT 1").execute(&self.reader).await?;
         Ok(())
+    }
+
+    async fn shutdown(&self) -> Result<()> {
+        self.close().await
     }
 
     async fn probe_write(&self, at: Timestamp) -> Result<()> {

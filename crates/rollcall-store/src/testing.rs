@@ -1,9 +1,11 @@
 //! Scratch PostgreSQL databases for tests (feature `testing`).
 //!
 //! Each [`TestDatabase`] is a fresh, empty database created on the server
-//! that [`POSTGRES_URL_ENV`] points at, so tests stay independent (advisory
-//! locks and notification channels are per database too) and can run in
-//! parallel. It is dropped when the value is (best effort) or by
+//! that [`POSTGRES_URL_ENV`] points at (or, when that is unset, on a local
+//! PostgreSQL at [`DEFAULT_POSTGRES_URL`] if one answers), so tests stay
+//! independent (advisory locks and notification channels are per database
+//! too) and can run in parallel. Without a server, a test that needs one is
+//! skipped and says so with [`skip`]. It is dropped when the value is (best effort) or by
 //! [`TestDatabase::drop_database`].
 //!
 //! Names encode their creation time (`rollcall_test_<unix seconds>_...`), so
@@ -23,9 +25,82 @@ use crate::Result;
 /// already exists (e.g. `postgres://postgres@127.0.0.1:5432/test`).
 pub const POSTGRES_URL_ENV: &str = "ROLLCALL_TEST_POSTGRES_URL";
 
-/// When `1`, tests that need PostgreSQL fail instead of being skipped if
-/// [`POSTGRES_URL_ENV`] is unset (CI sets both).
+/// When `1`, tests that need PostgreSQL fail instead of being skipped when
+/// there is no server to test on (CI sets it and [`POSTGRES_URL_ENV`]).
 pub const REQUIRE_POSTGRES_ENV: &str = "ROLLCALL_REQUIRE_POSTGRES";
+
+/// The server tests use when [`POSTGRES_URL_ENV`] is unset and something
+/// listens on its address: a local PostgreSQL with the usual trust setup.
+pub const DEFAULT_POSTGRES_URL: &str = "postgres://postgres@127.0.0.1:5432/test";
+
+/// Where PostgreSQL tests run, as [`test_server`] finds it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum TestServer {
+    /// [`POSTGRES_URL_ENV`] names it.
+    Configured(String),
+    /// [`POSTGRES_URL_ENV`] is unset and something answers on the address of
+    /// [`DEFAULT_POSTGRES_URL`].
+    Default(String),
+    /// None, and why.
+    None(String),
+}
+
+/// The PostgreSQL server tests should use: the one [`POSTGRES_URL_ENV`]
+/// names; else, when that is unset, [`DEFAULT_POSTGRES_URL`] if its port
+/// accepts a connection. `ROLLCALL_TEST_POSTGRES_URL=off` (or empty) turns
+/// PostgreSQL tests off.
+pub fn test_server() -> TestServer {
+    match std::env::var(POSTGRES_URL_ENV) {
+        Ok(url) if url.is_empty() || url == "off" => {
+            TestServer::None(format!("{POSTGRES_URL_ENV} is {url:?}"))
+        }
+        Ok(url) => TestServer::Configured(url),
+        Err(_) => {
+            let addr = std::net::SocketAddr::from(([127, 0, 0, 1], 5432));
+            match std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(1)) {
+                Ok(_) => TestServer::Default(DEFAULT_POSTGRES_URL.to_owned()),
+                Err(e) => TestServer::None(format!(
+                    "{POSTGRES_URL_ENV} is not set and nothing answers on {addr} ({e})"
+                )),
+            }
+        }
+    }
+}
+
+/// Says, where `cargo test` shows it, that the calling test is skipped
+/// (it then returns and is reported `ok`): one line on stderr,
+/// `SKIPPED <test>: <reason>`; a reason already given in this test binary
+/// is not repeated.
+///
+/// libtest captures what a passing test prints with `println!` and
+/// `eprintln!`, so a skip said that way would be invisible; this writes to
+/// the process's stderr directly, which libtest does not capture, in one
+/// write so that it is not interleaved with libtest's own lines.
+pub fn skip(reason: &str) {
+    use std::io::Write;
+    static SAID: std::sync::Mutex<Vec<String>> = std::sync::Mutex::new(Vec::new());
+    let thread = std::thread::current();
+    // libtest names each test's thread after the test; a multi-threaded
+    // tokio test runs its body on a worker thread instead.
+    let test = thread
+        .name()
+        .filter(|n| *n != "main" && !n.starts_with("tokio-runtime"))
+        .unwrap_or("a test");
+    let repeated = {
+        let mut said = SAID.lock().unwrap_or_else(|e| e.into_inner());
+        let seen = said.iter().any(|r| r == reason);
+        if !seen {
+            said.push(reason.to_owned());
+        }
+        seen
+    };
+    let line = if repeated {
+        format!("SKIPPED {test} (as above)\n")
+    } else {
+        format!("SKIPPED {test}: {reason}\n")
+    };
+    let _ = std::io::stderr().write_all(line.as_bytes());
+}
 
 const PREFIX: &str = "rollcall_test_";
 
@@ -53,26 +128,34 @@ impl std::fmt::Debug for TestDatabase {
 }
 
 impl TestDatabase {
-    /// A fresh database on the server of [`POSTGRES_URL_ENV`].
+    /// A fresh database on the test server (see [`test_server`]).
     ///
-    /// `None` when the variable is unset: the caller skips its test (this
-    /// prints why). Panics when it is unset but [`REQUIRE_POSTGRES_ENV`] is
-    /// `1`, or when the database cannot be created.
+    /// `None` when there is none: the caller skips its test, and this says
+    /// so where `cargo test` shows it (see [`skip`]). Panics when there is
+    /// none but [`REQUIRE_POSTGRES_ENV`] is `1`, or when the database cannot
+    /// be created on a server that [`POSTGRES_URL_ENV`] names.
     pub async fn from_env() -> Option<TestDatabase> {
-        let Some(url) = std::env::var(POSTGRES_URL_ENV)
-            .ok()
-            .filter(|u| !u.is_empty())
-        else {
-            if std::env::var(REQUIRE_POSTGRES_ENV).as_deref() == Ok("1") {
-                panic!("{REQUIRE_POSTGRES_ENV}=1 but {POSTGRES_URL_ENV} is not set");
-            }
-            eprintln!("{POSTGRES_URL_ENV} is not set: skipping a PostgreSQL test");
-            return None;
+        let why = match test_server() {
+            TestServer::Configured(url) => match TestDatabase::create(&url).await {
+                Ok(db) => return Some(db),
+                Err(e) => panic!("cannot create a test database on {url}: {e}"),
+            },
+            TestServer::Default(url) => match TestDatabase::create(&url).await {
+                Ok(db) => return Some(db),
+                Err(e) => format!(
+                    "{POSTGRES_URL_ENV} is not set, and creating a database on {url} failed ({e})"
+                ),
+            },
+            TestServer::None(why) => why,
         };
-        match TestDatabase::create(&url).await {
-            Ok(db) => Some(db),
-            Err(e) => panic!("cannot create a test database on {url}: {e}"),
+        if std::env::var(REQUIRE_POSTGRES_ENV).as_deref() == Ok("1") {
+            panic!("{REQUIRE_POSTGRES_ENV}=1 but there is no PostgreSQL to test on: {why}");
         }
+        skip(&format!(
+            "needs PostgreSQL: {why}. Set {POSTGRES_URL_ENV}=postgres://USER@HOST:PORT/DB \
+             (a server where it may create databases) to run it"
+        ));
+        None
     }
 
     /// Creates a fresh database on the server of `admin_url`.

@@ -6,7 +6,8 @@
 //!
 //! - `sqlite`: a fresh database in a temporary directory per test;
 //! - `postgres`: a fresh database per test on the server of
-//!   `ROLLCALL_TEST_POSTGRES_URL`; skipped when it is unset (unless
+//!   `ROLLCALL_TEST_POSTGRES_URL` (or a local one on 127.0.0.1:5432);
+//!   without one each test prints `SKIPPED …` and returns (unless
 //!   `ROLLCALL_REQUIRE_POSTGRES=1`); see [`common::postgres`].
 //!
 //! Tests that need to reach around the trait (the file lock, reopening a
@@ -69,8 +70,8 @@ macro_rules! contract_suite {
             $(
                 #[tokio::test]
                 async fn $test() {
+                    // A backend that is not there said so (`testing::skip`).
                     let Some(backend) = $make().await else {
-                        eprintln!("skipped: no {} backend configured", stringify!($backend));
                         return;
                     };
                     super::$test(backend.store.clone()).await;
@@ -1752,7 +1753,7 @@ mod sqlite_only {
             SqliteStore::open(&path).await,
             Err(StoreError::Locked(_))
         ));
-        second.close().await;
+        second.close().await.unwrap();
         drop(second);
         SqliteStore::open(&path).await.unwrap();
     }
@@ -1793,7 +1794,7 @@ mod sqlite_only {
             store.prune_events(at(1_000_000)).await.unwrap(),
             events.len() as u64
         );
-        store.close().await;
+        store.close().await.unwrap();
         drop(store);
         let store = SqliteStore::open(&path).await.unwrap();
         assert_eq!(store.last_seq().await.unwrap(), seq);

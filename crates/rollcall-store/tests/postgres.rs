@@ -2,8 +2,9 @@
 //! HOT heartbeat updates, the leader lock and the epoch fence, notifications,
 //! the database's clock, and failing cleanly when the database is gone.
 //!
-//! Each test takes a fresh database from `ROLLCALL_TEST_POSTGRES_URL` and is
-//! skipped when it is unset (unless `ROLLCALL_REQUIRE_POSTGRES=1`).
+//! Each test takes a fresh database from `ROLLCALL_TEST_POSTGRES_URL` (or a
+//! local PostgreSQL on 127.0.0.1:5432); without one it prints `SKIPPED …`
+//! and returns (unless `ROLLCALL_REQUIRE_POSTGRES=1`).
 
 mod common;
 

@@ -6,6 +6,7 @@
 //! (see [`EXIT_CODES`]).
 
 use std::io::{IsTerminal, Write};
+use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -39,9 +40,16 @@ pub struct Conn {
         default_value = "http://127.0.0.1:7373"
     )]
     server: String,
-    /// An admin token (a read token suffices for ls/show/tail).
+    /// An admin token (a read token suffices for ls/show/tail). Without
+    /// one, the admin token the server generated in its data directory is
+    /// used, if this user can read it.
     #[arg(long, global = true, env = "ROLLCALL_TOKEN", hide_env_values = true)]
     token: Option<String>,
+    /// The server's data directory, where a token is looked for when
+    /// neither --token nor ROLLCALL_TOKEN is given: <DIR>/admin.token
+    /// (default ./rollcall-data).
+    #[arg(long, global = true, env = "ROLLCALL_DATA_DIR", hide_env_values = true)]
+    data_dir: Option<PathBuf>,
     /// Print JSON instead of a table.
     #[arg(long, global = true)]
     json: bool,
@@ -63,30 +71,40 @@ pub enum WorkersCommand {
         machine_id: Option<String>,
     },
     /// Show one worker.
-    #[command(after_help = "Example:\n  rollcall workers show wkr_01JDQ3Z6X8A1B2C3D4E5F6G7H8")]
+    #[command(after_help = "Examples:\n  rollcall workers show render-1\n  \
+        rollcall workers show host-a/render-1\n  \
+        rollcall workers show wkr_01JDQ3Z6X8A1B2C3D4E5F6G7H8")]
     Show {
-        /// The worker's id (wkr_…).
+        #[arg(value_name = "WORKER", help = WORKER_HELP)]
         id: String,
     },
     /// Drain a worker: it keeps heartbeating but should take no new work.
-    #[command(after_help = "Example:\n  rollcall workers drain wkr_01JDQ3Z6X8A1B2C3D4E5F6G7H8")]
+    #[command(after_help = "Example:\n  rollcall workers drain host-a/render-1")]
     Drain {
-        /// The worker's id (wkr_…).
+        #[arg(value_name = "WORKER", help = WORKER_HELP)]
         id: String,
     },
     /// Mark a worker offline (reason "shutdown").
-    #[command(after_help = "Example:\n  rollcall workers offline wkr_01JDQ3Z6X8A1B2C3D4E5F6G7H8")]
+    ///
+    /// A worker whose process still runs comes back online (in a new
+    /// session) with its next heartbeat: to keep it from taking work, drain
+    /// it; to lock it out, rm it.
+    #[command(after_help = "Example:\n  rollcall workers offline render-1")]
     Offline {
-        /// The worker's id (wkr_…).
+        #[arg(value_name = "WORKER", help = WORKER_HELP)]
         id: String,
     },
     /// Delete a worker: its token is revoked and its record forgotten.
     #[command(after_help = "Example:\n  rollcall workers rm wkr_01JDQ3Z6X8A1B2C3D4E5F6G7H8")]
     Rm {
-        /// The worker's id (wkr_…).
+        #[arg(value_name = "WORKER", help = WORKER_HELP)]
         id: String,
     },
 }
+
+/// How a worker may be named on the command line.
+const WORKER_HELP: &str = "The worker: its id (wkr_…), its name (render-1), or its machine \
+and name (host-a/render-1) when the name is used on several machines";
 
 /// A worker status filter.
 #[derive(Debug, Clone, Copy, ValueEnum)]
@@ -231,35 +249,64 @@ fn usage(message: String) -> Failure {
     Failure { message, code: 2 }
 }
 
+/// Where the admin command's token came from.
+#[derive(Debug)]
+enum TokenSource {
+    /// `--token` or `ROLLCALL_TOKEN`.
+    Given,
+    /// The admin token the server generated in its data directory.
+    File(PathBuf),
+}
+
+/// The token to call with: `--token` / `ROLLCALL_TOKEN`, else the server's
+/// generated `<data-dir>/admin.token` when this user can read it (as on the
+/// server's own host), else a usage error that says where a token goes.
+fn resolve_token(conn: &Conn) -> Result<(String, TokenSource), Failure> {
+    if let Some(t) = conn.token.as_ref().filter(|t| !t.is_empty()) {
+        return Ok((t.clone(), TokenSource::Given));
+    }
+    let dir = conn
+        .data_dir
+        .clone()
+        .unwrap_or_else(|| PathBuf::from("./rollcall-data"));
+    let path = dir.join("admin.token");
+    match std::fs::read_to_string(&path) {
+        Ok(text) if !text.trim().is_empty() => {
+            Ok((text.trim().to_owned(), TokenSource::File(path)))
+        }
+        Ok(_) => Err(Failure {
+            message: format!(
+                "no token: {} is empty; pass --token or set ROLLCALL_TOKEN",
+                path.display()
+            ),
+            code: 3,
+        }),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Err(Failure {
+            message: format!(
+                "no token: pass --token TOKEN or set ROLLCALL_TOKEN (an admin token; a read \
+                 token suffices for ls, show and tail). On the server's host, run this where \
+                 its data directory is, or pass --data-dir DIR, to use DIR/admin.token \
+                 (no {} here)",
+                path.display()
+            ),
+            code: 3,
+        }),
+        Err(e) => Err(Failure {
+            message: format!(
+                "no token: pass --token or set ROLLCALL_TOKEN ({} cannot be read: {e})",
+                path.display()
+            ),
+            code: 3,
+        }),
+    }
+}
+
 /// Runs an admin command and turns its outcome into an exit code.
 pub fn main<F>(conn: Conn, f: impl FnOnce(Client, Conn) -> F) -> ExitCode
 where
     F: std::future::Future<Output = Result<(), Failure>>,
 {
-    let runtime = match tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-    {
-        Ok(r) => r,
-        Err(e) => {
-            eprintln!("rollcall: cannot start the runtime: {e}");
-            return ExitCode::from(1);
-        }
-    };
-    let mut builder = Client::builder()
-        .servers(crate::server_urls(&conn.server))
-        .timeout(Duration::from_secs(15))
-        .connect_timeout(Duration::from_secs(5));
-    if let Some(t) = &conn.token {
-        builder = builder.token(t.clone());
-    }
-    let result = match builder.build() {
-        Ok(client) => runtime.block_on(f(client, conn)),
-        Err(e) => Err(Failure {
-            message: e.to_string(),
-            code: 2,
-        }),
-    };
+    let result = run(conn, f);
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(f) => {
@@ -267,6 +314,37 @@ where
             ExitCode::from(f.code)
         }
     }
+}
+
+fn run<F>(conn: Conn, f: impl FnOnce(Client, Conn) -> F) -> Result<(), Failure>
+where
+    F: std::future::Future<Output = Result<(), Failure>>,
+{
+    let (token, source) = resolve_token(&conn)?;
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| Failure {
+            message: format!("cannot start the runtime: {e}"),
+            code: 1,
+        })?;
+    let client = Client::builder()
+        .servers(crate::server_urls(&conn.server))
+        .timeout(Duration::from_secs(15))
+        .connect_timeout(Duration::from_secs(5))
+        .token(token)
+        .build()
+        .map_err(|e| Failure {
+            message: e.to_string(),
+            code: 2,
+        })?;
+    runtime.block_on(f(client, conn)).map_err(|mut f| {
+        if let (3, TokenSource::File(path)) = (f.code, &source) {
+            f.message
+                .push_str(&format!(" (the token was read from {})", path.display()));
+        }
+        f
+    })
 }
 
 fn print_json<T: Serialize>(value: &T) -> Result<(), Failure> {
@@ -278,8 +356,57 @@ fn print_json<T: Serialize>(value: &T) -> Result<(), Failure> {
     Ok(())
 }
 
-fn worker_id(id: &str) -> Result<WorkerId, Failure> {
-    WorkerId::parse(id).map_err(|e| usage(format!("invalid worker id {id:?}: {e}")))
+/// The worker a command-line argument names: an id (`wkr_…`), a name, or
+/// `MACHINE/NAME`. A name used on several machines is refused with the
+/// candidates listed.
+async fn resolve_worker(client: &Client, arg: &str) -> Result<WorkerId, Failure> {
+    if arg.starts_with(WorkerId::PREFIX) {
+        return WorkerId::parse(arg).map_err(|e| usage(format!("invalid worker id {arg:?}: {e}")));
+    }
+    let (machine, name) = match arg.split_once('/') {
+        Some((m, n)) => (
+            Some(MachineId::parse(m).map_err(|e| usage(format!("invalid machine id {m:?}: {e}")))?),
+            n,
+        ),
+        None => (None, arg),
+    };
+    if name.is_empty() {
+        return Err(usage(format!(
+            "{arg:?} names no worker (expected wkr_…, NAME or MACHINE/NAME)"
+        )));
+    }
+    let query = WorkerQuery {
+        machine_id: machine.clone(),
+        ..Default::default()
+    };
+    let mut found: Vec<_> = client
+        .list_all_workers(&query)
+        .await?
+        .into_iter()
+        .filter(|w| w.name.as_str() == name)
+        .collect();
+    match found.len() {
+        0 => Err(Failure {
+            message: match &machine {
+                Some(m) => format!("not found: no worker named {name:?} on machine {m}"),
+                None => {
+                    format!("not found: no worker named {name:?} (nor is it a worker id, wkr_…)")
+                }
+            },
+            code: 4,
+        }),
+        1 => Ok(found.remove(0).id),
+        n => {
+            let candidates: Vec<String> = found
+                .iter()
+                .map(|w| format!("{}/{} ({}, {})", w.machine_id, w.name, w.id, w.status))
+                .collect();
+            Err(usage(format!(
+                "{n} workers are named {name:?}: {}; name one as MACHINE/NAME or by its id",
+                candidates.join(", ")
+            )))
+        }
+    }
 }
 
 /// `rollcall workers …`
@@ -308,30 +435,43 @@ pub async fn workers(client: Client, conn: Conn, cmd: WorkersCommand) -> Result<
             print_workers(&workers);
         }
         WorkersCommand::Show { id } => {
-            let w = client.get_worker(&worker_id(&id)?).await?;
+            let w = client
+                .get_worker(&resolve_worker(&client, &id).await?)
+                .await?;
             if conn.json {
                 return print_json(&w);
             }
             print_worker(&w);
         }
         WorkersCommand::Drain { id } => {
-            let w = client.drain(&worker_id(&id)?).await?;
+            let w = client.drain(&resolve_worker(&client, &id).await?).await?;
             if conn.json {
                 return print_json(&w);
             }
             println!("{} ({}) is {}", w.id, w.name, w.status);
         }
         WorkersCommand::Offline { id } => {
-            let w = client
-                .offline(&worker_id(&id)?, OfflineReason::Shutdown)
-                .await?;
+            let id = resolve_worker(&client, &id).await?;
+            let before = client.get_worker(&id).await?;
+            let w = client.offline(&id, OfflineReason::Shutdown).await?;
+            // Marking offline does not stop a process: one that still
+            // heartbeats resumes at its next heartbeat, in a new session.
+            let was_live = before.status != rollcall_client::Status::Offline;
+            if was_live {
+                eprintln!(
+                    "note: if {}'s process still runs, its next heartbeat brings it back online \
+                     (in a new session); `rollcall workers drain` keeps it from taking work, \
+                     `rollcall workers rm` locks it out",
+                    w.name
+                );
+            }
             if conn.json {
                 return print_json(&w);
             }
             println!("{} ({}) is {}", w.id, w.name, w.status);
         }
         WorkersCommand::Rm { id } => {
-            let id = worker_id(&id)?;
+            let id = resolve_worker(&client, &id).await?;
             client.delete_worker(&id).await?;
             if conn.json {
                 return print_json(&serde_json::json!({"deleted": id.as_str()}));

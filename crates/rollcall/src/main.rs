@@ -1,8 +1,9 @@
 //! The `rollcall` binary: a thin shim over the libraries.
 //!
 //! `rollcall serve` runs the server (see `rollcall serve --help`),
-//! `rollcall agent run` runs any program as a worker, and `rollcall workers|
-//! machines|tokens|cleanup|events` are the admin CLI.
+//! `rollcall agent run` runs any program as a worker, `rollcall workers|
+//! machines|tokens|cleanup|events` are the admin CLI, and `rollcall backup`
+//! copies the SQLite database.
 
 // Denied rather than forbidden: the agent's parent-death signal needs one
 // `pre_exec` hook, allowed locally in `agent::sys` with a SAFETY comment.
@@ -10,6 +11,7 @@
 
 mod admin;
 mod agent;
+mod backup;
 mod serve;
 
 use std::process::ExitCode;
@@ -79,6 +81,10 @@ enum Command {
         #[command(subcommand)]
         cmd: admin::CleanupCommand,
     },
+    /// Copy the SQLite database to a file, safely while the server runs.
+    ///
+    /// Example: rollcall backup rollcall-backup.db --data-dir ./rollcall-data
+    Backup(backup::BackupArgs),
     /// Print the event log.
     ///
     /// Example: rollcall events tail --follow
@@ -102,6 +108,7 @@ fn main() -> ExitCode {
         Command::Tokens { conn, cmd } => admin::main(conn, |c, conn| admin::tokens(c, conn, cmd)),
         Command::Cleanup { conn, cmd } => admin::main(conn, |c, conn| admin::cleanup(c, conn, cmd)),
         Command::Events { conn, cmd } => admin::main(conn, |c, conn| admin::events(c, conn, cmd)),
+        Command::Backup(args) => backup::main(args),
     }
 }
 

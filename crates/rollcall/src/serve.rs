@@ -22,51 +22,54 @@ pub enum LogFormat {
 pub struct ServeArgs {
     /// TOML file with any of the settings below (keys as in the long flags,
     /// with underscores: stale_after = "90s").
-    #[arg(long, env = "ROLLCALL_CONFIG")]
+    #[arg(long, env = "ROLLCALL_CONFIG", hide_env_values = true)]
     config: Option<String>,
-    /// Address to serve on; a port of 0 picks a free one.
-    #[arg(long, env = "ROLLCALL_LISTEN")]
+    /// Address to serve on (default 127.0.0.1:7373); a port of 0 picks a
+    /// free one.
+    #[arg(long, env = "ROLLCALL_LISTEN", hide_env_values = true)]
     listen: Option<String>,
-    /// sqlite://PATH (default: sqlite://<data-dir>/rollcall.db).
-    #[arg(long, env = "ROLLCALL_DATABASE_URL")]
+    /// sqlite://PATH (default sqlite://<data-dir>/rollcall.db), or
+    /// postgres://USER@HOST/DB for replicas.
+    #[arg(long, env = "ROLLCALL_DATABASE_URL", hide_env_values = true)]
     database_url: Option<String>,
-    /// Where the database and the generated admin token live.
-    #[arg(long, env = "ROLLCALL_DATA_DIR")]
+    /// Where the database and the generated admin token live (default
+    /// ./rollcall-data).
+    #[arg(long, env = "ROLLCALL_DATA_DIR", hide_env_values = true)]
     data_dir: Option<String>,
     /// Default heartbeat interval of workers (default 30s).
-    #[arg(long, env = "ROLLCALL_HEARTBEAT_INTERVAL")]
+    #[arg(long, env = "ROLLCALL_HEARTBEAT_INTERVAL", hide_env_values = true)]
     heartbeat_interval: Option<String>,
     /// Default time without a heartbeat after which a worker is stale
     /// (default 90s; at least 2 × heartbeat interval).
-    #[arg(long, env = "ROLLCALL_STALE_AFTER")]
+    #[arg(long, env = "ROLLCALL_STALE_AFTER", hide_env_values = true)]
     stale_after: Option<String>,
     /// How often the safety-net sweep runs (default 2m).
-    #[arg(long, env = "ROLLCALL_SWEEP_INTERVAL")]
+    #[arg(long, env = "ROLLCALL_SWEEP_INTERVAL", hide_env_values = true)]
     sweep_interval: Option<String>,
     /// How often the full cleanup runs (default 10m).
-    #[arg(long, env = "ROLLCALL_CLEANUP_INTERVAL")]
+    #[arg(long, env = "ROLLCALL_CLEANUP_INTERVAL", hide_env_values = true)]
     cleanup_interval: Option<String>,
     /// How often heartbeat times are written behind (default 5s).
-    #[arg(long, env = "ROLLCALL_FLUSH_INTERVAL")]
+    #[arg(long, env = "ROLLCALL_FLUSH_INTERVAL", hide_env_values = true)]
     flush_interval: Option<String>,
     /// Smallest heartbeat interval a worker may ask for (default 50ms).
-    #[arg(long, env = "ROLLCALL_MIN_HEARTBEAT_INTERVAL")]
+    #[arg(long, env = "ROLLCALL_MIN_HEARTBEAT_INTERVAL", hide_env_values = true)]
     min_heartbeat_interval: Option<String>,
     /// Largest stale_after a worker may ask for (default 1d).
-    #[arg(long, env = "ROLLCALL_MAX_STALE_AFTER")]
+    #[arg(long, env = "ROLLCALL_MAX_STALE_AFTER", hide_env_values = true)]
     max_stale_after: Option<String>,
     /// Serve /metrics on a separate address.
-    #[arg(long, env = "ROLLCALL_METRICS_LISTEN")]
+    #[arg(long, env = "ROLLCALL_METRICS_LISTEN", hide_env_values = true)]
     metrics_listen: Option<String>,
     /// Forget workers offline for longer than this (default 7d).
-    #[arg(long, env = "ROLLCALL_FORGET_OFFLINE_AFTER")]
+    #[arg(long, env = "ROLLCALL_FORGET_OFFLINE_AFTER", hide_env_values = true)]
     forget_offline_after: Option<String>,
     /// Prune events older than this (default 30d).
-    #[arg(long, env = "ROLLCALL_EVENT_RETENTION")]
+    #[arg(long, env = "ROLLCALL_EVENT_RETENTION", hide_env_values = true)]
     event_retention: Option<String>,
     /// How the other replicas reach this one (PostgreSQL mode; default
     /// http:// + the listen address).
-    #[arg(long, env = "ROLLCALL_ADVERTISE_URL")]
+    #[arg(long, env = "ROLLCALL_ADVERTISE_URL", hide_env_values = true)]
     advertise_url: Option<String>,
     /// Log format on stderr.
     #[arg(long, env = "ROLLCALL_LOG_FORMAT", value_enum, default_value = "text")]

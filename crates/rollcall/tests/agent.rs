@@ -79,7 +79,18 @@ fn free_port() -> u16 {
 }
 
 fn start_server(dir: &Path, port: u16) -> Server {
-    let mut child = Command::new(BIN)
+    start_server_with(dir, port, Some(ADMIN))
+}
+
+/// A server with `admin` as its configured admin token, or none: then it
+/// generates one into `<dir>/admin.token`.
+fn start_server_with(dir: &Path, port: u16, admin: Option<&str>) -> Server {
+    let mut cmd = Command::new(BIN);
+    cmd.env_remove("ROLLCALL_ADMIN_TOKEN");
+    if let Some(a) = admin {
+        cmd.env("ROLLCALL_ADMIN_TOKEN", a);
+    }
+    let mut child = cmd
         .args(["serve", "--listen"])
         .arg(format!("127.0.0.1:{port}"))
         .arg("--data-dir")
@@ -92,7 +103,6 @@ fn start_server(dir: &Path, port: u16) -> Server {
             "--sweep-interval",
             "1s",
         ])
-        .env("ROLLCALL_ADMIN_TOKEN", ADMIN)
         .env_remove("ROLLCALL_SERVER")
         .env_remove("ROLLCALL_TOKEN")
         .stdin(Stdio::null())
@@ -147,6 +157,26 @@ fn cli(server: &str, token: &str, args: &[&str]) -> (i32, String, String) {
         .stdin(Stdio::null())
         .output()
         .expect("rollcall runs");
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+/// Runs the CLI in `cwd` with `token` as ROLLCALL_TOKEN, or with no token
+/// from the environment at all: (exit code, stdout, stderr).
+fn cli_in(cwd: &Path, server: &str, token: Option<&str>, args: &[&str]) -> (i32, String, String) {
+    let mut cmd = Command::new(BIN);
+    cmd.args(args)
+        .current_dir(cwd)
+        .env("ROLLCALL_SERVER", server)
+        .env_remove("ROLLCALL_TOKEN")
+        .env_remove("ROLLCALL_DATA_DIR");
+    if let Some(t) = token {
+        cmd.env("ROLLCALL_TOKEN", t);
+    }
+    let out = cmd.stdin(Stdio::null()).output().expect("rollcall runs");
     (
         out.status.code().unwrap_or(-1),
         String::from_utf8_lossy(&out.stdout).into_owned(),
@@ -625,4 +655,139 @@ fn admin_commands_against_a_live_worker() {
     let all = cli_json(&url, &["cleanup", "all"]);
     assert_eq!(all["success"], true, "{all}");
     drop(server);
+}
+
+/// Without --token or ROLLCALL_TOKEN the CLI uses the admin token the
+/// server generated in its data directory (./rollcall-data, or
+/// --data-dir), and without any it says where a token goes.
+#[test]
+fn cli_finds_the_generated_admin_token() {
+    let home = tempfile::tempdir().unwrap();
+    let data = home.path().join("rollcall-data");
+    let server = start_server_with(&data, 0, None);
+    let url = server.url.clone();
+    wait_for("the generated admin token", SOON, || {
+        data.join("admin.token").exists().then_some(())
+    });
+
+    // Where the server runs: ./rollcall-data/admin.token.
+    let (code, out, err) = cli_in(home.path(), &url, None, &["workers", "ls", "--json"]);
+    assert_eq!(code, 0, "{err}");
+    assert!(
+        serde_json::from_str::<Value>(&out).unwrap().is_array(),
+        "{out}"
+    );
+
+    // Elsewhere: no token, one line naming both ways to give one; nothing
+    // is sent.
+    let elsewhere = tempfile::tempdir().unwrap();
+    let (code, out, err) = cli_in(elsewhere.path(), &url, None, &["workers", "ls"]);
+    assert_eq!(code, 3, "{err}");
+    assert_eq!(out, "");
+    assert_eq!(err.trim_end().lines().count(), 1, "{err}");
+    assert!(
+        err.contains("--token") && err.contains("ROLLCALL_TOKEN"),
+        "{err}"
+    );
+    assert!(err.contains("--data-dir"), "{err}");
+
+    // Elsewhere, pointed at the data directory.
+    let data_arg = data.display().to_string();
+    let (code, _, err) = cli_in(
+        elsewhere.path(),
+        &url,
+        None,
+        &["tokens", "ls", "--data-dir", &data_arg],
+    );
+    assert_eq!(code, 0, "{err}");
+
+    // A given token wins over the file.
+    let (code, _, err) = cli_in(
+        home.path(),
+        &url,
+        Some("rc_admin_wrong"),
+        &["workers", "ls"],
+    );
+    assert_eq!(code, 3, "{err}");
+
+    // A stale file: 401, and the message says where the token came from.
+    let stale = tempfile::tempdir().unwrap();
+    std::fs::create_dir(stale.path().join("rollcall-data")).unwrap();
+    std::fs::write(
+        stale.path().join("rollcall-data/admin.token"),
+        "rc_admin_from_an_old_server_0000000000\n",
+    )
+    .unwrap();
+    let (code, _, err) = cli_in(stale.path(), &url, None, &["workers", "ls"]);
+    assert_eq!(code, 3, "{err}");
+    assert!(err.contains("admin.token"), "{err}");
+}
+
+/// Worker commands take a name or MACHINE/NAME as well as an id; a name on
+/// several machines is refused with the candidates listed. `workers
+/// offline` on a worker whose process still runs says that its next
+/// heartbeat brings it back, and it does.
+#[test]
+fn worker_commands_accept_names() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(dir.path());
+    let url = server.url.clone();
+    let token = enroll_token(&url);
+    let agent_a = agent(&url, &token, "render-1", "host-a", &["sleep", "60"]);
+    let _b = agent(&url, &token, "render-1", "host-b", &["sleep", "60"]);
+    let _c = agent(&url, &token, "solo", "host-b", &["sleep", "60"]);
+    let a = wait_online(&url, "render-1", "host-a");
+    let b = wait_online(&url, "render-1", "host-b");
+    let solo = wait_online(&url, "solo", "host-b");
+
+    // A unique name.
+    let shown = cli_json(&url, &["workers", "show", "solo"]);
+    assert_eq!(shown["id"], solo["id"], "{shown}");
+    // MACHINE/NAME.
+    let shown = cli_json(&url, &["workers", "show", "host-a/render-1"]);
+    assert_eq!(shown["id"], a["id"], "{shown}");
+    // Ambiguous: usage error listing both.
+    let (code, out, err) = cli(&url, ADMIN, &["workers", "show", "render-1"]);
+    assert_eq!(code, 2, "{err}");
+    assert_eq!(out, "");
+    assert_eq!(err.trim_end().lines().count(), 1, "{err}");
+    for w in [&a, &b] {
+        assert!(err.contains(w["id"].as_str().unwrap()), "{err}");
+    }
+    assert!(
+        err.contains("host-a/render-1") && err.contains("host-b/render-1"),
+        "{err}"
+    );
+    // Unknown names and machines: not found.
+    let (code, _, err) = cli(&url, ADMIN, &["workers", "show", "nobody"]);
+    assert_eq!(code, 4, "{err}");
+    let (code, _, err) = cli(&url, ADMIN, &["workers", "drain", "host-z/render-1"]);
+    assert_eq!(code, 4, "{err}");
+    // Names where ids were taken: drain, offline, rm.
+    let drained = cli_json(&url, &["workers", "drain", "host-b/render-1"]);
+    assert_eq!(drained["status"], "draining", "{drained}");
+    assert_eq!(drained["id"], b["id"]);
+
+    let (code, out, err) = cli(&url, ADMIN, &["workers", "offline", "solo"]);
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("offline"), "{out}");
+    assert!(
+        err.contains("next heartbeat") && err.contains("drain") && err.contains("rm"),
+        "{err}"
+    );
+    // As the note says: the agent still runs, so the worker comes back.
+    let id = solo["id"].as_str().unwrap();
+    wait_for("solo back online", SOON, || {
+        worker(&url, id)
+            .filter(|w| w["status"] == "online" && w["session"].as_u64() > solo["session"].as_u64())
+    });
+
+    // Its agent stopped first: a running one would register it again.
+    drop(agent_a);
+    let (code, out, err) = cli(&url, ADMIN, &["workers", "rm", "host-a/render-1"]);
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains(a["id"].as_str().unwrap()), "{out}");
+    // Now the name is unique again.
+    let shown = cli_json(&url, &["workers", "show", "render-1"]);
+    assert_eq!(shown["id"], b["id"], "{shown}");
 }

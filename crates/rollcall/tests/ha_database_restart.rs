@@ -43,7 +43,9 @@ fn restart_postgres() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn replicas_ride_out_a_database_restart() {
     if std::env::var("ROLLCALL_TEST_POSTGRES_RESTART").as_deref() != Ok("1") {
-        eprintln!("ROLLCALL_TEST_POSTGRES_RESTART is not 1: skipping the database restart test");
+        rollcall_store::testing::skip(
+            "restarts the PostgreSQL service; runs only with ROLLCALL_TEST_POSTGRES_RESTART=1",
+        );
         return;
     }
     let Some(db) = pg::Database::create().await else {

@@ -63,8 +63,8 @@ impl Caller {
             Ok(())
         } else {
             Err(ApiError::forbidden(format!(
-                "a {} token may not make this call (needs {})",
-                self.0.kind(),
+                "{} token may not make this call (needs {})",
+                self.0.kind().with_article(),
                 kinds(allowed)
             )))
         }
@@ -81,8 +81,8 @@ impl Caller {
             )),
             Principal::Admin if admin_too => Ok(()),
             other => Err(ApiError::forbidden(format!(
-                "a {} token may not make this call (needs this worker's own token{})",
-                other.kind(),
+                "{} token may not make this call (needs this worker's own token{})",
+                other.kind().with_article(),
                 if admin_too { " or admin" } else { "" }
             ))),
         }

@@ -79,8 +79,8 @@ fn authorize_scrape(
     match s.tokens.authenticate(&s.engine, header, s.clock.now())? {
         Principal::Admin => Ok(()),
         other => Err(ApiError::forbidden(format!(
-            "a {} token may not read metrics (needs the metrics token or admin)",
-            other.kind()
+            "{} token may not read metrics (needs the metrics token or admin)",
+            other.kind().with_article()
         ))),
     }
 }

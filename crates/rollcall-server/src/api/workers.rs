@@ -280,8 +280,8 @@ async fn batch(
                 "a worker token may only act on its own worker",
             )),
             Ok(p) => Err(ApiError::forbidden(format!(
-                "a {} token cannot send heartbeats; only the worker's own token can",
-                p.kind()
+                "{} token cannot send heartbeats; only the worker's own token can",
+                p.kind().with_article()
             ))),
         };
         results.push(batch_result(entry.worker_id, outcome));

@@ -52,8 +52,8 @@ pub async fn sqlite() -> Option<Backend> {
 
 /// PostgreSQL in a fresh database per test (see
 /// [`rollcall_store::testing::TestDatabase`]), or `None` (the test is
-/// skipped) when `ROLLCALL_TEST_POSTGRES_URL` is unset. With
-/// `ROLLCALL_REQUIRE_POSTGRES=1` an unset URL fails the test instead.
+/// skipped, saying so) when there is no PostgreSQL to test on. With
+/// `ROLLCALL_REQUIRE_POSTGRES=1` that fails the test instead.
 pub async fn postgres() -> Option<Backend> {
     let db = TestDatabase::from_env().await?;
     let store = PgStore::connect(db.url())

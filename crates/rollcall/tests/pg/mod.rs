@@ -1,9 +1,10 @@
 //! A fresh PostgreSQL database per test, and the few statements the
 //! replica tests run against the database behind the servers' backs.
 //!
-//! Without `ROLLCALL_TEST_POSTGRES_URL` a test that needs PostgreSQL prints
-//! that it is skipped and passes, unless `ROLLCALL_REQUIRE_POSTGRES=1` (CI
-//! sets both), in which case it fails.
+//! Without `ROLLCALL_TEST_POSTGRES_URL` (and no PostgreSQL answering on
+//! 127.0.0.1:5432) a test that needs PostgreSQL prints `SKIPPED …` and
+//! passes, unless `ROLLCALL_REQUIRE_POSTGRES=1` (CI sets both), in which case
+//! it fails.
 
 #![allow(dead_code)]
 
