@@ -21,10 +21,10 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use rollcall_core::{MachineId, MachineStatus, Timestamp, TokenId, WorkerId};
+use sqlx::pool::PoolConnection;
 use sqlx::sqlite::{
     SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous,
 };
-use sqlx::pool::PoolConnection;
 use sqlx::{Connection, QueryBuilder, Sqlite, SqliteConnection, Transaction};
 
 use crate::records::*;
@@ -342,9 +342,7 @@ async fn commit_on(conn: &mut SqliteConnection, writes: Vec<WorkerWrite>) -> Res
         let mut machines: BTreeMap<MachineId, Timestamp> = BTreeMap::new();
         for write in &writes {
             let (worker_id, machine_id, new_events) = match write {
-                WorkerWrite::Put { record, events, .. } => {
-                    (&record.id, &record.machine_id, events)
-                }
+                WorkerWrite::Put { record, events, .. } => (&record.id, &record.machine_id, events),
                 WorkerWrite::Delete {
                     id,
                     machine_id,
@@ -361,8 +359,7 @@ async fn commit_on(conn: &mut SqliteConnection, writes: Vec<WorkerWrite>) -> Res
                 events.push(worker_event(seq, worker_id, machine_id, e));
             }
         }
-        let machine_events =
-            sqlite_batch::derive_machines(&mut tx, &machines, &mut seq).await?;
+        let machine_events = sqlite_batch::derive_machines(&mut tx, &machines, &mut seq).await?;
         events.extend(machine_events);
         insert_events(&mut tx, &events).await?;
         tx.commit().await?;
@@ -413,15 +410,14 @@ async fn commit_on(conn: &mut SqliteConnection, writes: Vec<WorkerWrite>) -> Res
                 expect,
                 events,
             } => {
-                let n = sqlx::query(
-                    "DELETE FROM workers WHERE id = ? AND status = ? AND session = ?",
-                )
-                .bind(id.as_str())
-                .bind(expect.status.as_str())
-                .bind(expect.session as i64)
-                .execute(&mut *tx)
-                .await?
-                .rows_affected();
+                let n =
+                    sqlx::query("DELETE FROM workers WHERE id = ? AND status = ? AND session = ?")
+                        .bind(id.as_str())
+                        .bind(expect.status.as_str())
+                        .bind(expect.session as i64)
+                        .execute(&mut *tx)
+                        .await?
+                        .rows_affected();
                 (n == 1, id, machine_id, events)
             }
         };
@@ -530,7 +526,8 @@ impl Store for SqliteStore {
             let marks: Vec<_> = latest.into_iter().collect();
             for chunk in marks.chunks(FLUSH_CHUNK) {
                 let mut tx = conn.begin().await?;
-                let mut qb: QueryBuilder<Sqlite> = QueryBuilder::new("WITH v (id, session, at) AS (");
+                let mut qb: QueryBuilder<Sqlite> =
+                    QueryBuilder::new("WITH v (id, session, at) AS (");
                 qb.push_values(chunk, |mut b, ((id, session), at)| {
                     b.push_bind(id.to_string())
                         .push_bind(*session as i64)

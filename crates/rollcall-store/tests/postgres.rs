@@ -123,12 +123,9 @@ async fn replicas_starting_together_migrate_once() {
         .fetch_one(&mut conn)
         .await
         .unwrap();
-    let migrations = std::fs::read_dir(concat!(
-        env!("CARGO_MANIFEST_DIR"),
-        "/migrations/postgres"
-    ))
-    .unwrap()
-    .count();
+    let migrations = std::fs::read_dir(concat!(env!("CARGO_MANIFEST_DIR"), "/migrations/postgres"))
+        .unwrap()
+        .count();
     assert_eq!(applied as usize, migrations, "each migration applied once");
 
     // They share one database.

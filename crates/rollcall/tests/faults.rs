@@ -71,7 +71,9 @@ impl SmallDisk {
                     std::env::var("ROLLCALL_REQUIRE_FAULTS").as_deref() != Ok("1"),
                     "ROLLCALL_REQUIRE_FAULTS=1 but no small filesystem could be mounted: {why}"
                 );
-                eprintln!("SKIPPED: a storage-fault test needs root to mount a loop device ({why})");
+                rollcall_store::testing::skip(&format!(
+                    "the storage-fault tests mount a loop device, which needs root ({why})"
+                ));
                 None
             }
         }
@@ -124,8 +126,11 @@ impl SmallDisk {
     fn immutable(&self, files: &[PathBuf], on: bool) {
         for f in files {
             if f.exists() {
-                run("chattr", &[if on { "+i" } else { "-i" }, &f.display().to_string()])
-                    .expect("chattr");
+                run(
+                    "chattr",
+                    &[if on { "+i" } else { "-i" }, &f.display().to_string()],
+                )
+                .expect("chattr");
             }
         }
     }
@@ -153,7 +158,11 @@ impl StreamLog {
         let task = tokio::spawn(async move {
             let http = reqwest::Client::new();
             loop {
-                let last = out.lock().unwrap().last().map(|e| e["seq"].as_i64().unwrap());
+                let last = out
+                    .lock()
+                    .unwrap()
+                    .last()
+                    .map(|e| e["seq"].as_i64().unwrap());
                 let mut req = http
                     .get(format!("{}/v1/events/stream", target.get()))
                     .bearer_auth(ADMIN);
@@ -275,7 +284,12 @@ impl Heart {
 }
 
 /// Registers `name`; `None` when refused with 503 (counted).
-async fn try_register(api: &Api, acks: &mut Acks, name: &str, interval_ms: u64) -> Option<Registered> {
+async fn try_register(
+    api: &Api,
+    acks: &mut Acks,
+    name: &str,
+    interval_ms: u64,
+) -> Option<Registered> {
     let (status, body) = api
         .post(
             "/v1/workers",
@@ -321,11 +335,18 @@ async fn episode(api: &Api, acks: &mut Acks, tag: &str, fault: &dyn Fault) -> Ve
         );
     }
     // Some graceful offlines and deletions before the fault, acknowledged.
-    let w = try_register(api, acks, &format!("{tag}-bye"), 300).await.unwrap();
-    let (status, body) = api.post(&format!("/v1/workers/{}/offline", w.id), json!({})).await;
+    let w = try_register(api, acks, &format!("{tag}-bye"), 300)
+        .await
+        .unwrap();
+    let (status, body) = api
+        .post(&format!("/v1/workers/{}/offline", w.id), json!({}))
+        .await;
     assert_eq!(status, StatusCode::OK, "{body}");
-    acks.offline.push((w.id.clone(), body["session"].as_u64().unwrap()));
-    let w = try_register(api, acks, &format!("{tag}-gone"), 300).await.unwrap();
+    acks.offline
+        .push((w.id.clone(), body["session"].as_u64().unwrap()));
+    let w = try_register(api, acks, &format!("{tag}-gone"), 300)
+        .await
+        .unwrap();
     let resp = api
         .http
         .delete(format!("{}/v1/workers/{}", api.base, w.id))
@@ -355,9 +376,13 @@ async fn episode(api: &Api, acks: &mut Acks, tag: &str, fault: &dyn Fault) -> Ve
         // A graceful offline of a worker registered during the fault: it
         // is acknowledged only if it committed.
         if let Some(w) = r {
-            let (status, body) = api.post(&format!("/v1/workers/{}/offline", w.id), json!({})).await;
+            let (status, body) = api
+                .post(&format!("/v1/workers/{}/offline", w.id), json!({}))
+                .await;
             match status {
-                StatusCode::OK => acks.offline.push((w.id.clone(), body["session"].as_u64().unwrap())),
+                StatusCode::OK => acks
+                    .offline
+                    .push((w.id.clone(), body["session"].as_u64().unwrap())),
                 StatusCode::SERVICE_UNAVAILABLE => acks.refused += 1,
                 other => panic!("offline answered {other}: {body}"),
             }
@@ -366,7 +391,10 @@ async fn episode(api: &Api, acks: &mut Acks, tag: &str, fault: &dyn Fault) -> Ve
         if status == StatusCode::SERVICE_UNAVAILABLE {
             assert_eq!(body["error"]["code"], "unavailable", "{body}");
             assert!(
-                body["error"]["message"].as_str().unwrap().contains("cannot commit"),
+                body["error"]["message"]
+                    .as_str()
+                    .unwrap()
+                    .contains("cannot commit"),
                 "/readyz names the reason: {body}"
             );
             unready = true;
@@ -383,10 +411,14 @@ async fn episode(api: &Api, acks: &mut Acks, tag: &str, fault: &dyn Fault) -> Ve
     .await;
     // Every silent worker is detected once the store commits again.
     for w in &silent {
-        eventually(RECOVERY, "a silent worker marked offline after recovery", || async {
-            let v = api.worker(&w.id).await;
-            (v["status"] == "offline").then_some(v)
-        })
+        eventually(
+            RECOVERY,
+            "a silent worker marked offline after recovery",
+            || async {
+                let v = api.worker(&w.id).await;
+                (v["status"] == "offline").then_some(v)
+            },
+        )
         .await;
     }
     // And changes are taken again, without a restart.
@@ -401,29 +433,47 @@ async fn episode(api: &Api, acks: &mut Acks, tag: &str, fault: &dyn Fault) -> Ve
 async fn verify(api: &Api, acks: &Acks, streamed: &[Value], live: &[Registered]) {
     // The stream: strictly increasing seq, each event in the log as sent.
     let log = api.events("").await;
-    let by_seq: BTreeMap<i64, &Value> = log.iter().map(|e| (e["seq"].as_i64().unwrap(), e)).collect();
+    let by_seq: BTreeMap<i64, &Value> = log
+        .iter()
+        .map(|e| (e["seq"].as_i64().unwrap(), e))
+        .collect();
     let mut last = 0;
     for e in streamed {
         let seq = e["seq"].as_i64().unwrap();
-        assert!(seq > last, "stream seq {seq} after {last}: not strictly increasing");
+        assert!(
+            seq > last,
+            "stream seq {seq} after {last}: not strictly increasing"
+        );
         last = seq;
         let stored = by_seq
             .get(&seq)
             .unwrap_or_else(|| panic!("streamed event {e} is not in the log"));
         for key in ["type", "worker_id", "machine_id", "reason", "session", "at"] {
-            assert_eq!(e[key], stored[key], "event {seq}: streamed {e}, stored {stored}");
+            assert_eq!(
+                e[key], stored[key],
+                "event {seq}: streamed {e}, stored {stored}"
+            );
         }
     }
     // The log itself has no gap: a rolled-back transaction never used a seq
     // that a later commit skipped.
     let seqs: Vec<i64> = by_seq.keys().copied().collect();
     for pair in seqs.windows(2) {
-        assert_eq!(pair[1], pair[0] + 1, "the log has a gap after seq {}", pair[0]);
+        assert_eq!(
+            pair[1],
+            pair[0] + 1,
+            "the log has a gap after seq {}",
+            pair[0]
+        );
     }
     // Acknowledged registrations.
     for (id, session) in &acks.registered {
         let (status, w) = api.get(&format!("/v1/workers/{id}")).await;
-        assert_eq!(status, StatusCode::OK, "acknowledged worker {id} is gone: {w}");
+        assert_eq!(
+            status,
+            StatusCode::OK,
+            "acknowledged worker {id} is gone: {w}"
+        );
         assert!(
             w["session"].as_u64().unwrap() >= *session,
             "worker {id}: session {} < acknowledged {session}",
@@ -464,7 +514,8 @@ async fn verify(api: &Api, acks: &Acks, streamed: &[Value], live: &[Registered])
     // No heartbeating worker was ever taken for dead.
     for w in live {
         assert!(
-            !log.iter().any(|e| e["type"] == "worker.offline" && e["worker_id"] == w.id.as_str()),
+            !log.iter()
+                .any(|e| e["type"] == "worker.offline" && e["worker_id"] == w.id.as_str()),
             "live worker {} was marked offline",
             w.id
         );
@@ -489,7 +540,11 @@ async fn drill(serve: Serve, episodes: usize, fault: &dyn Fault) {
 
     let mut live = Vec::new();
     for i in 0..10 {
-        live.push(try_register(&api, &mut acks, &format!("live-{i}"), 1000).await.unwrap());
+        live.push(
+            try_register(&api, &mut acks, &format!("live-{i}"), 1000)
+                .await
+                .unwrap(),
+        );
     }
     let heart = Heart::start(&target, &live);
 
@@ -499,7 +554,10 @@ async fn drill(serve: Serve, episodes: usize, fault: &dyn Fault) {
     assert!(acks.refused > 0 && acks.unready_seen);
 
     let bad_beats = heart.stop().await;
-    assert_eq!(bad_beats, 0, "heartbeats of live workers were refused or resumed them");
+    assert_eq!(
+        bad_beats, 0,
+        "heartbeats of live workers were refused or resumed them"
+    );
     let tail = api.events("").await;
     let last_seq = tail.last().map(|e| e["seq"].as_i64().unwrap()).unwrap_or(0);
     stream.caught_up(last_seq).await;
@@ -508,7 +566,11 @@ async fn drill(serve: Serve, episodes: usize, fault: &dyn Fault) {
 
     // What the store holds, read by a fresh process.
     let (status, _) = server.stop_with("TERM").await;
-    assert!(status.success(), "the server exits cleanly: {}", server.stderr());
+    assert!(
+        status.success(),
+        "the server exits cleanly: {}",
+        server.stderr()
+    );
     // One error line per incident, not one per refused request (a full
     // disk can let a small commit through mid-incident, which ends it), and
     // each incident's end is logged.
@@ -519,7 +581,10 @@ async fn drill(serve: Serve, episodes: usize, fault: &dyn Fault) {
         "{incidents} incident lines for {episodes} faults and {} refusals:\n{log_text}",
         acks.refused
     );
-    assert_eq!(log_text.matches("the store commits again").count(), incidents);
+    assert_eq!(
+        log_text.matches("the store commits again").count(),
+        incidents
+    );
     let server = serve.spawn().await;
     verify(&server.admin(), &acks, &streamed, &live).await;
 }
@@ -556,14 +621,18 @@ impl Fault for IoErrors {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_full_disk_twice_loses_nothing_and_recovers_without_restart() {
-    let Some(disk) = SmallDisk::mount(48) else { return };
+    let Some(disk) = SmallDisk::mount(48) else {
+        return;
+    };
     let serve = Serve::new(&disk.path().join("data"));
     drill(serve, 2, &FullDisk(disk)).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn io_errors_twice_lose_nothing_and_recover_without_restart() {
-    let Some(disk) = SmallDisk::mount(48) else { return };
+    let Some(disk) = SmallDisk::mount(48) else {
+        return;
+    };
     let data = disk.path().join("data");
     let db = data.join("rollcall.db");
     let mut wal = db.as_os_str().to_owned();
@@ -623,7 +692,10 @@ struct PgKilledConnections {
 impl Fault for PgKilledConnections {
     async fn on(&self) {
         let stop = Arc::new(AtomicBool::new(false));
-        let task = tokio::spawn(kill_pool_connections(self.db.url().to_owned(), stop.clone()));
+        let task = tokio::spawn(kill_pool_connections(
+            self.db.url().to_owned(),
+            stop.clone(),
+        ));
         *self.killer.lock().unwrap() = Some((stop, task));
     }
     async fn off(&self) {
@@ -657,7 +729,9 @@ async fn kill_pool_connections(url: String, stop: Arc<AtomicBool>) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn postgres_refusing_writes_twice_loses_nothing_and_recovers() {
-    let Some(db) = pg::Database::create().await else { return };
+    let Some(db) = pg::Database::create().await else {
+        return;
+    };
     let dir = data_dir();
     let serve = Serve::new(dir.path()).args(&["--database-url", db.url()]);
     drill(serve, 2, &PgDiskFull(db)).await;
@@ -665,7 +739,9 @@ async fn postgres_refusing_writes_twice_loses_nothing_and_recovers() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn postgres_connections_killed_mid_commit_lose_nothing_and_recover() {
-    let Some(db) = pg::Database::create().await else { return };
+    let Some(db) = pg::Database::create().await else {
+        return;
+    };
     let dir = data_dir();
     let serve = Serve::new(dir.path()).args(&["--database-url", db.url()]);
     let fault = PgKilledConnections {
@@ -687,7 +763,9 @@ struct PgStatementTimeouts {
 impl Fault for PgStatementTimeouts {
     async fn on(&self) {
         use sqlx::Connection;
-        let mut conn = sqlx::PgConnection::connect(self.db.url()).await.expect("connect");
+        let mut conn = sqlx::PgConnection::connect(self.db.url())
+            .await
+            .expect("connect");
         sqlx::raw_sql(
             "SET statement_timeout = 0; BEGIN; \
              LOCK TABLE workers, machines, events, tokens, rollcall_probe IN EXCLUSIVE MODE",
@@ -699,13 +777,18 @@ impl Fault for PgStatementTimeouts {
     }
     async fn off(&self) {
         let mut conn = self.holder.lock().await.take().expect("on before off");
-        sqlx::raw_sql("ROLLBACK").execute(&mut conn).await.expect("unlock");
+        sqlx::raw_sql("ROLLBACK")
+            .execute(&mut conn)
+            .await
+            .expect("unlock");
     }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn postgres_statement_timeouts_lose_nothing_and_recover() {
-    let Some(db) = pg::Database::create().await else { return };
+    let Some(db) = pg::Database::create().await else {
+        return;
+    };
     db.execute(&format!(
         "ALTER DATABASE {} SET statement_timeout = '1s'",
         db.name()
@@ -739,7 +822,9 @@ impl Rng {
 /// `ROLLCALL_FAULT_SEED` replays one.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn random_operations_under_random_io_errors_keep_every_acknowledgement() {
-    let Some(disk) = SmallDisk::mount(48) else { return };
+    let Some(disk) = SmallDisk::mount(48) else {
+        return;
+    };
     let seed = std::env::var("ROLLCALL_FAULT_SEED")
         .ok()
         .and_then(|s| s.parse().ok())
@@ -808,7 +893,9 @@ async fn random_operations_under_random_io_errors_keep_every_acknowledgement() {
                 }
             }
             (2, Some(w)) => {
-                let (status, body) = api.post(&format!("/v1/workers/{}/drain", w.id), json!({})).await;
+                let (status, body) = api
+                    .post(&format!("/v1/workers/{}/drain", w.id), json!({}))
+                    .await;
                 match status {
                     StatusCode::OK => {
                         if body["status"] == "draining" {
@@ -827,9 +914,13 @@ async fn random_operations_under_random_io_errors_keep_every_acknowledgement() {
                 }
             }
             (3, Some(w)) => {
-                let (status, body) = api.post(&format!("/v1/workers/{}/offline", w.id), json!({})).await;
+                let (status, body) = api
+                    .post(&format!("/v1/workers/{}/offline", w.id), json!({}))
+                    .await;
                 match status {
-                    StatusCode::OK => acks.offline.push((w.id.clone(), body["session"].as_u64().unwrap())),
+                    StatusCode::OK => acks
+                        .offline
+                        .push((w.id.clone(), body["session"].as_u64().unwrap())),
                     StatusCode::SERVICE_UNAVAILABLE => acks.refused += 1,
                     other => panic!("step {step}: offline answered {other}: {body}"),
                 }
