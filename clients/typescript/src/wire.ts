@@ -138,7 +138,12 @@ export interface paths {
             path?: never;
             cookie?: never;
         };
-        /** Readiness: the store answers. */
+        /**
+         * Readiness: the store can commit. Unless a write finished within the
+         *     last second, a one-row write transaction proves it (a full disk, an I/O
+         *     error or a lost database fail it); while the last write failed, the
+         *     answer is 503 with the reason.
+         */
         get: {
             parameters: {
                 query?: never;
@@ -158,7 +163,7 @@ export interface paths {
                         "text/plain": string;
                     };
                 };
-                /** @description The store does not answer */
+                /** @description The store cannot commit, or does not answer */
                 503: {
                     headers: {
                         [name: string]: unknown;
