@@ -222,8 +222,10 @@ impl Drop for StreamLog {
 struct Acks {
     /// Acknowledged registrations: worker id → the latest session told.
     registered: HashMap<String, u64>,
-    /// Acknowledged graceful offlines: (worker id, session).
-    offline: Vec<(String, u64)>,
+    /// Acknowledged offlines: (worker id, session, the reason answered). An
+    /// offline call on a worker already offline answers its current state
+    /// and records nothing (idempotent), so the reason may be `stale`.
+    offline: Vec<(String, u64, String)>,
     /// Other acknowledged transitions, each of which must be in the log:
     /// (event type, reason, worker id, session).
     transitions: Vec<(&'static str, Option<&'static str>, String, u64)>,
@@ -233,6 +235,18 @@ struct Acks {
     refused: usize,
     /// Whether `/readyz` answered 503.
     unready_seen: bool,
+}
+
+impl Acks {
+    /// Records a 200 answer of `POST /v1/workers/{id}/offline`.
+    fn offline_answered(&mut self, worker: &Value) {
+        assert_eq!(worker["status"], "offline", "{worker}");
+        self.offline.push((
+            worker["id"].as_str().unwrap().to_owned(),
+            worker["session"].as_u64().unwrap(),
+            worker["offline_reason"].as_str().unwrap().to_owned(),
+        ));
+    }
 }
 
 /// Keeps `ids` heartbeating in one batch request every 200 ms and counts
@@ -342,8 +356,7 @@ async fn episode(api: &Api, acks: &mut Acks, tag: &str, fault: &dyn Fault) -> Ve
         .post(&format!("/v1/workers/{}/offline", w.id), json!({}))
         .await;
     assert_eq!(status, StatusCode::OK, "{body}");
-    acks.offline
-        .push((w.id.clone(), body["session"].as_u64().unwrap()));
+    acks.offline_answered(&body);
     let w = try_register(api, acks, &format!("{tag}-gone"), 300)
         .await
         .unwrap();
@@ -380,9 +393,7 @@ async fn episode(api: &Api, acks: &mut Acks, tag: &str, fault: &dyn Fault) -> Ve
                 .post(&format!("/v1/workers/{}/offline", w.id), json!({}))
                 .await;
             match status {
-                StatusCode::OK => acks
-                    .offline
-                    .push((w.id.clone(), body["session"].as_u64().unwrap())),
+                StatusCode::OK => acks.offline_answered(&body),
                 StatusCode::SERVICE_UNAVAILABLE => acks.refused += 1,
                 other => panic!("offline answered {other}: {body}"),
             }
@@ -487,13 +498,13 @@ async fn verify(api: &Api, acks: &Acks, streamed: &[Value], live: &[Registered])
         );
     }
     // Acknowledged offlines.
-    for (id, session) in &acks.offline {
+    for (id, session, reason) in &acks.offline {
         assert!(
             log.iter().any(|e| e["type"] == "worker.offline"
                 && e["worker_id"] == id.as_str()
                 && e["session"] == *session
-                && e["reason"] == "shutdown"),
-            "the acknowledged offline of {id} (session {session}) is not in the log"
+                && e["reason"] == reason.as_str()),
+            "the acknowledged offline ({reason}) of {id} (session {session}) is not in the log"
         );
     }
     // Other acknowledged transitions.
@@ -918,9 +929,7 @@ async fn random_operations_under_random_io_errors_keep_every_acknowledgement() {
                     .post(&format!("/v1/workers/{}/offline", w.id), json!({}))
                     .await;
                 match status {
-                    StatusCode::OK => acks
-                        .offline
-                        .push((w.id.clone(), body["session"].as_u64().unwrap())),
+                    StatusCode::OK => acks.offline_answered(&body),
                     StatusCode::SERVICE_UNAVAILABLE => acks.refused += 1,
                     other => panic!("step {step}: offline answered {other}: {body}"),
                 }
@@ -937,7 +946,7 @@ async fn random_operations_under_random_io_errors_keep_every_acknowledgement() {
                     StatusCode::NO_CONTENT => {
                         acks.deleted.insert(w.id.clone());
                         acks.registered.remove(&w.id);
-                        acks.offline.retain(|(id, _)| *id != w.id);
+                        acks.offline.retain(|(id, _, _)| *id != w.id);
                         acks.transitions.retain(|(_, _, id, _)| *id != w.id);
                         known.remove(&name);
                     }
