@@ -584,11 +584,15 @@ async fn drill(serve: Serve, episodes: usize, fault: &dyn Fault) {
     );
     // One error line per incident, not one per refused request (a full
     // disk can let a small commit through mid-incident, which ends it), and
-    // each incident's end is logged.
+    // each incident's end is logged. A background write no client sees (the
+    // heartbeat flush, the readiness probe) can fail first and open an
+    // incident of its own; an intermittent fault (killed connections) can
+    // let a background write through and fail the next: at most two more
+    // per fault.
     let log_text = server.stderr();
     let incidents = log_text.matches("the store cannot commit").count();
     assert!(
-        incidents >= episodes && incidents <= acks.refused,
+        incidents >= episodes && incidents <= acks.refused + 2 * episodes,
         "{incidents} incident lines for {episodes} faults and {} refusals:\n{log_text}",
         acks.refused
     );
