@@ -37,6 +37,12 @@ pub struct RawConfig {
     pub admin_token: Option<String>,
     pub admin_token_file: Option<String>,
     pub advertise_url: Option<String>,
+    pub header_read_timeout: Option<String>,
+    pub body_read_timeout: Option<String>,
+    pub idle_timeout: Option<String>,
+    pub max_connections: Option<String>,
+    pub max_streams: Option<String>,
+    pub max_streams_per_token: Option<String>,
 }
 
 /// A configuration problem, naming the key.
@@ -74,6 +80,41 @@ pub struct Config {
     /// How the other replicas reach this one (PostgreSQL mode); `None`
     /// means `http://` + the address it listens on.
     pub advertise_url: Option<String>,
+    /// Connection limits and timeouts.
+    pub limits: Limits,
+}
+
+/// What one client may hold of the server: connection timeouts and caps.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Limits {
+    /// How long a request's head may take to arrive, counted from the
+    /// connection's start (first request) or from its first byte (later
+    /// requests).
+    pub header_read_timeout: Duration,
+    /// How long a request's body may take to arrive, counted from the end
+    /// of its head.
+    pub body_read_timeout: Duration,
+    /// How long a keep-alive connection may wait for its next request.
+    pub idle_timeout: Duration,
+    /// Open connections at most (lowered at start to fit the file limit).
+    pub max_connections: usize,
+    /// Open event streams at most.
+    pub max_streams: usize,
+    /// Open event streams per token at most.
+    pub max_streams_per_token: usize,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            header_read_timeout: Duration::from_secs(10),
+            body_read_timeout: Duration::from_secs(30),
+            idle_timeout: Duration::from_secs(75),
+            max_connections: 10_000,
+            max_streams: 1_000,
+            max_streams_per_token: 32,
+        }
+    }
 }
 
 impl Config {
@@ -108,6 +149,7 @@ impl fmt::Debug for Config {
             .field("admin_token", &self.admin_token.as_ref().map(|_| "<set>"))
             .field("admin_token_file", &self.admin_token_file)
             .field("advertise_url", &self.advertise_url)
+            .field("limits", &self.limits)
             .finish()
     }
 }
@@ -142,6 +184,18 @@ pub fn parse_duration(key: &'static str, s: &str) -> Result<Duration, ConfigErro
 
 fn opt_duration(key: &'static str, v: &Option<String>) -> Result<Option<Duration>, ConfigError> {
     v.as_deref().map(|s| parse_duration(key, s)).transpose()
+}
+
+fn opt_count(key: &'static str, v: &Option<String>) -> Result<Option<usize>, ConfigError> {
+    v.as_deref()
+        .map(|s| match s.trim().parse::<usize>() {
+            Ok(n) if n > 0 => Ok(n),
+            _ => Err(invalid(
+                key,
+                format!("{s:?} is not a whole number greater than zero"),
+            )),
+        })
+        .transpose()
 }
 
 fn addr(key: &'static str, s: &str) -> Result<SocketAddr, ConfigError> {
@@ -184,7 +238,13 @@ impl RawConfig {
             event_retention,
             admin_token,
             admin_token_file,
-            advertise_url
+            advertise_url,
+            header_read_timeout,
+            body_read_timeout,
+            idle_timeout,
+            max_connections,
+            max_streams,
+            max_streams_per_token
         )
     }
 
@@ -278,6 +338,30 @@ impl RawConfig {
             other => other.map(|t| t.trim().to_owned()),
         };
 
+        let d = Limits::default();
+        let limits = Limits {
+            header_read_timeout: opt_duration("header_read_timeout", &self.header_read_timeout)?
+                .unwrap_or(d.header_read_timeout),
+            body_read_timeout: opt_duration("body_read_timeout", &self.body_read_timeout)?
+                .unwrap_or(d.body_read_timeout),
+            idle_timeout: opt_duration("idle_timeout", &self.idle_timeout)?
+                .unwrap_or(d.idle_timeout),
+            max_connections: opt_count("max_connections", &self.max_connections)?
+                .unwrap_or(d.max_connections),
+            max_streams: opt_count("max_streams", &self.max_streams)?.unwrap_or(d.max_streams),
+            max_streams_per_token: opt_count("max_streams_per_token", &self.max_streams_per_token)?
+                .unwrap_or(d.max_streams_per_token),
+        };
+        if limits.max_streams >= limits.max_connections {
+            return Err(invalid(
+                "max_streams",
+                format!(
+                    "must be below max_connections ({}): every stream holds a connection",
+                    limits.max_connections
+                ),
+            ));
+        }
+
         Ok(Config {
             listen,
             database_url,
@@ -302,6 +386,7 @@ impl RawConfig {
             admin_token,
             admin_token_file: self.admin_token_file.map(PathBuf::from),
             advertise_url,
+            limits,
         })
     }
 }
@@ -335,6 +420,24 @@ mod tests {
         assert_eq!(c.policy.max_stale_after, Duration::from_secs(86_400));
         assert_eq!(c.forget_offline_after, Duration::from_secs(7 * 86_400));
         assert_eq!(c.event_retention, Duration::from_secs(30 * 86_400));
+        assert_eq!(c.limits, Limits::default());
+    }
+
+    #[test]
+    fn limits_are_checked() {
+        let c = raw(&[("idle_timeout", "5s"), ("max_connections", "500")])
+            .resolve()
+            .unwrap();
+        assert_eq!(c.limits.idle_timeout, Duration::from_secs(5));
+        assert_eq!(c.limits.max_connections, 500);
+        let e = raw(&[("max_connections", "0")]).resolve().unwrap_err();
+        assert!(e.to_string().contains("`max_connections`"), "{e}");
+        let e = raw(&[("max_connections", "100"), ("max_streams", "100")])
+            .resolve()
+            .unwrap_err();
+        assert!(e.to_string().contains("`max_streams`"), "{e}");
+        let e = raw(&[("header_read_timeout", "0s")]).resolve().unwrap_err();
+        assert!(e.to_string().contains("`header_read_timeout`"), "{e}");
     }
 
     #[test]

@@ -36,6 +36,7 @@ pub mod cleanup;
 pub mod clock;
 pub mod cluster;
 pub mod config;
+pub mod conn;
 pub mod detector;
 pub mod engine;
 pub mod flush;
@@ -219,6 +220,8 @@ pub(crate) struct Shared {
     /// Whether the store can commit; `store` reports every write to it.
     pub(crate) health: Arc<health::StoreHealth>,
     pub(crate) stream: StreamSettings,
+    /// The open event streams (shared by every role this server takes).
+    pub(crate) streams: Arc<api::stream::StreamSlots>,
     /// Cancelled when the server shuts down.
     pub(crate) shutdown: CancellationToken,
 }
@@ -244,6 +247,7 @@ impl Shared {
             store_health: self.health.clone(),
             metrics_token: self.config.metrics_token.as_deref().map(TokenHash::of),
             stream: self.stream,
+            streams: self.streams.clone(),
             shutdown: self.shutdown.child_token(),
         }
     }
@@ -575,7 +579,12 @@ pub(crate) async fn prepare(
         store.all_tokens().await?,
         configured_admin.as_deref(),
     ));
+    let streams = api::stream::StreamSlots::new(
+        config.limits.max_streams,
+        config.limits.max_streams_per_token,
+    );
     let shared = Shared {
+        streams,
         config: Arc::new(config),
         store,
         tokens,
@@ -610,10 +619,9 @@ pub(crate) fn serve_metrics(
     info!(%addr, "serving /metrics on its own listener");
     let app = app.layer(catch_panic());
     let stop = shared.shutdown.clone();
+    let settings = serve_settings(shared);
     tokio::spawn(async move {
-        let served = axum::serve(listener, app)
-            .with_graceful_shutdown(async move { stop.cancelled().await })
-            .await;
+        let served = conn::serve(listener, app, settings, stop).await;
         if let Err(e) = served {
             warn!(error = %e, "the metrics listener failed");
         }
@@ -649,13 +657,30 @@ pub(crate) fn serve_http(
         .layer(catch_panic());
     let stop = shared.shutdown.clone();
     // Connections that stop reading are closed rather than waited for, so
-    // an event stream to a stuck client cannot hang shutdown.
-    let listener = api::stream::GuardedListener::new(listener, shared.stream, stop.clone());
-    tokio::spawn(async move {
-        axum::serve(listener, app)
-            .with_graceful_shutdown(async move { stop.cancelled().await })
-            .await
-    })
+    // an event stream to a stuck client cannot hang shutdown; see `conn`
+    // for the timeouts and the cap.
+    tokio::spawn(conn::serve(listener, app, serve_settings(shared), stop))
+}
+
+/// The connection limits in force: the configured ones, with the cap
+/// lowered to fit the open-file limit (raised first).
+fn serve_settings(shared: &Shared) -> conn::ServeSettings {
+    let limits = shared.config.limits;
+    let fd_limit = conn::raise_fd_limit();
+    let max_connections = conn::effective_max_connections(limits.max_connections, fd_limit);
+    if max_connections < limits.max_connections {
+        warn!(
+            configured = limits.max_connections,
+            in_force = max_connections,
+            open_file_limit = fd_limit,
+            "max_connections lowered to leave file descriptors for the rest of the server"
+        );
+    }
+    conn::ServeSettings {
+        limits,
+        max_connections,
+        stream: shared.stream,
+    }
 }
 
 /// Runs rollcall on `listener` until `shutdown` resolves, then shuts down

@@ -148,9 +148,12 @@ pub async fn read_body(body: Body, limit: usize) -> Result<bytes::Bytes, ApiErro
         Err(e) if e.is::<http_body_util::LengthLimitError>() => {
             Err(ApiError::PayloadTooLarge(limit))
         }
-        Err(e) => Err(ApiError::invalid(format!(
-            "could not read the request body: {e}"
-        ))),
+        Err(e) => match crate::conn::is_body_timeout(e.as_ref()) {
+            Some(limit) => Err(ApiError::RequestTimeout(limit)),
+            None => Err(ApiError::invalid(format!(
+                "could not read the request body: {e}"
+            ))),
+        },
     }
 }
 

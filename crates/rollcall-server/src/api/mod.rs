@@ -51,6 +51,8 @@ pub struct AppState {
     pub metrics_token: Option<TokenHash>,
     /// Timings of `GET /v1/events/stream`.
     pub stream: stream::StreamSettings,
+    /// The open event streams and their limits.
+    pub streams: Arc<stream::StreamSlots>,
     /// Cancelled when the server shuts down, so that the responses that
     /// never end by themselves (event streams) end and shutdown completes.
     pub shutdown: CancellationToken,
