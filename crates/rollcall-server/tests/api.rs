@@ -3101,3 +3101,71 @@ async fn a_request_refused_before_its_body_was_read_still_gets_its_answer() {
         assert_eq!(r.status, 200);
     }
 }
+
+#[tokio::test]
+async fn control_and_bidi_characters_in_free_text_are_400_naming_the_field() {
+    let app = spawn_app().await;
+    let enroll = app.token("enroll").await;
+    let bad = [
+        "\u{1b}[2J\u{1b}[H",
+        "fake\nline",
+        "nul\0",
+        "del\u{7f}",
+        "c1\u{9b}31m",
+        "evil\u{202e}txt.exe",
+        "iso\u{2066}late",
+        "sep\u{2028}arator",
+    ];
+    for b in bad {
+        let cases = [
+            (
+                json!({"name": "w", "machine": {"id": "m1", "hostname": b}}),
+                "machine.hostname",
+            ),
+            (
+                json!({"name": "w", "machine": {"id": "m1"}, "labels": {b: "v"}}),
+                "labels",
+            ),
+            (
+                json!({"name": "w", "machine": {"id": "m1"}, "labels": {"k": b}}),
+                "labels",
+            ),
+            (
+                json!({"name": "w", "machine": {"id": "m1", "labels": {b: "v"}}}),
+                "machine.labels",
+            ),
+            (
+                json!({"name": "w", "machine": {"id": "m1", "labels": {"k": b}}}),
+                "machine.labels",
+            ),
+        ];
+        for (body, field) in cases {
+            let r = app.post("/v1/workers", &enroll, body.clone()).await;
+            let e = r.expect(400);
+            assert_eq!(e["error"]["code"], "invalid_request");
+            let msg = e["error"]["message"].as_str().unwrap();
+            assert!(msg.starts_with(field), "{body}: {msg}");
+            assert!(!msg.contains(b), "the message does not echo it: {msg:?}");
+        }
+        let r = app
+            .post("/v1/tokens", &app.admin, json!({"kind": "read", "name": b}))
+            .await;
+        let e = r.expect(400);
+        assert!(
+            e["error"]["message"].as_str().unwrap().starts_with("name "),
+            "{e}"
+        );
+    }
+    // Nothing was created; ordinary Unicode is fine.
+    assert!(app.workers().await.is_empty());
+    assert_eq!(app.tokens().await.len(), 1, "only the enroll token");
+    let ok = app
+        .post(
+            "/v1/workers",
+            &enroll,
+            json!({"name": "w", "machine": {"id": "m1", "hostname": "Zürich 日本 🚀",
+                "labels": {"région": "ÎLE"}}, "labels": {"queue": "gpu a"}}),
+        )
+        .await;
+    ok.expect(201);
+}

@@ -49,6 +49,7 @@ pub async fn create(
     if name_len == 0 || name_len > 128 {
         return Err(ApiError::invalid("name must be 1 to 128 characters"));
     }
+    rollcall_core::check_text(&req.name).map_err(|e| ApiError::invalid(format!("name {e}")))?;
     let now = s.clock.now();
     let expires_at = match req.expires_in_ms {
         None => None,

@@ -35,7 +35,8 @@ fn labels(
     map: Option<std::collections::BTreeMap<String, String>>,
     what: &str,
 ) -> Result<Labels, ApiError> {
-    Labels::parse(map.unwrap_or_default()).map_err(|e| ApiError::invalid(format!("{what}: {e}")))
+    Labels::parse_input(map.unwrap_or_default())
+        .map_err(|e| ApiError::invalid(format!("{what}: {e}")))
 }
 
 /// Register a worker (or register it again).
@@ -66,6 +67,8 @@ pub async fn register(
                 "machine.hostname must be 1 to {MAX_HOSTNAME} characters"
             )));
         }
+        rollcall_core::check_text(h)
+            .map_err(|e| ApiError::invalid(format!("machine.hostname {e}")))?;
     }
     let machine_labels = match req.machine.labels {
         Some(m) => Some(labels(Some(m), "machine.labels")?),
