@@ -43,6 +43,8 @@ pub struct RawConfig {
     pub max_connections: Option<String>,
     pub max_streams: Option<String>,
     pub max_streams_per_token: Option<String>,
+    pub failed_auth_burst: Option<String>,
+    pub failed_auth_refill: Option<String>,
 }
 
 /// A configuration problem, naming the key.
@@ -102,6 +104,11 @@ pub struct Limits {
     pub max_streams: usize,
     /// Open event streams per token at most.
     pub max_streams_per_token: usize,
+    /// Failed authentications a client address may make in a burst before
+    /// further failures are answered 429.
+    pub failed_auth_burst: usize,
+    /// How often a client address regains one failed attempt.
+    pub failed_auth_refill: Duration,
 }
 
 impl Default for Limits {
@@ -113,6 +120,8 @@ impl Default for Limits {
             max_connections: 10_000,
             max_streams: 1_000,
             max_streams_per_token: 32,
+            failed_auth_burst: 100,
+            failed_auth_refill: Duration::from_millis(100),
         }
     }
 }
@@ -244,7 +253,9 @@ impl RawConfig {
             idle_timeout,
             max_connections,
             max_streams,
-            max_streams_per_token
+            max_streams_per_token,
+            failed_auth_burst,
+            failed_auth_refill
         )
     }
 
@@ -351,6 +362,10 @@ impl RawConfig {
             max_streams: opt_count("max_streams", &self.max_streams)?.unwrap_or(d.max_streams),
             max_streams_per_token: opt_count("max_streams_per_token", &self.max_streams_per_token)?
                 .unwrap_or(d.max_streams_per_token),
+            failed_auth_burst: opt_count("failed_auth_burst", &self.failed_auth_burst)?
+                .unwrap_or(d.failed_auth_burst),
+            failed_auth_refill: opt_duration("failed_auth_refill", &self.failed_auth_refill)?
+                .unwrap_or(d.failed_auth_refill),
         };
         if limits.max_streams >= limits.max_connections {
             return Err(invalid(

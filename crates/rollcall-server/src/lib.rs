@@ -222,6 +222,8 @@ pub(crate) struct Shared {
     pub(crate) stream: StreamSettings,
     /// The open event streams (shared by every role this server takes).
     pub(crate) streams: Arc<api::stream::StreamSlots>,
+    /// Failed authentications per client address.
+    pub(crate) throttle: Arc<auth::FailureThrottle>,
     /// Cancelled when the server shuts down.
     pub(crate) shutdown: CancellationToken,
 }
@@ -248,6 +250,7 @@ impl Shared {
             metrics_token: self.config.metrics_token.as_deref().map(TokenHash::of),
             stream: self.stream,
             streams: self.streams.clone(),
+            throttle: self.throttle.clone(),
             shutdown: self.shutdown.child_token(),
         }
     }
@@ -583,8 +586,13 @@ pub(crate) async fn prepare(
         config.limits.max_streams,
         config.limits.max_streams_per_token,
     );
+    let throttle = Arc::new(auth::FailureThrottle::new(
+        config.limits.failed_auth_burst,
+        config.limits.failed_auth_refill,
+    ));
     let shared = Shared {
         streams,
+        throttle,
         config: Arc::new(config),
         store,
         tokens,

@@ -814,6 +814,7 @@ async fn events_list_filters_and_pages() {
 async fn batch_heartbeats_answer_in_request_order_per_entry() {
     let app = spawn_app().await;
     let enroll = app.token("enroll").await;
+    let read = app.token("read").await;
     let w1 = app.register_stale("w1", "m", 60_000).await;
     let w2 = app.register_stale("w2", "m", 60_000).await;
     let off = app.register_stale("off", "m", 60_000).await;
@@ -834,12 +835,13 @@ async fn batch_heartbeats_answer_in_request_order_per_entry() {
         {"worker_id": gone.id, "token": gone.token},
         {"worker_id": w2.id, "token": w2.token},
         {"worker_id": UNKNOWN_WORKER, "token": w2.token},
+        {"worker_id": w2.id, "token": read},
     ]});
     let r = app.post("/v1/heartbeats", &enroll, entries.clone()).await;
     let body = r.expect(200).clone();
     assert_keys(&body, &["results"]);
     let results = body["results"].as_array().unwrap();
-    assert_eq!(results.len(), 10);
+    assert_eq!(results.len(), 11);
     for (res, entry) in results
         .iter()
         .zip(entries["heartbeats"].as_array().unwrap())
@@ -865,11 +867,40 @@ async fn batch_heartbeats_answer_in_request_order_per_entry() {
     err(&results[2], "unauthorized");
     err(&results[3], "unauthorized");
     ok(&results[4], 2, true);
-    err(&results[5], "forbidden");
-    err(&results[6], "forbidden");
+    // Valid tokens of other kinds are answered like unknown ones: the batch
+    // tells nothing about a token that is not a worker's.
+    err(&results[5], "unauthorized");
+    err(&results[6], "unauthorized");
+    assert_eq!(results[5]["error"], results[3]["error"]);
     err(&results[7], "unauthorized");
     ok(&results[8], 1, false);
     err(&results[9], "forbidden");
+    err(&results[10], "unauthorized");
+    assert_eq!(results[10]["error"], results[3]["error"]);
+    // …and its last use is not recorded: once another token's use has been
+    // written behind, the read token in the entry still has none.
+    let probe = app.create_token("read", "probe", None).await;
+    app.get("/v1/workers", probe["token"].as_str().unwrap())
+        .await
+        .expect(200);
+    let used = |name: &'static str| {
+        let app = &app;
+        async move {
+            app.tokens()
+                .await
+                .into_iter()
+                .find(|t| t["name"] == name)
+                .map(|t| !t["last_used_at"].is_null())
+                .unwrap()
+        }
+    };
+    wait_until(
+        "the probe token's use is written behind",
+        Duration::from_secs(30),
+        || used("probe"),
+    )
+    .await;
+    assert!(!used("read token").await, "a batch entry recorded a use");
 
     // The resumed worker has its worker.online(heartbeat) event.
     let got: Vec<_> = app.worker_events(&off.id).await.iter().map(brief).collect();

@@ -321,3 +321,41 @@ async fn requests_on_a_kept_alive_connection_are_unaffected() {
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
 }
+
+#[tokio::test]
+async fn failed_authentication_is_throttled_per_address_and_valid_heartbeats_continue() {
+    let app = spawn_app_with(|c| {
+        c.failed_auth_burst = Some("5".into());
+        c.failed_auth_refill = Some("1h".into());
+    })
+    .await;
+    let w = app.register("steady", "host-a").await;
+    let bad = "rc_read_0000000000000000000000000000000000000000000000000000000000000000";
+    let mut statuses = Vec::new();
+    for i in 0..12 {
+        let r = app.get("/v1/workers", bad).await;
+        statuses.push(r.status);
+        if r.status == 429 {
+            assert_eq!(r.body["error"]["code"], "rate_limited", "{}", r.text);
+            let retry: u64 = r.headers["retry-after"].to_str().unwrap().parse().unwrap();
+            assert!(retry >= 1, "Retry-After {retry}");
+        }
+        // A valid heartbeat in between is answered as ever.
+        let hb = app.heartbeat_raw(&w.id, &w.token).await;
+        assert_eq!(hb.status, 200, "heartbeat after {i} failures: {}", hb.text);
+    }
+    assert_eq!(statuses[..5], [401; 5], "{statuses:?}");
+    assert!(statuses[5..].iter().all(|s| *s == 429), "{statuses:?}");
+    // A request without a token counts as a failure too.
+    assert_eq!(
+        app.send(reqwest::Method::GET, "/v1/workers", None, None)
+            .await
+            .status,
+        429
+    );
+    // Valid requests of every kind still pass from the same address.
+    app.get("/v1/workers", &app.admin).await.expect(200);
+    for _ in 0..50 {
+        assert_eq!(app.heartbeat_raw(&w.id, &w.token).await.status, 200);
+    }
+}

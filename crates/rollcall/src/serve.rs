@@ -90,6 +90,13 @@ pub struct ServeArgs {
     /// Open event streams per token at most (default 32).
     #[arg(long, env = "ROLLCALL_MAX_STREAMS_PER_TOKEN", hide_env_values = true)]
     max_streams_per_token: Option<String>,
+    /// Failed authentications per client address in a burst before 429
+    /// (default 100).
+    #[arg(long, env = "ROLLCALL_FAILED_AUTH_BURST", hide_env_values = true)]
+    failed_auth_burst: Option<String>,
+    /// A client address regains one failed attempt this often (default 100ms).
+    #[arg(long, env = "ROLLCALL_FAILED_AUTH_REFILL", hide_env_values = true)]
+    failed_auth_refill: Option<String>,
     /// Log format on stderr.
     #[arg(long, env = "ROLLCALL_LOG_FORMAT", value_enum, default_value = "text")]
     log_format: LogFormat,
@@ -122,6 +129,8 @@ impl ServeArgs {
             max_connections: self.max_connections.clone(),
             max_streams: self.max_streams.clone(),
             max_streams_per_token: self.max_streams_per_token.clone(),
+            failed_auth_burst: self.failed_auth_burst.clone(),
+            failed_auth_refill: self.failed_auth_refill.clone(),
         }
     }
 }

@@ -41,10 +41,30 @@ impl FromRequestParts<AppState> for Caller {
 
     async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
         let header = parts.headers.get(AUTHORIZATION).map(|v| v.as_bytes());
-        let p = state
+        match state
             .tokens
-            .authenticate(&state.engine, header, state.clock.now())?;
-        Ok(Caller(p))
+            .authenticate(&state.engine, header, state.clock.now())
+        {
+            Ok(p) => Ok(Caller(p)),
+            Err(e) => {
+                // Failures are counted per client address (see
+                // `FailureThrottle`); a valid token never is.
+                let peer = parts
+                    .extensions
+                    .get::<axum::extract::ConnectInfo<std::net::SocketAddr>>();
+                if let Some(peer) = peer {
+                    if let Err(wait) = state.throttle.fail(peer.0.ip(), std::time::Instant::now()) {
+                        return Err(ApiError::RateLimited {
+                            message: "too many failed authentications from this address; \
+                                      retry later with a valid token"
+                                .into(),
+                            retry_after_secs: wait.as_secs() + 1,
+                        });
+                    }
+                }
+                Err(e.into())
+            }
+        }
     }
 }
 

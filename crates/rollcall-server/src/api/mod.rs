@@ -53,6 +53,8 @@ pub struct AppState {
     pub stream: stream::StreamSettings,
     /// The open event streams and their limits.
     pub streams: Arc<stream::StreamSlots>,
+    /// Failed authentications per client address.
+    pub throttle: Arc<crate::auth::FailureThrottle>,
     /// Cancelled when the server shuts down, so that the responses that
     /// never end by themselves (event streams) end and shutdown completes.
     pub shutdown: CancellationToken,

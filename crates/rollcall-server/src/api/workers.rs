@@ -21,7 +21,6 @@ use super::extract::{
     json_body, optional_json_body, Caller, PathId, BATCH_BODY_LIMIT, BODY_LIMIT, Q,
 };
 use super::{next_cursor, parse_limit, AppState};
-use crate::auth::Principal;
 use crate::engine::{Beat, FastBeat};
 use crate::metrics::HeartbeatMode;
 use crate::writer::{Registration, Reply, Request, WriteError};
@@ -267,25 +266,22 @@ async fn batch(
     let mut results = Vec::with_capacity(req.heartbeats.len());
     let mut queued: Vec<(usize, WorkerId)> = Vec::new();
     for entry in req.heartbeats {
-        let outcome = match s.tokens.authenticate_token(&s.engine, &entry.token, now) {
-            Err(e) => Err(ApiError::from(e)),
-            Ok(Principal::Worker(own)) if own.as_str() == entry.worker_id => {
-                match fast_beat(s, &own, now) {
-                    Some(answer) => answer,
-                    None => {
-                        queued.push((results.len(), own));
-                        results.push(batch_result(entry.worker_id, Err(ApiError::Internal)));
-                        continue;
-                    }
+        // Only a worker token authenticates an entry: any other token, valid
+        // or not, is answered like an unknown one (no oracle), and its
+        // last use is not recorded.
+        let outcome = match s.tokens.worker_of(&s.engine, &entry.token) {
+            None => Err(ApiError::from(crate::auth::AuthError::Invalid)),
+            Some(own) if own.as_str() == entry.worker_id => match fast_beat(s, &own, now) {
+                Some(answer) => answer,
+                None => {
+                    queued.push((results.len(), own));
+                    results.push(batch_result(entry.worker_id, Err(ApiError::Internal)));
+                    continue;
                 }
-            }
-            Ok(Principal::Worker(_)) => Err(ApiError::forbidden(
+            },
+            Some(_) => Err(ApiError::forbidden(
                 "a worker token may only act on its own worker",
             )),
-            Ok(p) => Err(ApiError::forbidden(format!(
-                "{} token cannot send heartbeats; only the worker's own token can",
-                p.kind().with_article()
-            ))),
         };
         results.push(batch_result(entry.worker_id, outcome));
     }
