@@ -359,7 +359,7 @@ impl RawConfig {
                 .unwrap_or(d.idle_timeout),
             max_connections: opt_count("max_connections", &self.max_connections)?
                 .unwrap_or(d.max_connections),
-            max_streams: opt_count("max_streams", &self.max_streams)?.unwrap_or(d.max_streams),
+            max_streams: 0,
             max_streams_per_token: opt_count("max_streams_per_token", &self.max_streams_per_token)?
                 .unwrap_or(d.max_streams_per_token),
             failed_auth_burst: opt_count("failed_auth_burst", &self.failed_auth_burst)?
@@ -367,6 +367,10 @@ impl RawConfig {
             failed_auth_refill: opt_duration("failed_auth_refill", &self.failed_auth_refill)?
                 .unwrap_or(d.failed_auth_refill),
         };
+        let mut limits = limits;
+        // Unset, it follows a lowered max_connections: at most half of it.
+        limits.max_streams = opt_count("max_streams", &self.max_streams)?
+            .unwrap_or_else(|| d.max_streams.min(limits.max_connections / 2).max(1));
         if limits.max_streams >= limits.max_connections {
             return Err(invalid(
                 "max_streams",
@@ -445,6 +449,7 @@ mod tests {
             .unwrap();
         assert_eq!(c.limits.idle_timeout, Duration::from_secs(5));
         assert_eq!(c.limits.max_connections, 500);
+        assert_eq!(c.limits.max_streams, 250, "follows max_connections");
         let e = raw(&[("max_connections", "0")]).resolve().unwrap_err();
         assert!(e.to_string().contains("`max_connections`"), "{e}");
         let e = raw(&[("max_connections", "100"), ("max_streams", "100")])
