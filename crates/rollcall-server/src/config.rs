@@ -195,6 +195,55 @@ fn opt_duration(key: &'static str, v: &Option<String>) -> Result<Option<Duration
     v.as_deref().map(|s| parse_duration(key, s)).transpose()
 }
 
+/// The least estimated entropy of a configured secret, in bits.
+pub const MIN_SECRET_BITS: f64 = 48.0;
+
+/// An estimate of a secret's entropy: its length times the Shannon entropy
+/// of its characters' distribution. It catches repeated, short and
+/// low-variety values (`aaaaaaaaaaaaaaaa`, `x`), not a dictionary word.
+pub fn entropy_bits(s: &str) -> f64 {
+    let mut counts = std::collections::HashMap::new();
+    let mut n = 0usize;
+    for c in s.chars() {
+        *counts.entry(c).or_insert(0usize) += 1;
+        n += 1;
+    }
+    if n == 0 {
+        return 0.0;
+    }
+    let n_f = n as f64;
+    let per_char: f64 = counts
+        .values()
+        .map(|&k| {
+            let p = k as f64 / n_f;
+            -p * p.log2()
+        })
+        .sum();
+    let bits = per_char * n_f;
+    // One repeated character gives -0.0.
+    if bits > 0.0 {
+        bits
+    } else {
+        0.0
+    }
+}
+
+/// Refuses a secret that is short or has too little variety.
+fn check_secret(key: &'static str, s: &str) -> Result<(), ConfigError> {
+    if s.chars().count() < 16 || entropy_bits(s) < MIN_SECRET_BITS {
+        return Err(invalid(
+            key,
+            format!(
+                "too weak: a secret must be at least 16 characters with enough variety \
+                 (estimated entropy {:.0} bits, at least {MIN_SECRET_BITS:.0} needed); \
+                 use a random value, e.g. `openssl rand -hex 32`",
+                entropy_bits(s)
+            ),
+        ));
+    }
+    Ok(())
+}
+
 fn opt_count(key: &'static str, v: &Option<String>) -> Result<Option<usize>, ConfigError> {
     v.as_deref()
         .map(|s| match s.trim().parse::<usize>() {
@@ -339,15 +388,23 @@ impl RawConfig {
             .map(|s| addr("metrics_listen", s))
             .transpose()?;
         let metrics_token = self.metrics_token.filter(|t| !t.is_empty());
+        if let Some(t) = &metrics_token {
+            check_secret("metrics_token", t)?;
+        }
         let admin_token = match self.admin_token {
-            Some(t) if t.trim().len() < 16 => {
-                return Err(invalid(
-                    "admin_token",
-                    "must be at least 16 characters (use a long random value)",
-                ))
+            Some(t) => {
+                check_secret("admin_token", t.trim())?;
+                Some(t.trim().to_owned())
             }
-            other => other.map(|t| t.trim().to_owned()),
+            None => None,
         };
+        if let Some(path) = &self.admin_token_file {
+            // Read here too, so that a weak or missing file is a
+            // configuration error (exit 2) naming the key.
+            let t = std::fs::read_to_string(path)
+                .map_err(|e| invalid("admin_token_file", format!("reading {path}: {e}")))?;
+            check_secret("admin_token_file", t.trim())?;
+        }
 
         let d = Limits::default();
         let limits = Limits {
@@ -531,6 +588,42 @@ mod tests {
             .resolve()
             .unwrap_err();
         assert!(e.to_string().contains("`advertise_url`"), "{e}");
+    }
+
+    #[test]
+    fn weak_secrets_are_refused_naming_the_key() {
+        for (key, weak) in [
+            ("admin_token", "aaaaaaaaaaaaaaaa"),
+            ("admin_token", "abababababababababab"),
+            ("admin_token", "short"),
+            ("metrics_token", "x"),
+            ("metrics_token", "0000000000000000000000000000"),
+        ] {
+            let e = raw(&[(key, weak)]).resolve().unwrap_err();
+            assert!(e.to_string().contains(&format!("`{key}`")), "{e}");
+            if weak.len() > 4 {
+                assert!(
+                    !e.to_string().contains(weak),
+                    "the secret is not echoed: {e}"
+                );
+            }
+        }
+        for strong in [
+            "rc_admin_test-suite-admin-token-0123456789",
+            "3f9a1c7e5b2d8064a1f3c5e7b9d0f2a4",
+            "scrape-secret-0123456789",
+        ] {
+            raw(&[("admin_token", strong), ("metrics_token", strong)])
+                .resolve()
+                .unwrap();
+        }
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("admin.token");
+        std::fs::write(&file, "aaaaaaaaaaaaaaaaaaaa\n").unwrap();
+        let e = raw(&[("admin_token_file", file.to_str().unwrap())])
+            .resolve()
+            .unwrap_err();
+        assert!(e.to_string().contains("`admin_token_file`"), "{e}");
     }
 
     #[test]

@@ -460,7 +460,7 @@ fn write_secret(path: &Path, secret: &str) -> std::io::Result<()> {
         Some(d) if !d.as_os_str().is_empty() => d,
         _ => Path::new("."),
     };
-    std::fs::create_dir_all(dir)?;
+    rollcall_store::sqlite::private_dir(dir)?;
     let mut tmp_name = path.file_name().unwrap_or_default().to_owned();
     tmp_name.push(".tmp");
     let tmp = dir.join(tmp_name);
@@ -625,7 +625,7 @@ pub(crate) fn serve_metrics(
 ) -> anyhow::Result<SocketAddr> {
     let addr = listener.local_addr()?;
     info!(%addr, "serving /metrics on its own listener");
-    let app = app.layer(catch_panic());
+    let app = app.layer(nosniff()).layer(catch_panic());
     let stop = shared.shutdown.clone();
     let settings = serve_settings(shared);
     tokio::spawn(async move {
@@ -635,6 +635,14 @@ pub(crate) fn serve_metrics(
         }
     });
     Ok(addr)
+}
+
+/// `X-Content-Type-Options: nosniff` on every answer (a static header).
+fn nosniff() -> tower_http::set_header::SetResponseHeaderLayer<axum::http::HeaderValue> {
+    tower_http::set_header::SetResponseHeaderLayer::if_not_present(
+        axum::http::header::X_CONTENT_TYPE_OPTIONS,
+        axum::http::HeaderValue::from_static("nosniff"),
+    )
 }
 
 /// Answers a panicking handler with the contract's opaque 500.
@@ -662,6 +670,7 @@ pub(crate) fn serve_http(
                 Some(axum::http::HeaderValue::from_static(role.get().as_str()))
             },
         ))
+        .layer(nosniff())
         .layer(catch_panic());
     let stop = shared.shutdown.clone();
     // Connections that stop reading are closed rather than waited for, so

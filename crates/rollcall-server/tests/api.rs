@@ -3200,3 +3200,56 @@ async fn control_and_bidi_characters_in_free_text_are_400_naming_the_field() {
         .await;
     ok.expect(201);
 }
+
+#[cfg(unix)]
+#[tokio::test]
+async fn the_data_dir_is_private_and_secrets_are_not_cached() {
+    use std::os::unix::fs::PermissionsExt;
+    let app = spawn_app_with(|c| {
+        let nested = format!("{}/nested/data", c.data_dir.as_deref().unwrap());
+        c.data_dir = Some(nested);
+    })
+    .await;
+    let enroll = app.token("enroll").await;
+    let r = app
+        .post(
+            "/v1/workers",
+            &enroll,
+            json!({"name": "w", "machine": {"id": "m"}}),
+        )
+        .await;
+    r.expect(201);
+    assert_eq!(r.headers["cache-control"], "no-store");
+    assert_eq!(r.headers["x-content-type-options"], "nosniff");
+    let t = app
+        .post(
+            "/v1/tokens",
+            &app.admin,
+            json!({"kind": "read", "name": "r"}),
+        )
+        .await;
+    t.expect(201);
+    assert_eq!(t.headers["cache-control"], "no-store");
+    // Errors and reads are JSON too, never sniffed.
+    let e = app.get("/v1/workers", "nope").await;
+    assert_eq!(e.headers["x-content-type-options"], "nosniff");
+    if on_postgres() {
+        return;
+    }
+    let data = app.dir.path().join("nested/data");
+    let mode = |p: &std::path::Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode(&data), 0o700, "the data directory");
+    for f in [
+        "rollcall.db",
+        "rollcall.db-wal",
+        "rollcall.db-shm",
+        "rollcall.db.lock",
+    ] {
+        let p = data.join(f);
+        if p.exists() {
+            assert_eq!(mode(&p), 0o600, "{f}");
+        } else {
+            assert!(f != "rollcall.db", "the database exists");
+        }
+    }
+}

@@ -125,6 +125,13 @@ pub fn router(state: AppState, with_metrics: bool) -> Router {
         .with_state(state)
 }
 
+/// `Cache-Control: no-store`, on every answer that carries a secret (a new
+/// token, a registration's worker token).
+pub const NO_STORE: [(axum::http::HeaderName, axum::http::HeaderValue); 1] = [(
+    axum::http::header::CACHE_CONTROL,
+    axum::http::HeaderValue::from_static("no-store"),
+)];
+
 /// The header that tells which role the answering server has.
 pub const ROLE_HEADER: &str = "x-rollcall-role";
 

@@ -33,7 +33,14 @@ pub async fn create(
     State(s): State<AppState>,
     caller: Caller,
     body: Body,
-) -> Result<(StatusCode, Json<CreatedToken>), ApiError> {
+) -> Result<
+    (
+        StatusCode,
+        [(axum::http::HeaderName, axum::http::HeaderValue); 1],
+        Json<CreatedToken>,
+    ),
+    ApiError,
+> {
     caller.require(&[TokenKind::Admin])?;
     let req: CreateTokenRequest = json_body(body, BODY_LIMIT).await?;
     let kind = match req.kind.as_str() {
@@ -75,6 +82,7 @@ pub async fn create(
     s.tokens.insert(&record);
     Ok((
         StatusCode::CREATED,
+        super::NO_STORE,
         Json(CreatedToken {
             id: record.id.to_string(),
             kind,

@@ -54,7 +54,14 @@ pub async fn register(
     State(s): State<AppState>,
     caller: Caller,
     body: Body,
-) -> Result<(StatusCode, Json<Registered>), ApiError> {
+) -> Result<
+    (
+        StatusCode,
+        [(axum::http::HeaderName, axum::http::HeaderValue); 1],
+        Json<Registered>,
+    ),
+    ApiError,
+> {
     caller.require(&[TokenKind::Enroll, TokenKind::Admin])?;
     let req: RegisterRequest = json_body(body, BODY_LIMIT).await?;
     let name = WorkerName::parse(&req.name).map_err(|e| ApiError::invalid(format!("name: {e}")))?;
@@ -108,6 +115,7 @@ pub async fn register(
     };
     Ok((
         status,
+        super::NO_STORE,
         Json(Registered {
             worker: Worker::new(&record, Some(deadline)),
             token,
