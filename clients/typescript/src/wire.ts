@@ -138,7 +138,12 @@ export interface paths {
             path?: never;
             cookie?: never;
         };
-        /** Readiness: the store answers. */
+        /**
+         * Readiness: the store can commit. Unless a write finished within the
+         *     last second, a one-row write transaction proves it (a full disk, an I/O
+         *     error or a lost database fail it); while the last write failed, the
+         *     answer is 503 with the reason.
+         */
         get: {
             parameters: {
                 query?: never;
@@ -158,7 +163,7 @@ export interface paths {
                         "text/plain": string;
                     };
                 };
-                /** @description The store does not answer */
+                /** @description The store cannot commit, or does not answer */
                 503: {
                     headers: {
                         [name: string]: unknown;
@@ -289,18 +294,18 @@ export interface paths {
         /** List events, oldest first. */
         get: {
             parameters: {
-                query?: never;
-                header?: never;
-                path: {
+                query?: {
                     /** @description Only events with a larger `seq` (default 0). */
-                    after: string | null;
+                    after?: string;
                     /** @description 1–1000, default 100. */
-                    limit: string | null;
-                    worker_id: string | null;
-                    machine_id: string | null;
+                    limit?: string;
+                    worker_id?: string;
+                    machine_id?: string;
                     /** @description An event type, e.g. `worker.offline`. */
-                    type: string | null;
+                    type?: string;
                 };
+                header?: never;
+                path?: never;
                 cookie?: never;
             };
             requestBody?: never;
@@ -364,23 +369,23 @@ export interface paths {
          */
         get: {
             parameters: {
-                query?: never;
-                header?: {
-                    /** @description Resume after this seq (the `id` of the last message received) */
-                    "Last-Event-ID"?: string | null;
-                };
-                path: {
+                query?: {
                     /**
                      * @description Replay the events after this `seq` first. `Last-Event-ID` wins when
                      *     both are given (a reconnecting `EventSource` sends it and keeps the
                      *     original URL).
                      */
-                    after: string | null;
-                    worker_id: string | null;
-                    machine_id: string | null;
+                    after?: string;
+                    worker_id?: string;
+                    machine_id?: string;
                     /** @description An event type, e.g. `worker.offline`. */
-                    type: string | null;
+                    type?: string;
                 };
+                header?: {
+                    /** @description Resume after this seq (the `id` of the last message received) */
+                    "Last-Event-ID"?: string | null;
+                };
+                path?: never;
                 cookie?: never;
             };
             requestBody?: never;
@@ -411,6 +416,24 @@ export interface paths {
                     };
                 };
                 403: {
+                    headers: {
+                        [name: string]: unknown;
+                    };
+                    content: {
+                        "application/json": components["schemas"]["ErrorBody"];
+                    };
+                };
+                /** @description This token has `max_streams_per_token` streams open */
+                429: {
+                    headers: {
+                        [name: string]: unknown;
+                    };
+                    content: {
+                        "application/json": components["schemas"]["ErrorBody"];
+                    };
+                };
+                /** @description `max_streams` streams are open */
+                503: {
                     headers: {
                         [name: string]: unknown;
                     };
@@ -509,15 +532,15 @@ export interface paths {
         /** List machines. */
         get: {
             parameters: {
-                query?: never;
-                header?: never;
-                path: {
+                query?: {
                     /** @description `online` or `offline`. */
-                    status: string | null;
+                    status?: string;
                     /** @description 1–1000, default 100. */
-                    limit: string | null;
-                    cursor: string | null;
+                    limit?: string;
+                    cursor?: string;
                 };
+                header?: never;
+                path?: never;
                 cookie?: never;
             };
             requestBody?: never;
@@ -636,13 +659,13 @@ export interface paths {
         /** List tokens (never their secrets). */
         get: {
             parameters: {
-                query?: never;
-                header?: never;
-                path: {
+                query?: {
                     /** @description 1–1000, default 100. */
-                    limit: string | null;
-                    cursor: string | null;
+                    limit?: string;
+                    cursor?: string;
                 };
+                header?: never;
+                path?: never;
                 cookie?: never;
             };
             requestBody?: never;
@@ -815,16 +838,16 @@ export interface paths {
         /** List workers. */
         get: {
             parameters: {
-                query?: never;
-                header?: never;
-                path: {
+                query?: {
                     /** @description `online`, `draining` or `offline`. */
-                    status: string | null;
-                    machine_id: string | null;
+                    status?: string;
+                    machine_id?: string;
                     /** @description 1–1000, default 100. */
-                    limit: string | null;
-                    cursor: string | null;
+                    limit?: string;
+                    cursor?: string;
                 };
+                header?: never;
+                path?: never;
                 cookie?: never;
             };
             requestBody?: never;
@@ -1312,6 +1335,7 @@ export interface components {
             expires_in_ms?: number | null;
             /** @description `enroll` or `read`. */
             kind: string;
+            /** @description No control or bidirectional formatting characters. */
             name: string;
         };
         /** @description A created token, with its secret (shown once). */
@@ -1331,8 +1355,8 @@ export interface components {
         ErrorDetail: {
             /**
              * @description One of `invalid_request`, `unauthorized`, `forbidden`, `not_found`,
-             *     `conflict`, `payload_too_large`, `rate_limited`, `unavailable`,
-             *     `internal`.
+             *     `conflict`, `payload_too_large`, `request_timeout`, `rate_limited`,
+             *     `unavailable`, `internal`.
              */
             code: string;
             message: string;
@@ -1359,12 +1383,12 @@ export interface components {
          * @description Why a transition happened, as recorded on its event.
          * @enum {string}
          */
-        EventReason: "Registered" | "Heartbeat" | "Shutdown" | "Stale" | "Exited" | "Replaced" | "Revoked";
+        EventReason: "registered" | "heartbeat" | "shutdown" | "stale" | "exited" | "replaced" | "revoked";
         /**
          * @description What an event records.
          * @enum {string}
          */
-        EventType: "WorkerRegistered" | "WorkerOnline" | "WorkerDraining" | "WorkerOffline" | "WorkerDeleted" | "MachineOnline" | "MachineOffline";
+        EventType: "worker.registered" | "worker.online" | "worker.draining" | "worker.offline" | "worker.deleted" | "machine.online" | "machine.offline";
         /** @description The answer to a heartbeat. */
         HeartbeatResponse: {
             /** Format: date-time */
@@ -1406,6 +1430,7 @@ export interface components {
         };
         /** @description The machine part of a registration. */
         MachineSpec: {
+            /** @description No control or bidirectional formatting characters. */
             hostname?: string | null;
             id: string;
             labels?: {
@@ -1416,12 +1441,12 @@ export interface components {
          * @description A machine's status, derived from its workers' statuses.
          * @enum {string}
          */
-        MachineStatus: "Online" | "Offline";
+        MachineStatus: "online" | "offline";
         /**
          * @description Why a worker is offline.
          * @enum {string}
          */
-        OfflineReason: "Shutdown" | "Stale" | "Exited" | "Replaced" | "Revoked";
+        OfflineReason: "shutdown" | "stale" | "exited" | "replaced" | "revoked";
         /** @description `POST /v1/workers/{id}/offline`. */
         OfflineRequest: {
             /** @description `shutdown` (default) or `exited`. */
@@ -1576,7 +1601,7 @@ export interface components {
          * @description A worker's status.
          * @enum {string}
          */
-        Status: "Online" | "Draining" | "Offline";
+        Status: "online" | "draining" | "offline";
         /** @description A token as listed: never the secret. */
         TokenInfo: {
             /** Format: date-time */

@@ -3253,3 +3253,127 @@ async fn the_data_dir_is_private_and_secrets_are_not_cached() {
         }
     }
 }
+
+#[tokio::test]
+async fn the_openapi_document_says_what_the_wire_carries() {
+    let app = spawn_app().await;
+    let doc = app
+        .client
+        .get(app.url("/openapi.json"))
+        .send()
+        .await
+        .unwrap();
+    let doc: Value = doc.json().await.unwrap();
+    let schemas = &doc["components"]["schemas"];
+    let wire = |name: &str| -> Vec<String> {
+        schemas[name]["enum"]
+            .as_array()
+            .unwrap_or_else(|| panic!("{name} is an enum: {}", schemas[name]))
+            .iter()
+            .map(|v| v.as_str().unwrap().to_owned())
+            .collect()
+    };
+    let names = |all: &[&str]| all.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+    use rollcall_core::{EventReason, EventType, MachineStatus, OfflineReason, Status};
+    assert_eq!(
+        wire("Status"),
+        names(&Status::ALL.iter().map(|s| s.as_str()).collect::<Vec<_>>())
+    );
+    assert_eq!(wire("Status")[0], "online");
+    assert_eq!(
+        wire("MachineStatus"),
+        names(
+            &MachineStatus::ALL
+                .iter()
+                .map(|s| s.as_str())
+                .collect::<Vec<_>>()
+        )
+    );
+    assert_eq!(
+        wire("EventType"),
+        names(
+            &EventType::ALL
+                .iter()
+                .map(|s| s.as_str())
+                .collect::<Vec<_>>()
+        )
+    );
+    assert!(wire("EventType").contains(&"worker.registered".to_owned()));
+    assert_eq!(
+        wire("EventReason"),
+        names(
+            &EventReason::ALL
+                .iter()
+                .map(|s| s.as_str())
+                .collect::<Vec<_>>()
+        )
+    );
+    assert_eq!(
+        wire("OfflineReason"),
+        names(
+            &OfflineReason::ALL
+                .iter()
+                .map(|s| s.as_str())
+                .collect::<Vec<_>>()
+        )
+    );
+    // Operation ids are unique; parameters are where the server reads them.
+    let mut ids = std::collections::BTreeSet::new();
+    for (path, item) in doc["paths"].as_object().unwrap() {
+        for (method, op) in item.as_object().unwrap() {
+            let id = op["operationId"].as_str().unwrap();
+            assert!(ids.insert(id.to_owned()), "{method} {path}: {id} twice");
+            for p in op["parameters"].as_array().into_iter().flatten() {
+                let name = p["name"].as_str().unwrap();
+                match p["in"].as_str().unwrap() {
+                    "path" => assert!(path.contains(&format!("{{{name}}}")), "{path}: {p}"),
+                    "query" => assert_eq!(p["required"], false, "{path}: {p}"),
+                    "header" => {}
+                    other => panic!("{path}: {name} in {other}"),
+                }
+            }
+        }
+    }
+}
+
+#[tokio::test]
+async fn json_arrays_where_objects_are_expected_are_400_and_change_nothing() {
+    let app = spawn_app().await;
+    let w = app.register("w", "m").await;
+    let enroll = app.token("enroll").await;
+    let before = app.worker(&w.id).await;
+    for (path, token, body) in [
+        (
+            format!("/v1/workers/{}/offline", w.id),
+            w.token.clone(),
+            r#"["exited"]"#,
+        ),
+        (
+            "/v1/workers".to_owned(),
+            enroll.clone(),
+            r#"["w2", {"id": "m"}]"#,
+        ),
+        (
+            "/v1/tokens".to_owned(),
+            app.admin.clone(),
+            r#"["read", "x"]"#,
+        ),
+        ("/v1/heartbeats".to_owned(), enroll.clone(), r#"[[]]"#),
+        ("/v1/workers".to_owned(), enroll.clone(), r#""string""#),
+    ] {
+        let r = app
+            .post_raw(&path, Some(&token), body.as_bytes().to_vec())
+            .await;
+        let e = r.expect(400);
+        assert_eq!(e["error"]["code"], "invalid_request", "{path}");
+        assert!(
+            e["error"]["message"]
+                .as_str()
+                .unwrap()
+                .contains("JSON object"),
+            "{path}: {e}"
+        );
+    }
+    assert_eq!(app.worker(&w.id).await, before);
+    assert_eq!(app.workers().await.len(), 1);
+}

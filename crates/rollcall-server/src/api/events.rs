@@ -13,6 +13,7 @@ use super::{next_cursor, parse_limit, AppState};
 
 /// Paging and filters of `GET /v1/events`.
 #[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 pub struct EventQuery {
     /// Only events with a larger `seq` (default 0).
     pub after: Option<String>,

@@ -196,6 +196,13 @@ pub async fn optional_json_body<T: DeserializeOwned>(
 }
 
 fn parse_json<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
+    // Every request body of the contract is a JSON object; serde would
+    // also take an array for a struct (`["exited"]` as an offline body).
+    if bytes.iter().find(|b| !b.is_ascii_whitespace()) != Some(&b'{') {
+        return Err(ApiError::invalid(
+            "invalid JSON body: expected a JSON object",
+        ));
+    }
     serde_json::from_slice(bytes).map_err(|e| ApiError::invalid(format!("invalid JSON body: {e}")))
 }
 

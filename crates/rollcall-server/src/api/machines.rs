@@ -13,6 +13,7 @@ use super::{next_cursor, parse_limit, AppState};
 
 /// Filters and paging of `GET /v1/machines`.
 #[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 pub struct MachineQuery {
     /// `online` or `offline`.
     pub status: Option<String>,

@@ -110,6 +110,7 @@ impl Default for StreamSettings {
 
 /// Where a stream starts, and its filters.
 #[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 pub struct StreamQuery {
     /// Replay the events after this `seq` first. `Last-Event-ID` wins when
     /// both are given (a reconnecting `EventSource` sends it and keeps the

@@ -95,6 +95,7 @@ pub async fn create(
 
 /// Paging of `GET /v1/tokens`.
 #[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 pub struct TokenQuery {
     /// 1–1000, default 100.
     pub limit: Option<String>,

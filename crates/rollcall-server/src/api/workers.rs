@@ -420,6 +420,7 @@ pub async fn delete(
 
 /// Filters and paging of `GET /v1/workers`.
 #[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 pub struct WorkerQuery {
     /// `online`, `draining` or `offline`.
     pub status: Option<String>,
