@@ -891,7 +891,10 @@ export interface paths {
         post: {
             parameters: {
                 query?: never;
-                header?: never;
+                header?: {
+                    /** @description The live worker's current token, when registering its name again under `re_register = own_token` */
+                    "X-Rollcall-Worker-Token"?: string | null;
+                };
                 path?: never;
                 cookie?: never;
             };
@@ -936,6 +939,15 @@ export interface paths {
                     };
                 };
                 403: {
+                    headers: {
+                        [name: string]: unknown;
+                    };
+                    content: {
+                        "application/json": components["schemas"]["ErrorBody"];
+                    };
+                };
+                /** @description With `re_register = own_token`: the name is a live worker's, and its current token was not presented */
+                409: {
                     headers: {
                         [name: string]: unknown;
                     };

@@ -45,6 +45,7 @@ pub struct RawConfig {
     pub max_streams_per_token: Option<String>,
     pub failed_auth_burst: Option<String>,
     pub failed_auth_refill: Option<String>,
+    pub re_register: Option<String>,
 }
 
 /// A configuration problem, naming the key.
@@ -84,6 +85,21 @@ pub struct Config {
     pub advertise_url: Option<String>,
     /// Connection limits and timeouts.
     pub limits: Limits,
+    /// Who may register the name of a live worker again.
+    pub re_register: ReRegister,
+}
+
+/// Who may register again the name of a worker that is live (online or
+/// draining): `re_register` in the configuration.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum ReRegister {
+    /// Any enroll or admin token (a restarted process takes its name back
+    /// at once, without its old token).
+    #[default]
+    Any,
+    /// Only a request that also presents the live worker's current token
+    /// (`X-Rollcall-Worker-Token`), or an admin token; others get 409.
+    OwnToken,
 }
 
 /// What one client may hold of the server: connection timeouts and caps.
@@ -159,6 +175,7 @@ impl fmt::Debug for Config {
             .field("admin_token_file", &self.admin_token_file)
             .field("advertise_url", &self.advertise_url)
             .field("limits", &self.limits)
+            .field("re_register", &self.re_register)
             .finish()
     }
 }
@@ -304,7 +321,8 @@ impl RawConfig {
             max_streams,
             max_streams_per_token,
             failed_auth_burst,
-            failed_auth_refill
+            failed_auth_refill,
+            re_register
         )
     }
 
@@ -463,6 +481,16 @@ impl RawConfig {
             admin_token_file: self.admin_token_file.map(PathBuf::from),
             advertise_url,
             limits,
+            re_register: match self.re_register.as_deref().map(str::trim) {
+                None | Some("any") => ReRegister::Any,
+                Some("own_token") => ReRegister::OwnToken,
+                Some(other) => {
+                    return Err(invalid(
+                        "re_register",
+                        format!("expected \"any\" or \"own_token\", got {other:?}"),
+                    ))
+                }
+            },
         })
     }
 }
@@ -497,6 +525,11 @@ mod tests {
         assert_eq!(c.forget_offline_after, Duration::from_secs(7 * 86_400));
         assert_eq!(c.event_retention, Duration::from_secs(30 * 86_400));
         assert_eq!(c.limits, Limits::default());
+        assert_eq!(c.re_register, ReRegister::Any);
+        let c = raw(&[("re_register", "own_token")]).resolve().unwrap();
+        assert_eq!(c.re_register, ReRegister::OwnToken);
+        let e = raw(&[("re_register", "mine")]).resolve().unwrap_err();
+        assert!(e.to_string().contains("`re_register`"), "{e}");
     }
 
     #[test]

@@ -251,6 +251,7 @@ impl Shared {
             stream: self.stream,
             streams: self.streams.clone(),
             throttle: self.throttle.clone(),
+            re_register: self.config.re_register,
             shutdown: self.shutdown.child_token(),
         }
     }

@@ -3377,3 +3377,59 @@ async fn json_arrays_where_objects_are_expected_are_400_and_change_nothing() {
     assert_eq!(app.worker(&w.id).await, before);
     assert_eq!(app.workers().await.len(), 1);
 }
+
+#[tokio::test]
+async fn re_register_own_token_keeps_a_live_worker_from_being_taken_over() {
+    let app = spawn_app_with(|c| c.re_register = Some("own_token".into())).await;
+    let fleet_a = app.token("enroll").await;
+    let fleet_b = app.token("enroll").await;
+    let body = json!({"name": "render-1", "machine": {"id": "host-a", "hostname": "a.example"}});
+    let first = app.register_as(&fleet_a, body.clone()).await;
+    assert_eq!(first.status, 201);
+    let take_over = |token: String, worker_token: Option<String>| {
+        let app = &app;
+        let body = json!({"name": "render-1", "machine": {"id": "host-a", "hostname": "evil"}});
+        async move {
+            let mut req = app
+                .client
+                .post(app.url("/v1/workers"))
+                .bearer_auth(token)
+                .json(&body);
+            if let Some(t) = worker_token {
+                req = req.header("x-rollcall-worker-token", t);
+            }
+            let r = req.send().await.unwrap();
+            (r.status().as_u16(), r.json::<Value>().await.unwrap())
+        }
+    };
+    // Another enroll token, with no token or a wrong one: 409, nothing changes.
+    for wt in [
+        None,
+        Some("rc_worker_nope".to_owned()),
+        Some(fleet_a.clone()),
+    ] {
+        let (status, body) = take_over(fleet_b.clone(), wt).await;
+        assert_eq!(status, 409, "{body}");
+        assert_eq!(body["error"]["code"], "conflict");
+    }
+    assert_eq!(app.heartbeat_raw(&first.id, &first.token).await.status, 200);
+    let m = app.get("/v1/machines/host-a", &app.admin).await;
+    assert_eq!(m.expect(200)["hostname"], "a.example");
+    assert_eq!(app.worker(&first.id).await["session"], 1);
+    // With the worker's current token it may (a planned restart).
+    let (status, again) = take_over(fleet_b.clone(), Some(first.token.clone())).await;
+    assert_eq!(status, 200, "{again}");
+    assert_eq!(again["worker"]["session"], 2);
+    let token2 = again["token"].as_str().unwrap().to_owned();
+    // An admin token may as well.
+    let (status, body) = take_over(app.admin.clone(), None).await;
+    assert_eq!(status, 200, "{body}");
+    let token3 = body["token"].as_str().unwrap().to_owned();
+    assert_eq!(app.heartbeat_raw(&first.id, &token2).await.status, 401);
+    // Once the worker is offline, any enroll token registers it again.
+    app.post_empty(&format!("/v1/workers/{}/offline", first.id), &token3)
+        .await
+        .expect(200);
+    let (status, body) = take_over(fleet_b.clone(), None).await;
+    assert_eq!(status, 200, "{body}");
+}

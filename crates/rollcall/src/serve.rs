@@ -97,6 +97,10 @@ pub struct ServeArgs {
     /// A client address regains one failed attempt this often (default 100ms).
     #[arg(long, env = "ROLLCALL_FAILED_AUTH_REFILL", hide_env_values = true)]
     failed_auth_refill: Option<String>,
+    /// Who may register a live worker's name again: `any` (default) or
+    /// `own_token` (its current token, or an admin token).
+    #[arg(long, env = "ROLLCALL_RE_REGISTER", hide_env_values = true)]
+    re_register: Option<String>,
     /// Log format on stderr.
     #[arg(long, env = "ROLLCALL_LOG_FORMAT", value_enum, default_value = "text")]
     log_format: LogFormat,
@@ -131,6 +135,7 @@ impl ServeArgs {
             max_streams_per_token: self.max_streams_per_token.clone(),
             failed_auth_burst: self.failed_auth_burst.clone(),
             failed_auth_refill: self.failed_auth_refill.clone(),
+            re_register: self.re_register.clone(),
         }
     }
 }

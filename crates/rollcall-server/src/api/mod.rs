@@ -55,6 +55,8 @@ pub struct AppState {
     pub streams: Arc<stream::StreamSlots>,
     /// Failed authentications per client address.
     pub throttle: Arc<crate::auth::FailureThrottle>,
+    /// Who may register a live worker's name again.
+    pub re_register: crate::config::ReRegister,
     /// Cancelled when the server shuts down, so that the responses that
     /// never end by themselves (event streams) end and shutdown completes.
     pub shutdown: CancellationToken,

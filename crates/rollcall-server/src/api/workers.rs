@@ -38,6 +38,39 @@ fn labels(
         .map_err(|e| ApiError::invalid(format!("{what}: {e}")))
 }
 
+/// Under `re_register = own_token`, registering the name of a live worker
+/// again needs that worker's current token (or an admin token). A worker
+/// that is offline, or unknown, may be registered by any enroll token.
+fn check_re_register(
+    s: &AppState,
+    caller: &Caller,
+    headers: &axum::http::HeaderMap,
+    machine_id: &MachineId,
+    name: &WorkerName,
+) -> Result<(), ApiError> {
+    if s.re_register == crate::config::ReRegister::Any || caller.0 == crate::auth::Principal::Admin
+    {
+        return Ok(());
+    }
+    let Some(id) = s.engine.by_name(machine_id, name) else {
+        return Ok(());
+    };
+    if !s.engine.get(&id).is_some_and(|w| w.record.status.is_live()) {
+        return Ok(());
+    }
+    let presented = headers
+        .get("x-rollcall-worker-token")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|t| s.tokens.worker_of(&s.engine, t.trim()));
+    if presented.as_ref() == Some(&id) {
+        return Ok(());
+    }
+    Err(ApiError::Conflict(format!(
+        "worker {name} on {machine_id} is live; this server (re_register = own_token) registers \
+         it again only with its current token in X-Rollcall-Worker-Token, or once it is offline"
+    )))
+}
+
 /// Register a worker (or register it again).
 #[utoipa::path(
     post, path = "/v1/workers", tag = "workers",
@@ -46,13 +79,19 @@ fn labels(
         (status = 201, description = "Registered a new worker", body = Registered),
         (status = 200, description = "Registered an existing worker again: new session, new token", body = Registered),
         (status = 400, body = ErrorBody), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody),
+        (status = 409, description = "With `re_register = own_token`: the name is a live worker's, and its current token was not presented", body = ErrorBody),
         (status = 413, body = ErrorBody),
+    ),
+    params(
+        ("X-Rollcall-Worker-Token" = Option<String>, Header,
+            description = "The live worker's current token, when registering its name again under `re_register = own_token`"),
     ),
     security(("bearer" = []))
 )]
 pub async fn register(
     State(s): State<AppState>,
     caller: Caller,
+    headers: axum::http::HeaderMap,
     body: Body,
 ) -> Result<
     (
@@ -81,6 +120,7 @@ pub async fn register(
         None => None,
     };
     let labels = labels(req.labels, "labels")?;
+    check_re_register(&s, &caller, &headers, &machine_id, &name)?;
     let intervals = s
         .policy
         .resolve(
