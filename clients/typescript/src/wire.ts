@@ -296,13 +296,13 @@ export interface paths {
             parameters: {
                 query?: {
                     /** @description Only events with a larger `seq` (default 0). */
-                    after?: string;
+                    after?: number;
                     /** @description 1–1000, default 100. */
-                    limit?: string;
+                    limit?: number;
                     worker_id?: string;
                     machine_id?: string;
                     /** @description An event type, e.g. `worker.offline`. */
-                    type?: string;
+                    type?: components["schemas"]["EventType"];
                 };
                 header?: never;
                 path?: never;
@@ -375,11 +375,11 @@ export interface paths {
                      *     both are given (a reconnecting `EventSource` sends it and keeps the
                      *     original URL).
                      */
-                    after?: string;
+                    after?: number;
                     worker_id?: string;
                     machine_id?: string;
                     /** @description An event type, e.g. `worker.offline`. */
-                    type?: string;
+                    type?: components["schemas"]["EventType"];
                 };
                 header?: {
                     /** @description Resume after this seq (the `id` of the last message received) */
@@ -536,7 +536,8 @@ export interface paths {
                     /** @description `online` or `offline`. */
                     status?: string;
                     /** @description 1–1000, default 100. */
-                    limit?: string;
+                    limit?: number;
+                    /** @description The last machine id of the previous page. */
                     cursor?: string;
                 };
                 header?: never;
@@ -661,7 +662,8 @@ export interface paths {
             parameters: {
                 query?: {
                     /** @description 1–1000, default 100. */
-                    limit?: string;
+                    limit?: number;
+                    /** @description The last token id of the previous page. */
                     cursor?: string;
                 };
                 header?: never;
@@ -843,7 +845,8 @@ export interface paths {
                     status?: string;
                     machine_id?: string;
                     /** @description 1–1000, default 100. */
-                    limit?: string;
+                    limit?: number;
+                    /** @description The last worker id of the previous page. */
                     cursor?: string;
                 };
                 header?: never;
@@ -1343,7 +1346,10 @@ export interface components {
         };
         /** @description `POST /v1/tokens`. */
         CreateTokenRequest: {
-            /** Format: int64 */
+            /**
+             * Format: int64
+             * @description At most 100 years.
+             */
             expires_in_ms?: number | null;
             /** @description `enroll` or `read`. */
             kind: string;

@@ -272,7 +272,8 @@ pub struct CreateTokenRequest {
         pattern = r"^[^\u0000-\u001F\u007F-\u009F\u061C\u200E\u200F\u2028-\u202E\u2066-\u2069]*$"
     )]
     pub name: String,
-    #[schema(minimum = 1)]
+    /// At most 100 years.
+    #[schema(minimum = 1, maximum = 3_153_600_000_000_u64)]
     pub expires_in_ms: Option<u64>,
 }
 

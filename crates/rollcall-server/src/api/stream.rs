@@ -115,12 +115,15 @@ pub struct StreamQuery {
     /// Replay the events after this `seq` first. `Last-Event-ID` wins when
     /// both are given (a reconnecting `EventSource` sends it and keeps the
     /// original URL).
+    #[param(value_type = Option<i64>, minimum = 0)]
     pub after: Option<String>,
+    #[param(pattern = r"^wkr_[0-9A-HJKMNP-TV-Z]{26}$")]
     pub worker_id: Option<String>,
+    #[param(pattern = r"^[A-Za-z0-9._:-]{1,128}$")]
     pub machine_id: Option<String>,
     /// An event type, e.g. `worker.offline`.
     #[serde(rename = "type")]
-    #[param(rename = "type")]
+    #[param(rename = "type", value_type = Option<rollcall_core::EventType>)]
     pub kind: Option<String>,
 }
 

@@ -98,7 +98,10 @@ pub async fn create(
 #[into_params(parameter_in = Query)]
 pub struct TokenQuery {
     /// 1–1000, default 100.
+    #[param(value_type = Option<u32>, minimum = 1, maximum = 1000)]
     pub limit: Option<String>,
+    /// The last token id of the previous page.
+    #[param(pattern = r"^tok_[0-9A-HJKMNP-TV-Z]{26}$")]
     pub cursor: Option<String>,
 }
 

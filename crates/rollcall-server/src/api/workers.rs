@@ -463,10 +463,15 @@ pub async fn delete(
 #[into_params(parameter_in = Query)]
 pub struct WorkerQuery {
     /// `online`, `draining` or `offline`.
+    #[param(pattern = r"^(online|draining|offline)$")]
     pub status: Option<String>,
+    #[param(pattern = r"^[A-Za-z0-9._:-]{1,128}$")]
     pub machine_id: Option<String>,
     /// 1–1000, default 100.
+    #[param(value_type = Option<u32>, minimum = 1, maximum = 1000)]
     pub limit: Option<String>,
+    /// The last worker id of the previous page.
+    #[param(pattern = r"^wkr_[0-9A-HJKMNP-TV-Z]{26}$")]
     pub cursor: Option<String>,
 }
 
