@@ -579,6 +579,15 @@ async fn streams_are_capped_per_token_and_overall() {
             .contains("max_streams_per_token"),
         "{body}"
     );
+    // Another spelling of the same header is the same token.
+    let respelled = app
+        .client
+        .get(format!("{}/v1/events/stream", app.base))
+        .header("authorization", format!("bearer   {read} "))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(respelled.status(), StatusCode::TOO_MANY_REQUESTS);
     // Another token may still open one, up to the overall cap.
     let _c = Sse::open(&app, "", None, ADMIN).await;
     let over = Sse::request(&app, "", None, ADMIN).await;

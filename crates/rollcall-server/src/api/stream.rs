@@ -250,7 +250,7 @@ pub struct StreamSlots {
 #[derive(Debug, Default)]
 struct Open {
     total: usize,
-    /// By the SHA-256 of the `Authorization` header.
+    /// By the SHA-256 of the bearer token.
     by_token: std::collections::HashMap<[u8; 32], usize>,
 }
 
@@ -273,7 +273,13 @@ impl StreamSlots {
     /// refuses it.
     fn take(self: &Arc<Self>, credential: &[u8]) -> Result<StreamSlot, ApiError> {
         use sha2::Digest;
-        let key: [u8; 32] = sha2::Sha256::digest(credential).into();
+        // By the token itself, so that spellings of the header (`bearer`,
+        // extra spaces) count as the same token.
+        let token = std::str::from_utf8(credential)
+            .ok()
+            .and_then(crate::auth::bearer)
+            .map_or(credential, str::as_bytes);
+        let key: [u8; 32] = sha2::Sha256::digest(token).into();
         let mut open = self.open.lock();
         if open.total >= self.max {
             return Err(ApiError::Busy(format!(
