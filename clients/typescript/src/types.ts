@@ -177,8 +177,8 @@ export interface EventQuery {
 }
 
 // Compile-time agreement with the schemas the server publishes: the same
-// field names, no more, no fewer. (The enums' published names differ from
-// the wire values, so only the keys are compared.)
+// field names, no more, no fewer. (Only the keys are compared; the enums
+// are published with their wire values and checked by the server's tests.)
 type SameKeys<A, B> = [Exclude<keyof A, keyof B>, Exclude<keyof B, keyof A>] extends [never, never] ? true : false;
 type Schemas = components["schemas"];
 export const schemasAgree: [

@@ -294,18 +294,18 @@ export interface paths {
         /** List events, oldest first. */
         get: {
             parameters: {
-                query?: never;
-                header?: never;
-                path: {
+                query?: {
                     /** @description Only events with a larger `seq` (default 0). */
-                    after: string | null;
+                    after?: number;
                     /** @description 1–1000, default 100. */
-                    limit: string | null;
-                    worker_id: string | null;
-                    machine_id: string | null;
+                    limit?: number;
+                    worker_id?: string;
+                    machine_id?: string;
                     /** @description An event type, e.g. `worker.offline`. */
-                    type: string | null;
+                    type?: components["schemas"]["EventType"];
                 };
+                header?: never;
+                path?: never;
                 cookie?: never;
             };
             requestBody?: never;
@@ -369,23 +369,23 @@ export interface paths {
          */
         get: {
             parameters: {
-                query?: never;
-                header?: {
-                    /** @description Resume after this seq (the `id` of the last message received) */
-                    "Last-Event-ID"?: string | null;
-                };
-                path: {
+                query?: {
                     /**
                      * @description Replay the events after this `seq` first. `Last-Event-ID` wins when
                      *     both are given (a reconnecting `EventSource` sends it and keeps the
                      *     original URL).
                      */
-                    after: string | null;
-                    worker_id: string | null;
-                    machine_id: string | null;
+                    after?: number;
+                    worker_id?: string;
+                    machine_id?: string;
                     /** @description An event type, e.g. `worker.offline`. */
-                    type: string | null;
+                    type?: components["schemas"]["EventType"];
                 };
+                header?: {
+                    /** @description Resume after this seq (the `id` of the last message received) */
+                    "Last-Event-ID"?: string | null;
+                };
+                path?: never;
                 cookie?: never;
             };
             requestBody?: never;
@@ -416,6 +416,24 @@ export interface paths {
                     };
                 };
                 403: {
+                    headers: {
+                        [name: string]: unknown;
+                    };
+                    content: {
+                        "application/json": components["schemas"]["ErrorBody"];
+                    };
+                };
+                /** @description This token has `max_streams_per_token` streams open */
+                429: {
+                    headers: {
+                        [name: string]: unknown;
+                    };
+                    content: {
+                        "application/json": components["schemas"]["ErrorBody"];
+                    };
+                };
+                /** @description `max_streams` streams are open */
+                503: {
                     headers: {
                         [name: string]: unknown;
                     };
@@ -514,15 +532,16 @@ export interface paths {
         /** List machines. */
         get: {
             parameters: {
-                query?: never;
-                header?: never;
-                path: {
+                query?: {
                     /** @description `online` or `offline`. */
-                    status: string | null;
+                    status?: string;
                     /** @description 1–1000, default 100. */
-                    limit: string | null;
-                    cursor: string | null;
+                    limit?: number;
+                    /** @description The last machine id of the previous page. */
+                    cursor?: string;
                 };
+                header?: never;
+                path?: never;
                 cookie?: never;
             };
             requestBody?: never;
@@ -641,13 +660,14 @@ export interface paths {
         /** List tokens (never their secrets). */
         get: {
             parameters: {
-                query?: never;
-                header?: never;
-                path: {
+                query?: {
                     /** @description 1–1000, default 100. */
-                    limit: string | null;
-                    cursor: string | null;
+                    limit?: number;
+                    /** @description The last token id of the previous page. */
+                    cursor?: string;
                 };
+                header?: never;
+                path?: never;
                 cookie?: never;
             };
             requestBody?: never;
@@ -820,16 +840,17 @@ export interface paths {
         /** List workers. */
         get: {
             parameters: {
-                query?: never;
-                header?: never;
-                path: {
+                query?: {
                     /** @description `online`, `draining` or `offline`. */
-                    status: string | null;
-                    machine_id: string | null;
+                    status?: string;
+                    machine_id?: string;
                     /** @description 1–1000, default 100. */
-                    limit: string | null;
-                    cursor: string | null;
+                    limit?: number;
+                    /** @description The last worker id of the previous page. */
+                    cursor?: string;
                 };
+                header?: never;
+                path?: never;
                 cookie?: never;
             };
             requestBody?: never;
@@ -873,7 +894,10 @@ export interface paths {
         post: {
             parameters: {
                 query?: never;
-                header?: never;
+                header?: {
+                    /** @description The live worker's current token, when registering its name again under `re_register = own_token` */
+                    "X-Rollcall-Worker-Token"?: string | null;
+                };
                 path?: never;
                 cookie?: never;
             };
@@ -918,6 +942,15 @@ export interface paths {
                     };
                 };
                 403: {
+                    headers: {
+                        [name: string]: unknown;
+                    };
+                    content: {
+                        "application/json": components["schemas"]["ErrorBody"];
+                    };
+                };
+                /** @description With `re_register = own_token`: the name is a live worker's, and its current token was not presented */
+                409: {
                     headers: {
                         [name: string]: unknown;
                     };
@@ -1313,10 +1346,14 @@ export interface components {
         };
         /** @description `POST /v1/tokens`. */
         CreateTokenRequest: {
-            /** Format: int64 */
+            /**
+             * Format: int64
+             * @description At most 100 years.
+             */
             expires_in_ms?: number | null;
             /** @description `enroll` or `read`. */
             kind: string;
+            /** @description No control or bidirectional formatting characters. */
             name: string;
         };
         /** @description A created token, with its secret (shown once). */
@@ -1336,8 +1373,8 @@ export interface components {
         ErrorDetail: {
             /**
              * @description One of `invalid_request`, `unauthorized`, `forbidden`, `not_found`,
-             *     `conflict`, `payload_too_large`, `rate_limited`, `unavailable`,
-             *     `internal`.
+             *     `conflict`, `payload_too_large`, `request_timeout`, `rate_limited`,
+             *     `unavailable`, `internal`.
              */
             code: string;
             message: string;
@@ -1364,12 +1401,12 @@ export interface components {
          * @description Why a transition happened, as recorded on its event.
          * @enum {string}
          */
-        EventReason: "Registered" | "Heartbeat" | "Shutdown" | "Stale" | "Exited" | "Replaced" | "Revoked";
+        EventReason: "registered" | "heartbeat" | "shutdown" | "stale" | "exited" | "replaced" | "revoked";
         /**
          * @description What an event records.
          * @enum {string}
          */
-        EventType: "WorkerRegistered" | "WorkerOnline" | "WorkerDraining" | "WorkerOffline" | "WorkerDeleted" | "MachineOnline" | "MachineOffline";
+        EventType: "worker.registered" | "worker.online" | "worker.draining" | "worker.offline" | "worker.deleted" | "machine.online" | "machine.offline";
         /** @description The answer to a heartbeat. */
         HeartbeatResponse: {
             /** Format: date-time */
@@ -1411,6 +1448,7 @@ export interface components {
         };
         /** @description The machine part of a registration. */
         MachineSpec: {
+            /** @description No control or bidirectional formatting characters. */
             hostname?: string | null;
             id: string;
             labels?: {
@@ -1421,12 +1459,12 @@ export interface components {
          * @description A machine's status, derived from its workers' statuses.
          * @enum {string}
          */
-        MachineStatus: "Online" | "Offline";
+        MachineStatus: "online" | "offline";
         /**
          * @description Why a worker is offline.
          * @enum {string}
          */
-        OfflineReason: "Shutdown" | "Stale" | "Exited" | "Replaced" | "Revoked";
+        OfflineReason: "shutdown" | "stale" | "exited" | "replaced" | "revoked";
         /** @description `POST /v1/workers/{id}/offline`. */
         OfflineRequest: {
             /** @description `shutdown` (default) or `exited`. */
@@ -1581,7 +1619,7 @@ export interface components {
          * @description A worker's status.
          * @enum {string}
          */
-        Status: "Online" | "Draining" | "Offline";
+        Status: "online" | "draining" | "offline";
         /** @description A token as listed: never the secret. */
         TokenInfo: {
             /** Format: date-time */

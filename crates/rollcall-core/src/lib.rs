@@ -26,7 +26,10 @@ pub mod token;
 
 pub use fsm::{transition, Command, FsmError, Transition, WorkerEvent, WorkerState};
 pub use id::{MachineId, TokenId, WorkerId, WorkerName};
-pub use model::{EventReason, EventType, Labels, MachineStatus, OfflineReason, Status};
+pub use model::{
+    check_text, forbidden_char, EventReason, EventType, Labels, MachineStatus, OfflineReason,
+    Status,
+};
 pub use policy::{Intervals, IntervalsError, LivenessPolicy};
 pub use time::Timestamp;
 pub use token::{TokenHash, TokenKind};

@@ -143,6 +143,40 @@ impl From<OfflineReason> for EventReason {
 )]
 pub struct Labels(BTreeMap<String, String>);
 
+/// The first character of `s` that free text (hostnames, labels, token
+/// names) may not hold: C0 and C1 control characters (newlines, ESC, NUL,
+/// DEL…), the Unicode bidirectional formatting characters (U+061C,
+/// U+200E–U+200F, U+202A–U+202E, U+2066–U+2069) and the line and paragraph
+/// separators U+2028–U+2029. They let a value rewrite a terminal or fake
+/// lines when it is printed.
+pub fn forbidden_char(s: &str) -> Option<char> {
+    s.chars().find(|&c| {
+        c.is_control()
+            || matches!(
+                c,
+                '\u{061C}'
+                    | '\u{200E}'
+                    | '\u{200F}'
+                    | '\u{2028}'
+                    | '\u{2029}'
+                    | '\u{202A}'..='\u{202E}'
+                    | '\u{2066}'..='\u{2069}'
+            )
+    })
+}
+
+/// Checks free text for [`forbidden_char`]; the error describes the
+/// character without printing it.
+pub fn check_text(s: &str) -> Result<(), String> {
+    match forbidden_char(s) {
+        None => Ok(()),
+        Some(c) => Err(format!(
+            "contains U+{:04X}; control characters and bidirectional formatting characters are not allowed",
+            u32::from(c)
+        )),
+    }
+}
+
 /// Why a set of labels was refused.
 #[derive(Debug, Clone, PartialEq, Eq, Error)]
 pub enum LabelsError {
@@ -152,6 +186,10 @@ pub enum LabelsError {
     Key,
     #[error("label values must be at most {max} characters (key {key:?})", max = Labels::MAX_VALUE)]
     Value { key: String },
+    #[error("a label key {0}")]
+    KeyText(String),
+    #[error("the value of label {key:?} {problem}")]
+    ValueText { key: String, problem: String },
 }
 
 impl Labels {
@@ -174,6 +212,21 @@ impl Labels {
             }
         }
         Ok(Labels(map))
+    }
+
+    /// Validates labels sent by a client: [`Labels::parse`], and no
+    /// [`forbidden_char`] in keys or values. (Stored labels are read with
+    /// `parse`, so that a database written before this check still loads.)
+    pub fn parse_input(map: BTreeMap<String, String>) -> Result<Self, LabelsError> {
+        let labels = Self::parse(map)?;
+        for (k, v) in &labels.0 {
+            check_text(k).map_err(LabelsError::KeyText)?;
+            check_text(v).map_err(|problem| LabelsError::ValueText {
+                key: k.clone(),
+                problem,
+            })?;
+        }
+        Ok(labels)
     }
 
     /// The labels as a map.
@@ -224,6 +277,31 @@ mod tests {
         assert_eq!(Labels::parse(long_key), Err(LabelsError::Key));
         let long_value = BTreeMap::from([("k".into(), "v".repeat(257))]);
         assert!(Labels::parse(long_value).is_err());
+        for bad in [
+            "\u{1b}[2J",
+            "a\nb",
+            "\0",
+            "\u{7f}",
+            "\u{85}",
+            "x\u{202e}y",
+            "\u{2066}",
+            "\u{2028}",
+        ] {
+            assert!(forbidden_char(bad).is_some(), "{bad:?}");
+            let key = BTreeMap::from([(bad.to_owned(), "v".to_owned())]);
+            assert!(matches!(
+                Labels::parse_input(key),
+                Err(LabelsError::KeyText(_))
+            ));
+            let value = BTreeMap::from([("k".to_owned(), bad.to_owned())]);
+            assert!(Labels::parse(value.clone()).is_ok(), "stored labels load");
+            let e = Labels::parse_input(value).unwrap_err();
+            assert!(matches!(e, LabelsError::ValueText { .. }), "{e}");
+            assert!(!e.to_string().contains(bad), "the message does not echo it");
+        }
+        for good in ["gpu", "Zürich", "日本", "a b", "emoji 🚀", ""] {
+            assert_eq!(forbidden_char(good), None, "{good:?}");
+        }
         let ok = BTreeMap::from([("k".repeat(64), "v".repeat(256))]);
         assert!(Labels::parse(ok).is_ok());
     }

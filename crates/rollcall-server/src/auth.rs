@@ -180,12 +180,92 @@ impl Tokens {
         }
     }
 
+    /// The worker a worker token belongs to, if it is one; records no use
+    /// (for the batch, where only worker tokens authenticate an entry).
+    pub fn worker_of(&self, engine: &Engine, token: &str) -> Option<WorkerId> {
+        if TokenKind::of(token) != Some(TokenKind::Worker) {
+            return None;
+        }
+        match engine.token_owner(&TokenHash::of(token)) {
+            TokenOwner::Worker(id) => Some(id),
+            TokenOwner::Unknown => None,
+        }
+    }
+
     /// Whether any stored admin token exists (the generated one).
     pub fn has_stored_admin(&self) -> bool {
         self.by_hash
             .read()
             .values()
             .any(|c| c.kind == TokenKind::Admin)
+    }
+}
+
+/// Failed authentication, throttled per client address: a token bucket of
+/// `burst` failures, refilled by one every `refill`. Only failures take
+/// from it, and a valid token is always served, so workers that share an
+/// address with a misbehaving client keep their heartbeats; the failures
+/// beyond the bucket are answered 429 `rate_limited` instead of 401.
+#[derive(Debug)]
+pub struct FailureThrottle {
+    burst: f64,
+    refill: std::time::Duration,
+    buckets: Mutex<HashMap<std::net::IpAddr, Bucket>>,
+}
+
+#[derive(Debug, Clone, Copy)]
+struct Bucket {
+    /// Failures still allowed (fractional while refilling).
+    left: f64,
+    at: std::time::Instant,
+}
+
+/// Addresses remembered at most; beyond, full buckets are forgotten.
+const MAX_TRACKED: usize = 10_000;
+
+impl FailureThrottle {
+    pub fn new(burst: usize, refill: std::time::Duration) -> Self {
+        FailureThrottle {
+            burst: burst as f64,
+            refill,
+            buckets: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// Records a failed authentication from `ip` at `now`; `Err` with how
+    /// long until the next failure is allowed once the bucket is empty.
+    pub fn fail(
+        &self,
+        ip: std::net::IpAddr,
+        now: std::time::Instant,
+    ) -> Result<(), std::time::Duration> {
+        let refill = self.refill.as_secs_f64();
+        let burst = self.burst;
+        let level = |b: &Bucket| {
+            let gained = now.saturating_duration_since(b.at).as_secs_f64() / refill;
+            (b.left + gained).min(burst)
+        };
+        let mut buckets = self.buckets.lock();
+        if buckets.len() >= MAX_TRACKED && !buckets.contains_key(&ip) {
+            buckets.retain(|_, b| level(b) < burst);
+            if buckets.len() >= MAX_TRACKED {
+                // A spread-out flood: start over rather than grow.
+                buckets.clear();
+            }
+        }
+        let b = buckets.entry(ip).or_insert(Bucket {
+            left: burst,
+            at: now,
+        });
+        let left = level(b);
+        b.at = now;
+        if left >= 1.0 {
+            b.left = left - 1.0;
+            Ok(())
+        } else {
+            b.left = left;
+            Err(std::time::Duration::from_secs_f64((1.0 - left) * refill))
+        }
     }
 }
 
@@ -202,6 +282,25 @@ pub(crate) fn bearer(header: &str) -> Option<&str> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn failures_are_throttled_per_address_and_refill() {
+        let t = FailureThrottle::new(3, std::time::Duration::from_secs(1));
+        let a: std::net::IpAddr = "10.0.0.1".parse().unwrap();
+        let b: std::net::IpAddr = "10.0.0.2".parse().unwrap();
+        let t0 = std::time::Instant::now();
+        for _ in 0..3 {
+            assert_eq!(t.fail(a, t0), Ok(()));
+        }
+        let wait = t.fail(a, t0).unwrap_err();
+        assert_eq!(wait, std::time::Duration::from_secs(1));
+        // Another address has its own bucket.
+        assert_eq!(t.fail(b, t0), Ok(()));
+        // One failure regained per second.
+        let t1 = t0 + std::time::Duration::from_millis(1500);
+        assert_eq!(t.fail(a, t1), Ok(()));
+        assert!(t.fail(a, t1).is_err());
+    }
 
     #[test]
     fn bearer_parsing() {

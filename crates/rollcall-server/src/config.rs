@@ -37,6 +37,15 @@ pub struct RawConfig {
     pub admin_token: Option<String>,
     pub admin_token_file: Option<String>,
     pub advertise_url: Option<String>,
+    pub header_read_timeout: Option<String>,
+    pub body_read_timeout: Option<String>,
+    pub idle_timeout: Option<String>,
+    pub max_connections: Option<String>,
+    pub max_streams: Option<String>,
+    pub max_streams_per_token: Option<String>,
+    pub failed_auth_burst: Option<String>,
+    pub failed_auth_refill: Option<String>,
+    pub re_register: Option<String>,
 }
 
 /// A configuration problem, naming the key.
@@ -74,6 +83,63 @@ pub struct Config {
     /// How the other replicas reach this one (PostgreSQL mode); `None`
     /// means `http://` + the address it listens on.
     pub advertise_url: Option<String>,
+    /// Connection limits and timeouts.
+    pub limits: Limits,
+    /// Who may register the name of a live worker again.
+    pub re_register: ReRegister,
+}
+
+/// Who may register again the name of a worker that is live (online or
+/// draining): `re_register` in the configuration.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum ReRegister {
+    /// Any enroll or admin token (a restarted process takes its name back
+    /// at once, without its old token).
+    #[default]
+    Any,
+    /// Only a request that also presents the live worker's current token
+    /// (`X-Rollcall-Worker-Token`), or an admin token; others get 409.
+    OwnToken,
+}
+
+/// What one client may hold of the server: connection timeouts and caps.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Limits {
+    /// How long a request's head may take to arrive, counted from the
+    /// connection's start (first request) or from its first byte (later
+    /// requests).
+    pub header_read_timeout: Duration,
+    /// How long a request's body may take to arrive, counted from the end
+    /// of its head.
+    pub body_read_timeout: Duration,
+    /// How long a keep-alive connection may wait for its next request.
+    pub idle_timeout: Duration,
+    /// Open connections at most (lowered at start to fit the file limit).
+    pub max_connections: usize,
+    /// Open event streams at most.
+    pub max_streams: usize,
+    /// Open event streams per token at most.
+    pub max_streams_per_token: usize,
+    /// Failed authentications a client address may make in a burst before
+    /// further failures are answered 429.
+    pub failed_auth_burst: usize,
+    /// How often a client address regains one failed attempt.
+    pub failed_auth_refill: Duration,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            header_read_timeout: Duration::from_secs(10),
+            body_read_timeout: Duration::from_secs(30),
+            idle_timeout: Duration::from_secs(75),
+            max_connections: 10_000,
+            max_streams: 1_000,
+            max_streams_per_token: 32,
+            failed_auth_burst: 100,
+            failed_auth_refill: Duration::from_millis(100),
+        }
+    }
 }
 
 impl Config {
@@ -108,6 +174,8 @@ impl fmt::Debug for Config {
             .field("admin_token", &self.admin_token.as_ref().map(|_| "<set>"))
             .field("admin_token_file", &self.admin_token_file)
             .field("advertise_url", &self.advertise_url)
+            .field("limits", &self.limits)
+            .field("re_register", &self.re_register)
             .finish()
     }
 }
@@ -142,6 +210,67 @@ pub fn parse_duration(key: &'static str, s: &str) -> Result<Duration, ConfigErro
 
 fn opt_duration(key: &'static str, v: &Option<String>) -> Result<Option<Duration>, ConfigError> {
     v.as_deref().map(|s| parse_duration(key, s)).transpose()
+}
+
+/// The least estimated entropy of a configured secret, in bits.
+pub const MIN_SECRET_BITS: f64 = 48.0;
+
+/// An estimate of a secret's entropy: its length times the Shannon entropy
+/// of its characters' distribution. It catches repeated, short and
+/// low-variety values (`aaaaaaaaaaaaaaaa`, `x`), not a dictionary word.
+pub fn entropy_bits(s: &str) -> f64 {
+    let mut counts = std::collections::HashMap::new();
+    let mut n = 0usize;
+    for c in s.chars() {
+        *counts.entry(c).or_insert(0usize) += 1;
+        n += 1;
+    }
+    if n == 0 {
+        return 0.0;
+    }
+    let n_f = n as f64;
+    let per_char: f64 = counts
+        .values()
+        .map(|&k| {
+            let p = k as f64 / n_f;
+            -p * p.log2()
+        })
+        .sum();
+    let bits = per_char * n_f;
+    // One repeated character gives -0.0.
+    if bits > 0.0 {
+        bits
+    } else {
+        0.0
+    }
+}
+
+/// Refuses a secret that is short or has too little variety.
+fn check_secret(key: &'static str, s: &str) -> Result<(), ConfigError> {
+    if s.chars().count() < 16 || entropy_bits(s) < MIN_SECRET_BITS {
+        return Err(invalid(
+            key,
+            format!(
+                "too weak: a secret must be at least 16 characters with enough variety \
+                 (estimated entropy {:.0} bits, at least {MIN_SECRET_BITS:.0} needed); \
+                 use a random value, e.g. `openssl rand -hex 32`",
+                entropy_bits(s)
+            ),
+        ));
+    }
+    Ok(())
+}
+
+fn opt_count(key: &'static str, v: &Option<String>) -> Result<Option<usize>, ConfigError> {
+    v.as_deref()
+        .map(|s| match s.trim().parse::<usize>() {
+            Ok(n) if n > 0 => Ok(n),
+            _ => Err(invalid(
+                key,
+                format!("{s:?} is not a whole number greater than zero"),
+            )),
+        })
+        .transpose()
 }
 
 fn addr(key: &'static str, s: &str) -> Result<SocketAddr, ConfigError> {
@@ -184,7 +313,16 @@ impl RawConfig {
             event_retention,
             admin_token,
             admin_token_file,
-            advertise_url
+            advertise_url,
+            header_read_timeout,
+            body_read_timeout,
+            idle_timeout,
+            max_connections,
+            max_streams,
+            max_streams_per_token,
+            failed_auth_burst,
+            failed_auth_refill,
+            re_register
         )
     }
 
@@ -268,15 +406,55 @@ impl RawConfig {
             .map(|s| addr("metrics_listen", s))
             .transpose()?;
         let metrics_token = self.metrics_token.filter(|t| !t.is_empty());
+        if let Some(t) = &metrics_token {
+            check_secret("metrics_token", t)?;
+        }
         let admin_token = match self.admin_token {
-            Some(t) if t.trim().len() < 16 => {
-                return Err(invalid(
-                    "admin_token",
-                    "must be at least 16 characters (use a long random value)",
-                ))
+            Some(t) => {
+                check_secret("admin_token", t.trim())?;
+                Some(t.trim().to_owned())
             }
-            other => other.map(|t| t.trim().to_owned()),
+            None => None,
         };
+        if let Some(path) = &self.admin_token_file {
+            // Read here too, so that a weak or missing file is a
+            // configuration error (exit 2) naming the key.
+            let t = std::fs::read_to_string(path)
+                .map_err(|e| invalid("admin_token_file", format!("reading {path}: {e}")))?;
+            check_secret("admin_token_file", t.trim())?;
+        }
+
+        let d = Limits::default();
+        let limits = Limits {
+            header_read_timeout: opt_duration("header_read_timeout", &self.header_read_timeout)?
+                .unwrap_or(d.header_read_timeout),
+            body_read_timeout: opt_duration("body_read_timeout", &self.body_read_timeout)?
+                .unwrap_or(d.body_read_timeout),
+            idle_timeout: opt_duration("idle_timeout", &self.idle_timeout)?
+                .unwrap_or(d.idle_timeout),
+            max_connections: opt_count("max_connections", &self.max_connections)?
+                .unwrap_or(d.max_connections),
+            max_streams: 0,
+            max_streams_per_token: opt_count("max_streams_per_token", &self.max_streams_per_token)?
+                .unwrap_or(d.max_streams_per_token),
+            failed_auth_burst: opt_count("failed_auth_burst", &self.failed_auth_burst)?
+                .unwrap_or(d.failed_auth_burst),
+            failed_auth_refill: opt_duration("failed_auth_refill", &self.failed_auth_refill)?
+                .unwrap_or(d.failed_auth_refill),
+        };
+        let mut limits = limits;
+        // Unset, it follows a lowered max_connections: at most half of it.
+        limits.max_streams = opt_count("max_streams", &self.max_streams)?
+            .unwrap_or_else(|| d.max_streams.min(limits.max_connections / 2).max(1));
+        if limits.max_streams >= limits.max_connections {
+            return Err(invalid(
+                "max_streams",
+                format!(
+                    "must be below max_connections ({}): every stream holds a connection",
+                    limits.max_connections
+                ),
+            ));
+        }
 
         Ok(Config {
             listen,
@@ -302,6 +480,17 @@ impl RawConfig {
             admin_token,
             admin_token_file: self.admin_token_file.map(PathBuf::from),
             advertise_url,
+            limits,
+            re_register: match self.re_register.as_deref().map(str::trim) {
+                None | Some("any") => ReRegister::Any,
+                Some("own_token") => ReRegister::OwnToken,
+                Some(other) => {
+                    return Err(invalid(
+                        "re_register",
+                        format!("expected \"any\" or \"own_token\", got {other:?}"),
+                    ))
+                }
+            },
         })
     }
 }
@@ -335,6 +524,30 @@ mod tests {
         assert_eq!(c.policy.max_stale_after, Duration::from_secs(86_400));
         assert_eq!(c.forget_offline_after, Duration::from_secs(7 * 86_400));
         assert_eq!(c.event_retention, Duration::from_secs(30 * 86_400));
+        assert_eq!(c.limits, Limits::default());
+        assert_eq!(c.re_register, ReRegister::Any);
+        let c = raw(&[("re_register", "own_token")]).resolve().unwrap();
+        assert_eq!(c.re_register, ReRegister::OwnToken);
+        let e = raw(&[("re_register", "mine")]).resolve().unwrap_err();
+        assert!(e.to_string().contains("`re_register`"), "{e}");
+    }
+
+    #[test]
+    fn limits_are_checked() {
+        let c = raw(&[("idle_timeout", "5s"), ("max_connections", "500")])
+            .resolve()
+            .unwrap();
+        assert_eq!(c.limits.idle_timeout, Duration::from_secs(5));
+        assert_eq!(c.limits.max_connections, 500);
+        assert_eq!(c.limits.max_streams, 250, "follows max_connections");
+        let e = raw(&[("max_connections", "0")]).resolve().unwrap_err();
+        assert!(e.to_string().contains("`max_connections`"), "{e}");
+        let e = raw(&[("max_connections", "100"), ("max_streams", "100")])
+            .resolve()
+            .unwrap_err();
+        assert!(e.to_string().contains("`max_streams`"), "{e}");
+        let e = raw(&[("header_read_timeout", "0s")]).resolve().unwrap_err();
+        assert!(e.to_string().contains("`header_read_timeout`"), "{e}");
     }
 
     #[test]
@@ -408,6 +621,42 @@ mod tests {
             .resolve()
             .unwrap_err();
         assert!(e.to_string().contains("`advertise_url`"), "{e}");
+    }
+
+    #[test]
+    fn weak_secrets_are_refused_naming_the_key() {
+        for (key, weak) in [
+            ("admin_token", "aaaaaaaaaaaaaaaa"),
+            ("admin_token", "abababababababababab"),
+            ("admin_token", "short"),
+            ("metrics_token", "x"),
+            ("metrics_token", "0000000000000000000000000000"),
+        ] {
+            let e = raw(&[(key, weak)]).resolve().unwrap_err();
+            assert!(e.to_string().contains(&format!("`{key}`")), "{e}");
+            if weak.len() > 4 {
+                assert!(
+                    !e.to_string().contains(weak),
+                    "the secret is not echoed: {e}"
+                );
+            }
+        }
+        for strong in [
+            "rc_admin_test-suite-admin-token-0123456789",
+            "3f9a1c7e5b2d8064a1f3c5e7b9d0f2a4",
+            "scrape-secret-0123456789",
+        ] {
+            raw(&[("admin_token", strong), ("metrics_token", strong)])
+                .resolve()
+                .unwrap();
+        }
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("admin.token");
+        std::fs::write(&file, "aaaaaaaaaaaaaaaaaaaa\n").unwrap();
+        let e = raw(&[("admin_token_file", file.to_str().unwrap())])
+            .resolve()
+            .unwrap_err();
+        assert!(e.to_string().contains("`admin_token_file`"), "{e}");
     }
 
     #[test]

@@ -36,6 +36,7 @@ pub mod cleanup;
 pub mod clock;
 pub mod cluster;
 pub mod config;
+pub mod conn;
 pub mod detector;
 pub mod engine;
 pub mod flush;
@@ -219,6 +220,10 @@ pub(crate) struct Shared {
     /// Whether the store can commit; `store` reports every write to it.
     pub(crate) health: Arc<health::StoreHealth>,
     pub(crate) stream: StreamSettings,
+    /// The open event streams (shared by every role this server takes).
+    pub(crate) streams: Arc<api::stream::StreamSlots>,
+    /// Failed authentications per client address.
+    pub(crate) throttle: Arc<auth::FailureThrottle>,
     /// Cancelled when the server shuts down.
     pub(crate) shutdown: CancellationToken,
 }
@@ -244,6 +249,9 @@ impl Shared {
             store_health: self.health.clone(),
             metrics_token: self.config.metrics_token.as_deref().map(TokenHash::of),
             stream: self.stream,
+            streams: self.streams.clone(),
+            throttle: self.throttle.clone(),
+            re_register: self.config.re_register,
             shutdown: self.shutdown.child_token(),
         }
     }
@@ -453,7 +461,7 @@ fn write_secret(path: &Path, secret: &str) -> std::io::Result<()> {
         Some(d) if !d.as_os_str().is_empty() => d,
         _ => Path::new("."),
     };
-    std::fs::create_dir_all(dir)?;
+    rollcall_store::sqlite::private_dir(dir)?;
     let mut tmp_name = path.file_name().unwrap_or_default().to_owned();
     tmp_name.push(".tmp");
     let tmp = dir.join(tmp_name);
@@ -575,7 +583,17 @@ pub(crate) async fn prepare(
         store.all_tokens().await?,
         configured_admin.as_deref(),
     ));
+    let streams = api::stream::StreamSlots::new(
+        config.limits.max_streams,
+        config.limits.max_streams_per_token,
+    );
+    let throttle = Arc::new(auth::FailureThrottle::new(
+        config.limits.failed_auth_burst,
+        config.limits.failed_auth_refill,
+    ));
     let shared = Shared {
+        streams,
+        throttle,
         config: Arc::new(config),
         store,
         tokens,
@@ -608,17 +626,24 @@ pub(crate) fn serve_metrics(
 ) -> anyhow::Result<SocketAddr> {
     let addr = listener.local_addr()?;
     info!(%addr, "serving /metrics on its own listener");
-    let app = app.layer(catch_panic());
+    let app = app.layer(nosniff()).layer(catch_panic());
     let stop = shared.shutdown.clone();
+    let settings = serve_settings(shared);
     tokio::spawn(async move {
-        let served = axum::serve(listener, app)
-            .with_graceful_shutdown(async move { stop.cancelled().await })
-            .await;
+        let served = conn::serve(listener, app, settings, stop).await;
         if let Err(e) = served {
             warn!(error = %e, "the metrics listener failed");
         }
     });
     Ok(addr)
+}
+
+/// `X-Content-Type-Options: nosniff` on every answer (a static header).
+fn nosniff() -> tower_http::set_header::SetResponseHeaderLayer<axum::http::HeaderValue> {
+    tower_http::set_header::SetResponseHeaderLayer::if_not_present(
+        axum::http::header::X_CONTENT_TYPE_OPTIONS,
+        axum::http::HeaderValue::from_static("nosniff"),
+    )
 }
 
 /// Answers a panicking handler with the contract's opaque 500.
@@ -646,16 +671,34 @@ pub(crate) fn serve_http(
                 Some(axum::http::HeaderValue::from_static(role.get().as_str()))
             },
         ))
+        .layer(nosniff())
         .layer(catch_panic());
     let stop = shared.shutdown.clone();
     // Connections that stop reading are closed rather than waited for, so
-    // an event stream to a stuck client cannot hang shutdown.
-    let listener = api::stream::GuardedListener::new(listener, shared.stream, stop.clone());
-    tokio::spawn(async move {
-        axum::serve(listener, app)
-            .with_graceful_shutdown(async move { stop.cancelled().await })
-            .await
-    })
+    // an event stream to a stuck client cannot hang shutdown; see `conn`
+    // for the timeouts and the cap.
+    tokio::spawn(conn::serve(listener, app, serve_settings(shared), stop))
+}
+
+/// The connection limits in force: the configured ones, with the cap
+/// lowered to fit the open-file limit (raised first).
+fn serve_settings(shared: &Shared) -> conn::ServeSettings {
+    let limits = shared.config.limits;
+    let fd_limit = conn::raise_fd_limit();
+    let max_connections = conn::effective_max_connections(limits.max_connections, fd_limit);
+    if max_connections < limits.max_connections {
+        warn!(
+            configured = limits.max_connections,
+            in_force = max_connections,
+            open_file_limit = fd_limit,
+            "max_connections lowered to leave file descriptors for the rest of the server"
+        );
+    }
+    conn::ServeSettings {
+        limits,
+        max_connections,
+        stream: shared.stream,
+    }
 }
 
 /// Runs rollcall on `listener` until `shutdown` resolves, then shuts down

@@ -814,6 +814,7 @@ async fn events_list_filters_and_pages() {
 async fn batch_heartbeats_answer_in_request_order_per_entry() {
     let app = spawn_app().await;
     let enroll = app.token("enroll").await;
+    let read = app.token("read").await;
     let w1 = app.register_stale("w1", "m", 60_000).await;
     let w2 = app.register_stale("w2", "m", 60_000).await;
     let off = app.register_stale("off", "m", 60_000).await;
@@ -834,12 +835,13 @@ async fn batch_heartbeats_answer_in_request_order_per_entry() {
         {"worker_id": gone.id, "token": gone.token},
         {"worker_id": w2.id, "token": w2.token},
         {"worker_id": UNKNOWN_WORKER, "token": w2.token},
+        {"worker_id": w2.id, "token": read},
     ]});
     let r = app.post("/v1/heartbeats", &enroll, entries.clone()).await;
     let body = r.expect(200).clone();
     assert_keys(&body, &["results"]);
     let results = body["results"].as_array().unwrap();
-    assert_eq!(results.len(), 10);
+    assert_eq!(results.len(), 11);
     for (res, entry) in results
         .iter()
         .zip(entries["heartbeats"].as_array().unwrap())
@@ -865,11 +867,40 @@ async fn batch_heartbeats_answer_in_request_order_per_entry() {
     err(&results[2], "unauthorized");
     err(&results[3], "unauthorized");
     ok(&results[4], 2, true);
-    err(&results[5], "forbidden");
-    err(&results[6], "forbidden");
+    // Valid tokens of other kinds are answered like unknown ones: the batch
+    // tells nothing about a token that is not a worker's.
+    err(&results[5], "unauthorized");
+    err(&results[6], "unauthorized");
+    assert_eq!(results[5]["error"], results[3]["error"]);
     err(&results[7], "unauthorized");
     ok(&results[8], 1, false);
     err(&results[9], "forbidden");
+    err(&results[10], "unauthorized");
+    assert_eq!(results[10]["error"], results[3]["error"]);
+    // …and its last use is not recorded: once another token's use has been
+    // written behind, the read token in the entry still has none.
+    let probe = app.create_token("read", "probe", None).await;
+    app.get("/v1/workers", probe["token"].as_str().unwrap())
+        .await
+        .expect(200);
+    let used = |name: &'static str| {
+        let app = &app;
+        async move {
+            app.tokens()
+                .await
+                .into_iter()
+                .find(|t| t["name"] == name)
+                .map(|t| !t["last_used_at"].is_null())
+                .unwrap()
+        }
+    };
+    wait_until(
+        "the probe token's use is written behind",
+        Duration::from_secs(30),
+        || used("probe"),
+    )
+    .await;
+    assert!(!used("read token").await, "a batch entry recorded a use");
 
     // The resumed worker has its worker.online(heartbeat) event.
     let got: Vec<_> = app.worker_events(&off.id).await.iter().map(brief).collect();
@@ -3100,4 +3131,305 @@ async fn a_request_refused_before_its_body_was_read_still_gets_its_answer() {
         let r = app.send(Method::GET, "/healthz", None, None).await;
         assert_eq!(r.status, 200);
     }
+}
+
+#[tokio::test]
+async fn control_and_bidi_characters_in_free_text_are_400_naming_the_field() {
+    let app = spawn_app().await;
+    let enroll = app.token("enroll").await;
+    let bad = [
+        "\u{1b}[2J\u{1b}[H",
+        "fake\nline",
+        "nul\0",
+        "del\u{7f}",
+        "c1\u{9b}31m",
+        "evil\u{202e}txt.exe",
+        "iso\u{2066}late",
+        "sep\u{2028}arator",
+    ];
+    for b in bad {
+        let cases = [
+            (
+                json!({"name": "w", "machine": {"id": "m1", "hostname": b}}),
+                "machine.hostname",
+            ),
+            (
+                json!({"name": "w", "machine": {"id": "m1"}, "labels": {b: "v"}}),
+                "labels",
+            ),
+            (
+                json!({"name": "w", "machine": {"id": "m1"}, "labels": {"k": b}}),
+                "labels",
+            ),
+            (
+                json!({"name": "w", "machine": {"id": "m1", "labels": {b: "v"}}}),
+                "machine.labels",
+            ),
+            (
+                json!({"name": "w", "machine": {"id": "m1", "labels": {"k": b}}}),
+                "machine.labels",
+            ),
+        ];
+        for (body, field) in cases {
+            let r = app.post("/v1/workers", &enroll, body.clone()).await;
+            let e = r.expect(400);
+            assert_eq!(e["error"]["code"], "invalid_request");
+            let msg = e["error"]["message"].as_str().unwrap();
+            assert!(msg.starts_with(field), "{body}: {msg}");
+            assert!(!msg.contains(b), "the message does not echo it: {msg:?}");
+        }
+        let r = app
+            .post("/v1/tokens", &app.admin, json!({"kind": "read", "name": b}))
+            .await;
+        let e = r.expect(400);
+        assert!(
+            e["error"]["message"].as_str().unwrap().starts_with("name "),
+            "{e}"
+        );
+    }
+    // Nothing was created; ordinary Unicode is fine.
+    assert!(app.workers().await.is_empty());
+    assert_eq!(app.tokens().await.len(), 1, "only the enroll token");
+    let ok = app
+        .post(
+            "/v1/workers",
+            &enroll,
+            json!({"name": "w", "machine": {"id": "m1", "hostname": "Zürich 日本 🚀",
+                "labels": {"région": "ÎLE"}}, "labels": {"queue": "gpu a"}}),
+        )
+        .await;
+    ok.expect(201);
+}
+
+#[cfg(unix)]
+#[tokio::test]
+async fn the_data_dir_is_private_and_secrets_are_not_cached() {
+    use std::os::unix::fs::PermissionsExt;
+    let app = spawn_app_with(|c| {
+        let nested = format!("{}/nested/data", c.data_dir.as_deref().unwrap());
+        c.data_dir = Some(nested);
+    })
+    .await;
+    let enroll = app.token("enroll").await;
+    let r = app
+        .post(
+            "/v1/workers",
+            &enroll,
+            json!({"name": "w", "machine": {"id": "m"}}),
+        )
+        .await;
+    r.expect(201);
+    assert_eq!(r.headers["cache-control"], "no-store");
+    assert_eq!(r.headers["x-content-type-options"], "nosniff");
+    let t = app
+        .post(
+            "/v1/tokens",
+            &app.admin,
+            json!({"kind": "read", "name": "r"}),
+        )
+        .await;
+    t.expect(201);
+    assert_eq!(t.headers["cache-control"], "no-store");
+    // Errors and reads are JSON too, never sniffed.
+    let e = app.get("/v1/workers", "nope").await;
+    assert_eq!(e.headers["x-content-type-options"], "nosniff");
+    if on_postgres() {
+        return;
+    }
+    let data = app.dir.path().join("nested/data");
+    let mode = |p: &std::path::Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode(&data), 0o700, "the data directory");
+    for f in [
+        "rollcall.db",
+        "rollcall.db-wal",
+        "rollcall.db-shm",
+        "rollcall.db.lock",
+    ] {
+        let p = data.join(f);
+        if p.exists() {
+            assert_eq!(mode(&p), 0o600, "{f}");
+        } else {
+            assert!(f != "rollcall.db", "the database exists");
+        }
+    }
+}
+
+#[tokio::test]
+async fn the_openapi_document_says_what_the_wire_carries() {
+    let app = spawn_app().await;
+    let doc = app
+        .client
+        .get(app.url("/openapi.json"))
+        .send()
+        .await
+        .unwrap();
+    let doc: Value = doc.json().await.unwrap();
+    let schemas = &doc["components"]["schemas"];
+    let wire = |name: &str| -> Vec<String> {
+        schemas[name]["enum"]
+            .as_array()
+            .unwrap_or_else(|| panic!("{name} is an enum: {}", schemas[name]))
+            .iter()
+            .map(|v| v.as_str().unwrap().to_owned())
+            .collect()
+    };
+    let names = |all: &[&str]| all.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+    use rollcall_core::{EventReason, EventType, MachineStatus, OfflineReason, Status};
+    assert_eq!(
+        wire("Status"),
+        names(&Status::ALL.iter().map(|s| s.as_str()).collect::<Vec<_>>())
+    );
+    assert_eq!(wire("Status")[0], "online");
+    assert_eq!(
+        wire("MachineStatus"),
+        names(
+            &MachineStatus::ALL
+                .iter()
+                .map(|s| s.as_str())
+                .collect::<Vec<_>>()
+        )
+    );
+    assert_eq!(
+        wire("EventType"),
+        names(
+            &EventType::ALL
+                .iter()
+                .map(|s| s.as_str())
+                .collect::<Vec<_>>()
+        )
+    );
+    assert!(wire("EventType").contains(&"worker.registered".to_owned()));
+    assert_eq!(
+        wire("EventReason"),
+        names(
+            &EventReason::ALL
+                .iter()
+                .map(|s| s.as_str())
+                .collect::<Vec<_>>()
+        )
+    );
+    assert_eq!(
+        wire("OfflineReason"),
+        names(
+            &OfflineReason::ALL
+                .iter()
+                .map(|s| s.as_str())
+                .collect::<Vec<_>>()
+        )
+    );
+    // Operation ids are unique; parameters are where the server reads them.
+    let mut ids = std::collections::BTreeSet::new();
+    for (path, item) in doc["paths"].as_object().unwrap() {
+        for (method, op) in item.as_object().unwrap() {
+            let id = op["operationId"].as_str().unwrap();
+            assert!(ids.insert(id.to_owned()), "{method} {path}: {id} twice");
+            for p in op["parameters"].as_array().into_iter().flatten() {
+                let name = p["name"].as_str().unwrap();
+                match p["in"].as_str().unwrap() {
+                    "path" => assert!(path.contains(&format!("{{{name}}}")), "{path}: {p}"),
+                    "query" => assert_eq!(p["required"], false, "{path}: {p}"),
+                    "header" => {}
+                    other => panic!("{path}: {name} in {other}"),
+                }
+            }
+        }
+    }
+}
+
+#[tokio::test]
+async fn json_arrays_where_objects_are_expected_are_400_and_change_nothing() {
+    let app = spawn_app().await;
+    let w = app.register("w", "m").await;
+    let enroll = app.token("enroll").await;
+    let before = app.worker(&w.id).await;
+    for (path, token, body) in [
+        (
+            format!("/v1/workers/{}/offline", w.id),
+            w.token.clone(),
+            r#"["exited"]"#,
+        ),
+        (
+            "/v1/workers".to_owned(),
+            enroll.clone(),
+            r#"["w2", {"id": "m"}]"#,
+        ),
+        (
+            "/v1/tokens".to_owned(),
+            app.admin.clone(),
+            r#"["read", "x"]"#,
+        ),
+        ("/v1/heartbeats".to_owned(), enroll.clone(), r#"[[]]"#),
+        ("/v1/workers".to_owned(), enroll.clone(), r#""string""#),
+    ] {
+        let r = app
+            .post_raw(&path, Some(&token), body.as_bytes().to_vec())
+            .await;
+        let e = r.expect(400);
+        assert_eq!(e["error"]["code"], "invalid_request", "{path}");
+        assert!(
+            e["error"]["message"]
+                .as_str()
+                .unwrap()
+                .contains("JSON object"),
+            "{path}: {e}"
+        );
+    }
+    assert_eq!(app.worker(&w.id).await, before);
+    assert_eq!(app.workers().await.len(), 1);
+}
+
+#[tokio::test]
+async fn re_register_own_token_keeps_a_live_worker_from_being_taken_over() {
+    let app = spawn_app_with(|c| c.re_register = Some("own_token".into())).await;
+    let fleet_a = app.token("enroll").await;
+    let fleet_b = app.token("enroll").await;
+    let body = json!({"name": "render-1", "machine": {"id": "host-a", "hostname": "a.example"}});
+    let first = app.register_as(&fleet_a, body.clone()).await;
+    assert_eq!(first.status, 201);
+    let take_over = |token: String, worker_token: Option<String>| {
+        let app = &app;
+        let body = json!({"name": "render-1", "machine": {"id": "host-a", "hostname": "evil"}});
+        async move {
+            let mut req = app
+                .client
+                .post(app.url("/v1/workers"))
+                .bearer_auth(token)
+                .json(&body);
+            if let Some(t) = worker_token {
+                req = req.header("x-rollcall-worker-token", t);
+            }
+            let r = req.send().await.unwrap();
+            (r.status().as_u16(), r.json::<Value>().await.unwrap())
+        }
+    };
+    // Another enroll token, with no token or a wrong one: 409, nothing changes.
+    for wt in [
+        None,
+        Some("rc_worker_nope".to_owned()),
+        Some(fleet_a.clone()),
+    ] {
+        let (status, body) = take_over(fleet_b.clone(), wt).await;
+        assert_eq!(status, 409, "{body}");
+        assert_eq!(body["error"]["code"], "conflict");
+    }
+    assert_eq!(app.heartbeat_raw(&first.id, &first.token).await.status, 200);
+    let m = app.get("/v1/machines/host-a", &app.admin).await;
+    assert_eq!(m.expect(200)["hostname"], "a.example");
+    assert_eq!(app.worker(&first.id).await["session"], 1);
+    // With the worker's current token it may (a planned restart).
+    let (status, again) = take_over(fleet_b.clone(), Some(first.token.clone())).await;
+    assert_eq!(status, 200, "{again}");
+    assert_eq!(again["worker"]["session"], 2);
+    let token2 = again["token"].as_str().unwrap().to_owned();
+    // An admin token may as well.
+    let (status, body) = take_over(app.admin.clone(), None).await;
+    assert_eq!(status, 200, "{body}");
+    let token3 = body["token"].as_str().unwrap().to_owned();
+    assert_eq!(app.heartbeat_raw(&first.id, &token2).await.status, 401);
+    // Once the worker is offline, any enroll token registers it again.
+    app.post_empty(&format!("/v1/workers/{}/offline", first.id), &token3)
+        .await
+        .expect(200);
+    let (status, body) = take_over(fleet_b.clone(), None).await;
+    assert_eq!(status, 200, "{body}");
 }

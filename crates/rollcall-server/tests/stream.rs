@@ -38,6 +38,8 @@ struct Setup {
     /// A small kernel send buffer on accepted connections, so that a client
     /// that stops reading blocks the server's writes after little data.
     small_send_buffer: bool,
+    /// Changes to the configuration.
+    tweak: Option<fn(&mut RawConfig)>,
 }
 
 async fn spawn(setup: Setup) -> App {
@@ -54,6 +56,10 @@ async fn spawn(setup: Setup) -> App {
         admin_token: Some(ADMIN.into()),
         ..RawConfig::default()
     };
+    let mut raw = raw;
+    if let Some(tweak) = setup.tweak {
+        tweak(&mut raw);
+    }
     let config = raw.resolve().expect("a valid config");
     let socket = TcpSocket::new_v4().unwrap();
     if setup.small_send_buffer {
@@ -520,6 +526,101 @@ async fn a_revoked_token_ends_its_stream() {
 }
 
 #[tokio::test]
+async fn a_token_revoked_while_its_stream_waits_gets_no_more_events() {
+    // Keep-alives far apart: the stream is waiting for events, not ticking,
+    // when the token is revoked; the next event must not reach it.
+    let app = spawn(Setup::default()).await;
+    let (id, read) = app.token("read").await;
+    let mut sse = Sse::open(&app, "", None, &read).await;
+    let before = app.register("before", "host-a").await;
+    let first = sse.next(PATIENCE).await.expect("an event before revoking");
+    assert_eq!(first.data["worker_id"], before.id.as_str());
+    while sse.next(Duration::from_millis(200)).await.is_some() {}
+    let r = app
+        .client
+        .delete(format!("{}/v1/tokens/{id}", app.base))
+        .bearer_auth(ADMIN)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::NO_CONTENT);
+    let after = app.register("after", "host-a").await;
+    sse.until_end().await;
+    let leaked: Vec<_> = sse
+        .messages
+        .iter()
+        .filter(|m| m.data["worker_id"] == after.id.as_str())
+        .collect();
+    assert!(leaked.is_empty(), "a revoked token's stream got {leaked:?}");
+}
+
+#[tokio::test]
+async fn streams_are_capped_per_token_and_overall() {
+    let app = spawn(Setup {
+        tweak: Some(|c| {
+            c.max_streams = Some("3".into());
+            c.max_streams_per_token = Some("2".into());
+        }),
+        ..Setup::default()
+    })
+    .await;
+    let (_, read) = app.token("read").await;
+    let a = Sse::open(&app, "", None, &read).await;
+    let _b = Sse::open(&app, "", None, &read).await;
+    let third = Sse::request(&app, "", None, &read).await;
+    assert_eq!(third.status(), StatusCode::TOO_MANY_REQUESTS);
+    assert_eq!(third.headers()["retry-after"], "5");
+    let body: Value = third.json().await.unwrap();
+    assert_eq!(body["error"]["code"], "rate_limited", "{body}");
+    assert!(
+        body["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("max_streams_per_token"),
+        "{body}"
+    );
+    // Another spelling of the same header is the same token.
+    let respelled = app
+        .client
+        .get(format!("{}/v1/events/stream", app.base))
+        .header("authorization", format!("bearer   {read} "))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(respelled.status(), StatusCode::TOO_MANY_REQUESTS);
+    // Another token may still open one, up to the overall cap.
+    let _c = Sse::open(&app, "", None, ADMIN).await;
+    let over = Sse::request(&app, "", None, ADMIN).await;
+    assert_eq!(over.status(), StatusCode::SERVICE_UNAVAILABLE);
+    assert!(over.headers().contains_key("retry-after"));
+    let body: Value = over.json().await.unwrap();
+    assert_eq!(body["error"]["code"], "unavailable", "{body}");
+    assert!(
+        body["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("max_streams"),
+        "{body}"
+    );
+    // A closed stream gives its place back (once the server sees it gone:
+    // at its next write, a keep-alive or an event).
+    drop(a);
+    let deadline = Instant::now() + PATIENCE;
+    loop {
+        let _ = app.register("nudge", "host-a").await;
+        let r = Sse::request(&app, "", None, &read).await;
+        if r.status() == StatusCode::OK {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the closed stream's slot was not freed"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+#[tokio::test]
 async fn keep_alive_comments_arrive_while_nothing_happens() {
     let app = spawn(Setup {
         stream: StreamSettings {
@@ -680,6 +781,7 @@ async fn a_stuck_client_delays_no_one_and_shutdown_still_completes() {
             // The production stall limit: shutdown must not wait for it.
             stream: StreamSettings::default(),
             small_send_buffer: true,
+            tweak: None,
         })
         .await,
     );
@@ -724,6 +826,7 @@ async fn a_client_that_stops_reading_is_disconnected_and_resumes_from_its_last_i
                 ..StreamSettings::default()
             },
             small_send_buffer: true,
+            tweak: None,
         })
         .await,
     );

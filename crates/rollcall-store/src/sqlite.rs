@@ -62,11 +62,16 @@ impl SqliteStore {
                 .unwrap_or(url),
         );
         if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
-            std::fs::create_dir_all(dir).map_err(|e| {
+            private_dir(dir).map_err(|e| {
                 StoreError::Locked(format!("cannot create directory {}: {e}", dir.display()))
             })?;
         }
         let lock = take_lock(&path)?;
+        // SQLite gives its -wal and -shm files the database file's mode, so
+        // creating the database 0600 keeps all three private.
+        private_file(&path).map_err(|e| {
+            StoreError::Locked(format!("cannot create database {}: {e}", path.display()))
+        })?;
         let options = SqliteConnectOptions::new()
             .filename(&path)
             .create_if_missing(true)
@@ -135,14 +140,48 @@ impl SqliteStore {
     }
 }
 
+/// Creates `dir` (and its missing parents) readable by this user only
+/// (0700); an existing directory keeps its mode.
+pub fn private_dir(dir: &Path) -> std::io::Result<()> {
+    let mut b = std::fs::DirBuilder::new();
+    b.recursive(true);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::DirBuilderExt;
+        b.mode(0o700);
+    }
+    b.create(dir)
+}
+
+/// Creates an empty `path` with mode 0600 unless it exists (an existing
+/// file keeps its mode).
+fn private_file(path: &Path) -> std::io::Result<()> {
+    let mut o = File::options();
+    o.write(true).create_new(true);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::OpenOptionsExt;
+        o.mode(0o600);
+    }
+    match o.open(path) {
+        Ok(_) => Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => Ok(()),
+        Err(e) => Err(e),
+    }
+}
+
 fn take_lock(db: &Path) -> Result<File> {
     let mut lock_path = db.as_os_str().to_owned();
     lock_path.push(".lock");
     let lock_path = PathBuf::from(lock_path);
-    let file = File::options()
-        .create(true)
-        .truncate(false)
-        .write(true)
+    let mut options = File::options();
+    options.create(true).truncate(false).write(true);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::OpenOptionsExt;
+        options.mode(0o600);
+    }
+    let file = options
         .open(&lock_path)
         .map_err(|e| StoreError::Locked(format!("cannot open {}: {e}", lock_path.display())))?;
     match file.try_lock() {

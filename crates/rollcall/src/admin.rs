@@ -310,7 +310,7 @@ where
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(f) => {
-            eprintln!("rollcall: {}", f.message);
+            eprintln!("rollcall: {}", printable(&f.message));
             ExitCode::from(f.code)
         }
     }
@@ -794,12 +794,31 @@ fn print_worker(w: &rollcall_client::Worker) {
     ]);
 }
 
+/// `s` with every character that could move the cursor, colour the
+/// terminal, fake a line or reorder text (controls, bidirectional
+/// formatting) written as `\u{…}`. The server refuses them in new input;
+/// older data, or another server, may still hold them.
+fn printable(s: &str) -> String {
+    if rollcall_core::forbidden_char(s).is_none() {
+        return s.to_owned();
+    }
+    let mut out = String::with_capacity(s.len() + 8);
+    for c in s.chars() {
+        if rollcall_core::forbidden_char(c.encode_utf8(&mut [0; 4])).is_some() {
+            out.push_str(&format!("\\u{{{:x}}}", u32::from(c)));
+        } else {
+            out.push(c);
+        }
+    }
+    out
+}
+
 fn labels(l: &rollcall_client::Labels) -> String {
     if l.is_empty() {
         return "-".into();
     }
     l.iter()
-        .map(|(k, v)| format!("{k}={v}"))
+        .map(|(k, v)| format!("{}={}", printable(k), printable(v)))
         .collect::<Vec<_>>()
         .join(",")
 }
@@ -814,9 +833,16 @@ fn list_or_none(ids: &[MachineId]) -> String {
         .join(", ")
 }
 
+/// Prints `key  value` lines. Values are escaped ([`printable`]) except
+/// `status`, which rollcall colours itself.
 fn kv(pairs: &[(&str, String)]) {
     let width = pairs.iter().map(|(k, _)| k.len()).max().unwrap_or(0);
     for (k, v) in pairs {
+        let v = if *k == "status" {
+            v.clone()
+        } else {
+            printable(v)
+        };
         println!("{k:<width$}  {v}");
     }
 }
@@ -828,8 +854,12 @@ struct Cell {
 }
 
 impl Cell {
+    /// A cell of text from the server, escaped ([`printable`]).
     fn plain(text: String) -> Self {
-        Cell { text, colour: None }
+        Cell {
+            text: printable(&text),
+            colour: None,
+        }
     }
     fn status(s: &'static str) -> Self {
         Cell {
@@ -970,6 +1000,17 @@ mod tests {
         assert_eq!(relative(125_000), "2m ago");
         assert_eq!(relative(7_300_000), "2h ago");
         assert_eq!(relative(3 * 86_400_000), "3d ago");
+    }
+
+    #[test]
+    fn non_printables_are_escaped() {
+        assert_eq!(printable("plain Zürich 🚀"), "plain Zürich 🚀");
+        assert_eq!(printable("a\u{1b}[2Jb"), "a\\u{1b}[2Jb");
+        assert_eq!(printable("x\ny"), "x\\u{a}y");
+        assert_eq!(printable("evil\u{202e}cod.exe"), "evil\\u{202e}cod.exe");
+        assert_eq!(printable("\u{9b}"), "\\u{9b}");
+        let cell = Cell::plain("t\u{1b}]0;pwned\u{7}".into());
+        assert!(!cell.text.contains('\u{1b}') && !cell.text.contains('\u{7}'));
     }
 
     #[test]

@@ -71,6 +71,36 @@ pub struct ServeArgs {
     /// http:// + the listen address).
     #[arg(long, env = "ROLLCALL_ADVERTISE_URL", hide_env_values = true)]
     advertise_url: Option<String>,
+    /// How long a request's head may take (default 10s).
+    #[arg(long, env = "ROLLCALL_HEADER_READ_TIMEOUT", hide_env_values = true)]
+    header_read_timeout: Option<String>,
+    /// How long a request's body may take after its head (default 30s).
+    #[arg(long, env = "ROLLCALL_BODY_READ_TIMEOUT", hide_env_values = true)]
+    body_read_timeout: Option<String>,
+    /// Close keep-alive connections idle for this long (default 75s).
+    #[arg(long, env = "ROLLCALL_IDLE_TIMEOUT", hide_env_values = true)]
+    idle_timeout: Option<String>,
+    /// Open connections at most (default 10000, lowered to fit the
+    /// open-file limit).
+    #[arg(long, env = "ROLLCALL_MAX_CONNECTIONS", hide_env_values = true)]
+    max_connections: Option<String>,
+    /// Open event streams at most (default 1000).
+    #[arg(long, env = "ROLLCALL_MAX_STREAMS", hide_env_values = true)]
+    max_streams: Option<String>,
+    /// Open event streams per token at most (default 32).
+    #[arg(long, env = "ROLLCALL_MAX_STREAMS_PER_TOKEN", hide_env_values = true)]
+    max_streams_per_token: Option<String>,
+    /// Failed authentications per client address in a burst before 429
+    /// (default 100).
+    #[arg(long, env = "ROLLCALL_FAILED_AUTH_BURST", hide_env_values = true)]
+    failed_auth_burst: Option<String>,
+    /// A client address regains one failed attempt this often (default 100ms).
+    #[arg(long, env = "ROLLCALL_FAILED_AUTH_REFILL", hide_env_values = true)]
+    failed_auth_refill: Option<String>,
+    /// Who may register a live worker's name again: `any` (default) or
+    /// `own_token` (its current token, or an admin token).
+    #[arg(long, env = "ROLLCALL_RE_REGISTER", hide_env_values = true)]
+    re_register: Option<String>,
     /// Log format on stderr.
     #[arg(long, env = "ROLLCALL_LOG_FORMAT", value_enum, default_value = "text")]
     log_format: LogFormat,
@@ -97,6 +127,15 @@ impl ServeArgs {
             admin_token: std::env::var("ROLLCALL_ADMIN_TOKEN").ok(),
             admin_token_file: None,
             advertise_url: self.advertise_url.clone(),
+            header_read_timeout: self.header_read_timeout.clone(),
+            body_read_timeout: self.body_read_timeout.clone(),
+            idle_timeout: self.idle_timeout.clone(),
+            max_connections: self.max_connections.clone(),
+            max_streams: self.max_streams.clone(),
+            max_streams_per_token: self.max_streams_per_token.clone(),
+            failed_auth_burst: self.failed_auth_burst.clone(),
+            failed_auth_refill: self.failed_auth_refill.clone(),
+            re_register: self.re_register.clone(),
         }
     }
 }

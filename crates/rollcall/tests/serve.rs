@@ -445,6 +445,21 @@ async fn invalid_config_exits_2_naming_the_key() {
                 .env("ROLLCALL_LISTEN", "nowhere"),
             "listen",
         ),
+        (
+            "weak admin token",
+            Serve::new(dir.path()).env("ROLLCALL_ADMIN_TOKEN", "aaaaaaaaaaaaaaaa"),
+            "admin_token",
+        ),
+        (
+            "weak metrics token",
+            Serve::new(dir.path()).env("ROLLCALL_METRICS_TOKEN", "x"),
+            "metrics_token",
+        ),
+        (
+            "zero max_connections",
+            Serve::new(dir.path()).args(&["--max-connections", "0"]),
+            "max_connections",
+        ),
     ];
     let runs = cases.iter().map(|(_, s, _)| s.run_to_exit());
     let results = futures::future::join_all(runs).await;

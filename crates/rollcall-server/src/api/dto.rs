@@ -164,7 +164,14 @@ pub struct Page<T> {
 /// The machine part of a registration.
 #[derive(Debug, Clone, Deserialize, ToSchema)]
 pub struct MachineSpec {
+    #[schema(pattern = r"^[A-Za-z0-9._:-]{1,128}$")]
     pub id: String,
+    /// No control or bidirectional formatting characters.
+    #[schema(
+        min_length = 1,
+        max_length = 253,
+        pattern = r"^[^\u0000-\u001F\u007F-\u009F\u061C\u200E\u200F\u2028-\u202E\u2066-\u2069]*$"
+    )]
     pub hostname: Option<String>,
     pub labels: Option<BTreeMap<String, String>>,
 }
@@ -172,6 +179,7 @@ pub struct MachineSpec {
 /// `POST /v1/workers`.
 #[derive(Debug, Clone, Deserialize, ToSchema)]
 pub struct RegisterRequest {
+    #[schema(pattern = r"^[A-Za-z0-9._:-]{1,128}$")]
     pub name: String,
     pub machine: MachineSpec,
     pub labels: Option<BTreeMap<String, String>>,
@@ -247,6 +255,7 @@ pub struct BatchResponse {
 #[derive(Debug, Clone, Deserialize, ToSchema)]
 pub struct OfflineRequest {
     /// `shutdown` (default) or `exited`.
+    #[schema(pattern = r"^(shutdown|exited)$")]
     pub reason: Option<String>,
 }
 
@@ -254,8 +263,17 @@ pub struct OfflineRequest {
 #[derive(Debug, Clone, Deserialize, ToSchema)]
 pub struct CreateTokenRequest {
     /// `enroll` or `read`.
+    #[schema(pattern = r"^(enroll|read)$")]
     pub kind: String,
+    /// No control or bidirectional formatting characters.
+    #[schema(
+        min_length = 1,
+        max_length = 128,
+        pattern = r"^[^\u0000-\u001F\u007F-\u009F\u061C\u200E\u200F\u2028-\u202E\u2066-\u2069]*$"
+    )]
     pub name: String,
+    /// At most 100 years.
+    #[schema(minimum = 1, maximum = 3_153_600_000_000_u64)]
     pub expires_in_ms: Option<u64>,
 }
 

@@ -23,7 +23,17 @@ pub enum ApiError {
     MethodNotAllowed,
     Conflict(String),
     PayloadTooLarge(usize),
+    /// The body did not arrive within `body_read_timeout`.
+    RequestTimeout(std::time::Duration),
+    /// Too many attempts or open resources; retry after the given seconds.
+    RateLimited {
+        message: String,
+        retry_after_secs: u64,
+    },
     Unavailable(String),
+    /// The server is at a capacity limit (the message says which); retry
+    /// shortly.
+    Busy(String),
     /// `/readyz`: not ready, for the reason given (shown to the caller: it
     /// is what an operator needs to see).
     NotReady(String),
@@ -40,8 +50,8 @@ pub struct ErrorBody {
 #[derive(Debug, Serialize, ToSchema)]
 pub struct ErrorDetail {
     /// One of `invalid_request`, `unauthorized`, `forbidden`, `not_found`,
-    /// `conflict`, `payload_too_large`, `rate_limited`, `unavailable`,
-    /// `internal`.
+    /// `conflict`, `payload_too_large`, `request_timeout`, `rate_limited`,
+    /// `unavailable`, `internal`.
     pub code: &'static str,
     pub message: String,
 }
@@ -69,7 +79,11 @@ impl ApiError {
             ApiError::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
             ApiError::Conflict(_) => StatusCode::CONFLICT,
             ApiError::PayloadTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
-            ApiError::Unavailable(_) | ApiError::NotReady(_) => StatusCode::SERVICE_UNAVAILABLE,
+            ApiError::RequestTimeout(_) => StatusCode::REQUEST_TIMEOUT,
+            ApiError::RateLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
+            ApiError::Unavailable(_) | ApiError::NotReady(_) | ApiError::Busy(_) => {
+                StatusCode::SERVICE_UNAVAILABLE
+            }
             ApiError::Internal => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
@@ -83,7 +97,9 @@ impl ApiError {
             ApiError::NotFound(_) => "not_found",
             ApiError::Conflict(_) => "conflict",
             ApiError::PayloadTooLarge(_) => "payload_too_large",
-            ApiError::Unavailable(_) | ApiError::NotReady(_) => "unavailable",
+            ApiError::RequestTimeout(_) => "request_timeout",
+            ApiError::RateLimited { .. } => "rate_limited",
+            ApiError::Unavailable(_) | ApiError::NotReady(_) | ApiError::Busy(_) => "unavailable",
             ApiError::Internal => "internal",
         }
     }
@@ -96,7 +112,13 @@ impl ApiError {
             | ApiError::Forbidden(m)
             | ApiError::NotFound(m)
             | ApiError::Conflict(m)
-            | ApiError::NotReady(m) => m.clone(),
+            | ApiError::NotReady(m)
+            | ApiError::Busy(m)
+            | ApiError::RateLimited { message: m, .. } => m.clone(),
+            ApiError::RequestTimeout(limit) => format!(
+                "the request body did not arrive within {} ms",
+                limit.as_millis()
+            ),
             ApiError::MethodNotAllowed => "method not allowed on this path".into(),
             ApiError::PayloadTooLarge(limit) => {
                 format!("request body is larger than the limit of {limit} bytes")
@@ -126,7 +148,29 @@ impl IntoResponse for ApiError {
         if let ApiError::Unavailable(cause) = &self {
             tracing::debug!(cause = %cause, "answering 503");
         }
-        (self.status(), Json(self.body())).into_response()
+        let retry_after = match &self {
+            ApiError::RateLimited {
+                retry_after_secs, ..
+            } => Some(*retry_after_secs),
+            ApiError::Busy(_) => Some(1),
+            _ => None,
+        };
+        let mut response = (self.status(), Json(self.body())).into_response();
+        if let Some(secs) = retry_after {
+            response.headers_mut().insert(
+                axum::http::header::RETRY_AFTER,
+                axum::http::HeaderValue::from(secs),
+            );
+        }
+        if matches!(self, ApiError::RequestTimeout(_)) {
+            // The rest of the body may still come: the connection is not
+            // reused.
+            response.headers_mut().insert(
+                axum::http::header::CONNECTION,
+                axum::http::HeaderValue::from_static("close"),
+            );
+        }
+        response
     }
 }
 

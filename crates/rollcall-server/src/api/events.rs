@@ -13,16 +13,21 @@ use super::{next_cursor, parse_limit, AppState};
 
 /// Paging and filters of `GET /v1/events`.
 #[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 pub struct EventQuery {
     /// Only events with a larger `seq` (default 0).
+    #[param(value_type = Option<i64>, minimum = 0)]
     pub after: Option<String>,
     /// 1–1000, default 100.
+    #[param(value_type = Option<u32>, minimum = 1, maximum = 1000)]
     pub limit: Option<String>,
+    #[param(pattern = r"^wkr_[0-9A-HJKMNP-TV-Z]{26}$")]
     pub worker_id: Option<String>,
+    #[param(pattern = r"^[A-Za-z0-9._:-]{1,128}$")]
     pub machine_id: Option<String>,
     /// An event type, e.g. `worker.offline`.
     #[serde(rename = "type")]
-    #[param(rename = "type")]
+    #[param(rename = "type", value_type = Option<rollcall_core::EventType>)]
     pub kind: Option<String>,
 }
 

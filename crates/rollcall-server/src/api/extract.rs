@@ -41,10 +41,30 @@ impl FromRequestParts<AppState> for Caller {
 
     async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
         let header = parts.headers.get(AUTHORIZATION).map(|v| v.as_bytes());
-        let p = state
+        match state
             .tokens
-            .authenticate(&state.engine, header, state.clock.now())?;
-        Ok(Caller(p))
+            .authenticate(&state.engine, header, state.clock.now())
+        {
+            Ok(p) => Ok(Caller(p)),
+            Err(e) => {
+                // Failures are counted per client address (see
+                // `FailureThrottle`); a valid token never is.
+                let peer = parts
+                    .extensions
+                    .get::<axum::extract::ConnectInfo<std::net::SocketAddr>>();
+                if let Some(peer) = peer {
+                    if let Err(wait) = state.throttle.fail(peer.0.ip(), std::time::Instant::now()) {
+                        return Err(ApiError::RateLimited {
+                            message: "too many failed authentications from this address; \
+                                      retry later with a valid token"
+                                .into(),
+                            retry_after_secs: wait.as_secs() + 1,
+                        });
+                    }
+                }
+                Err(e.into())
+            }
+        }
     }
 }
 
@@ -148,9 +168,12 @@ pub async fn read_body(body: Body, limit: usize) -> Result<bytes::Bytes, ApiErro
         Err(e) if e.is::<http_body_util::LengthLimitError>() => {
             Err(ApiError::PayloadTooLarge(limit))
         }
-        Err(e) => Err(ApiError::invalid(format!(
-            "could not read the request body: {e}"
-        ))),
+        Err(e) => match crate::conn::is_body_timeout(e.as_ref()) {
+            Some(limit) => Err(ApiError::RequestTimeout(limit)),
+            None => Err(ApiError::invalid(format!(
+                "could not read the request body: {e}"
+            ))),
+        },
     }
 }
 
@@ -173,6 +196,13 @@ pub async fn optional_json_body<T: DeserializeOwned>(
 }
 
 fn parse_json<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
+    // Every request body of the contract is a JSON object; serde would
+    // also take an array for a struct (`["exited"]` as an offline body).
+    if bytes.iter().find(|b| !b.is_ascii_whitespace()) != Some(&b'{') {
+        return Err(ApiError::invalid(
+            "invalid JSON body: expected a JSON object",
+        ));
+    }
     serde_json::from_slice(bytes).map_err(|e| ApiError::invalid(format!("invalid JSON body: {e}")))
 }
 

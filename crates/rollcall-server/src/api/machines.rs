@@ -13,11 +13,16 @@ use super::{next_cursor, parse_limit, AppState};
 
 /// Filters and paging of `GET /v1/machines`.
 #[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 pub struct MachineQuery {
     /// `online` or `offline`.
+    #[param(pattern = r"^(online|offline)$")]
     pub status: Option<String>,
     /// 1–1000, default 100.
+    #[param(value_type = Option<u32>, minimum = 1, maximum = 1000)]
     pub limit: Option<String>,
+    /// The last machine id of the previous page.
+    #[param(pattern = r"^[A-Za-z0-9._:-]{1,128}$")]
     pub cursor: Option<String>,
 }
 

@@ -51,6 +51,12 @@ pub struct AppState {
     pub metrics_token: Option<TokenHash>,
     /// Timings of `GET /v1/events/stream`.
     pub stream: stream::StreamSettings,
+    /// The open event streams and their limits.
+    pub streams: Arc<stream::StreamSlots>,
+    /// Failed authentications per client address.
+    pub throttle: Arc<crate::auth::FailureThrottle>,
+    /// Who may register a live worker's name again.
+    pub re_register: crate::config::ReRegister,
     /// Cancelled when the server shuts down, so that the responses that
     /// never end by themselves (event streams) end and shutdown completes.
     pub shutdown: CancellationToken,
@@ -120,6 +126,13 @@ pub fn router(state: AppState, with_metrics: bool) -> Router {
         .layer(axum::middleware::from_fn(extract::close_if_body_unread))
         .with_state(state)
 }
+
+/// `Cache-Control: no-store`, on every answer that carries a secret (a new
+/// token, a registration's worker token).
+pub const NO_STORE: [(axum::http::HeaderName, axum::http::HeaderValue); 1] = [(
+    axum::http::header::CACHE_CONTROL,
+    axum::http::HeaderValue::from_static("no-store"),
+)];
 
 /// The header that tells which role the answering server has.
 pub const ROLE_HEADER: &str = "x-rollcall-role";

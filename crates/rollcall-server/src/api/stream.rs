@@ -23,14 +23,21 @@
 //! further behind than the ring holds is told it lagged, and its stream ends:
 //! it reconnects with `Last-Event-ID` and catches up from the log, which has
 //! everything. A client that stops reading altogether is cut off by
-//! [`GuardedListener`]: a write that makes no progress for
+//! [`GuardedIo`]: a write that makes no progress for
 //! [`StreamSettings::write_stall`] fails and closes the connection.
+//!
+//! ## Limits
+//!
+//! A stream holds a connection and some memory for as long as it runs, so
+//! there are at most `max_streams` of them, and `max_streams_per_token` per
+//! token ([`StreamSlots`]); beyond, 429 `rate_limited` (per token) or 503
+//! `unavailable` (overall), both with `Retry-After`.
 //!
 //! ## Shutdown
 //!
 //! Streams never end on their own, and axum's graceful shutdown waits for
 //! every response to finish. So every stream also ends when the server's
-//! shutdown token is cancelled, and [`GuardedListener`] gives a connection
+//! shutdown token is cancelled, and [`GuardedIo`] gives a connection
 //! that is not being read [`StreamSettings::shutdown_write_grace`] before
 //! closing it; otherwise one stuck client would hang `Running::shutdown`.
 
@@ -39,7 +46,6 @@ use std::fmt;
 use std::fmt::Write as _;
 use std::future::Future;
 use std::io;
-use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
@@ -55,7 +61,6 @@ use rollcall_core::TokenKind;
 use rollcall_store::{EventFilter, EventRecord, Store};
 use serde::Deserialize;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
-use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::broadcast::{self, error::RecvError, error::TryRecvError};
 use tokio::time::{Instant, Interval, MissedTickBehavior, Sleep};
 use tokio_util::sync::{CancellationToken, WaitForCancellationFutureOwned};
@@ -105,16 +110,20 @@ impl Default for StreamSettings {
 
 /// Where a stream starts, and its filters.
 #[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 pub struct StreamQuery {
     /// Replay the events after this `seq` first. `Last-Event-ID` wins when
     /// both are given (a reconnecting `EventSource` sends it and keeps the
     /// original URL).
+    #[param(value_type = Option<i64>, minimum = 0)]
     pub after: Option<String>,
+    #[param(pattern = r"^wkr_[0-9A-HJKMNP-TV-Z]{26}$")]
     pub worker_id: Option<String>,
+    #[param(pattern = r"^[A-Za-z0-9._:-]{1,128}$")]
     pub machine_id: Option<String>,
     /// An event type, e.g. `worker.offline`.
     #[serde(rename = "type")]
-    #[param(rename = "type")]
+    #[param(rename = "type", value_type = Option<rollcall_core::EventType>)]
     pub kind: Option<String>,
 }
 
@@ -135,6 +144,8 @@ pub struct StreamQuery {
     responses(
         (status = 200, description = "A stream of events", content_type = "text/event-stream", body = String),
         (status = 400, body = ErrorBody), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody),
+        (status = 429, description = "This token has `max_streams_per_token` streams open", body = ErrorBody),
+        (status = 503, description = "`max_streams` streams are open", body = ErrorBody),
     ),
     security(("bearer" = []))
 )]
@@ -142,6 +153,7 @@ pub async fn stream(
     State(s): State<AppState>,
     caller: Caller,
     headers: HeaderMap,
+    conn: Option<axum::Extension<crate::conn::ConnHandle>>,
     q: Q<StreamQuery>,
 ) -> Result<Response, ApiError> {
     caller.require(&[TokenKind::Read, TokenKind::Admin])?;
@@ -183,6 +195,8 @@ pub async fn stream(
             .unwrap_or_default(),
     );
 
+    let slot = s.streams.take(&credential.0)?;
+
     // Subscribe before the log is read: see the module docs.
     let live = s.hub.subscribe();
     let mut keep_alive = tokio::time::interval(s.stream.keep_alive);
@@ -202,6 +216,9 @@ pub async fn stream(
             credential,
         },
         ended: false,
+        _slot: slot,
+        // The connection is not idle while its stream runs.
+        _busy: conn.map(|c| c.0.busy()),
     };
     let body = futures::stream::unfold(feed, |mut feed| async move {
         let chunk = feed.next_chunk().await?;
@@ -220,6 +237,94 @@ pub async fn stream(
         Body::from_stream(body),
     )
         .into_response())
+}
+
+/// The open event streams, counted overall and per token.
+#[derive(Debug)]
+pub struct StreamSlots {
+    max: usize,
+    per_token: usize,
+    open: parking_lot::Mutex<Open>,
+}
+
+#[derive(Debug, Default)]
+struct Open {
+    total: usize,
+    /// By the SHA-256 of the bearer token.
+    by_token: std::collections::HashMap<[u8; 32], usize>,
+}
+
+impl StreamSlots {
+    /// At most `max` streams, `per_token` of them per token.
+    pub fn new(max: usize, per_token: usize) -> Arc<Self> {
+        Arc::new(StreamSlots {
+            max,
+            per_token,
+            open: parking_lot::Mutex::new(Open::default()),
+        })
+    }
+
+    /// How many streams are open.
+    pub fn open(&self) -> usize {
+        self.open.lock().total
+    }
+
+    /// A slot for a stream of the token in `credential`, or the error that
+    /// refuses it.
+    fn take(self: &Arc<Self>, credential: &[u8]) -> Result<StreamSlot, ApiError> {
+        use sha2::Digest;
+        // By the token itself, so that spellings of the header (`bearer`,
+        // extra spaces) count as the same token.
+        let token = std::str::from_utf8(credential)
+            .ok()
+            .and_then(crate::auth::bearer)
+            .map_or(credential, str::as_bytes);
+        let key: [u8; 32] = sha2::Sha256::digest(token).into();
+        let mut open = self.open.lock();
+        if open.total >= self.max {
+            return Err(ApiError::Busy(format!(
+                "the server has {} event streams open, its limit (max_streams); retry shortly",
+                self.max
+            )));
+        }
+        let mine = open.by_token.entry(key).or_insert(0);
+        if *mine >= self.per_token {
+            return Err(ApiError::RateLimited {
+                message: format!(
+                    "this token has {} event streams open, its limit (max_streams_per_token); \
+                     close one first",
+                    self.per_token
+                ),
+                retry_after_secs: 5,
+            });
+        }
+        *mine += 1;
+        open.total += 1;
+        Ok(StreamSlot {
+            slots: self.clone(),
+            key,
+        })
+    }
+}
+
+/// One open stream's place in [`StreamSlots`], given back on drop.
+#[derive(Debug)]
+struct StreamSlot {
+    slots: Arc<StreamSlots>,
+    key: [u8; 32],
+}
+
+impl Drop for StreamSlot {
+    fn drop(&mut self) {
+        let mut open = self.slots.open.lock();
+        open.total = open.total.saturating_sub(1);
+        if let Some(n) = open.by_token.get_mut(&self.key) {
+            *n -= 1;
+            if *n == 0 {
+                open.by_token.remove(&self.key);
+            }
+        }
+    }
 }
 
 /// The caller's `Authorization` header, kept to re-check it while the
@@ -269,6 +374,8 @@ struct Feed {
     auth: Reauth,
     /// Set when the stream must end after the chunk just returned.
     ended: bool,
+    _slot: StreamSlot,
+    _busy: Option<crate::conn::BusyGuard>,
 }
 
 impl Feed {
@@ -300,6 +407,11 @@ impl Feed {
                 _ => None,
             };
             if !page.items.is_empty() {
+                // Checked again before each chunk: a token revoked while
+                // the page was read gets nothing more.
+                if !self.auth.still_valid() {
+                    return None;
+                }
                 let mut out = String::new();
                 for e in &page.items {
                     encode(&mut out, e);
@@ -347,6 +459,12 @@ impl Feed {
                 }
             }
             if !out.is_empty() {
+                // The token may have been revoked while this stream waited:
+                // a revocation commits before the events after it are
+                // published, so checking here sends nothing after it.
+                if !self.auth.still_valid() {
+                    return None;
+                }
                 return Some(Bytes::from(out));
             }
             if self.ended {
@@ -393,46 +511,16 @@ fn encode(out: &mut String, e: &EventRecord) {
     }
 }
 
-/// A listener whose connections give up on a client that stops reading.
+/// A connection that gives up on a client that stops reading.
 ///
 /// hyper writes a response only as fast as the client reads it, and does not
 /// even poll a streaming body while its write buffer is full. An event
 /// stream never ends by itself, so without this a client that stops reading
 /// (a frozen tab, a stopped process, a dead network path without a reset)
 /// would keep its connection forever, and graceful shutdown, which waits for
-/// every response, would wait for it too.
-#[derive(Debug)]
-pub struct GuardedListener {
-    inner: TcpListener,
-    settings: StreamSettings,
-    stop: CancellationToken,
-}
-
-impl GuardedListener {
-    /// Wraps `inner`; `stop` is the server's shutdown token.
-    pub fn new(inner: TcpListener, settings: StreamSettings, stop: CancellationToken) -> Self {
-        GuardedListener {
-            inner,
-            settings,
-            stop,
-        }
-    }
-}
-
-impl axum::serve::Listener for GuardedListener {
-    type Io = GuardedIo<TcpStream>;
-    type Addr = SocketAddr;
-
-    async fn accept(&mut self) -> (GuardedIo<TcpStream>, SocketAddr) {
-        let (io, addr) = axum::serve::Listener::accept(&mut self.inner).await;
-        (GuardedIo::new(io, self.settings, self.stop.clone()), addr)
-    }
-
-    fn local_addr(&self) -> io::Result<SocketAddr> {
-        self.inner.local_addr()
-    }
-}
-
+/// every response, would wait for it too. Every connection is wrapped in it
+/// (`conn.rs`).
+///
 /// A connection that fails a write which made no progress for too long.
 #[derive(Debug)]
 pub struct GuardedIo<T> {

@@ -33,7 +33,14 @@ pub async fn create(
     State(s): State<AppState>,
     caller: Caller,
     body: Body,
-) -> Result<(StatusCode, Json<CreatedToken>), ApiError> {
+) -> Result<
+    (
+        StatusCode,
+        [(axum::http::HeaderName, axum::http::HeaderValue); 1],
+        Json<CreatedToken>,
+    ),
+    ApiError,
+> {
     caller.require(&[TokenKind::Admin])?;
     let req: CreateTokenRequest = json_body(body, BODY_LIMIT).await?;
     let kind = match req.kind.as_str() {
@@ -49,6 +56,7 @@ pub async fn create(
     if name_len == 0 || name_len > 128 {
         return Err(ApiError::invalid("name must be 1 to 128 characters"));
     }
+    rollcall_core::check_text(&req.name).map_err(|e| ApiError::invalid(format!("name {e}")))?;
     let now = s.clock.now();
     let expires_at = match req.expires_in_ms {
         None => None,
@@ -74,6 +82,7 @@ pub async fn create(
     s.tokens.insert(&record);
     Ok((
         StatusCode::CREATED,
+        super::NO_STORE,
         Json(CreatedToken {
             id: record.id.to_string(),
             kind,
@@ -86,9 +95,13 @@ pub async fn create(
 
 /// Paging of `GET /v1/tokens`.
 #[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 pub struct TokenQuery {
     /// 1–1000, default 100.
+    #[param(value_type = Option<u32>, minimum = 1, maximum = 1000)]
     pub limit: Option<String>,
+    /// The last token id of the previous page.
+    #[param(pattern = r"^tok_[0-9A-HJKMNP-TV-Z]{26}$")]
     pub cursor: Option<String>,
 }
 

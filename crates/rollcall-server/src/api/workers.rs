@@ -21,7 +21,6 @@ use super::extract::{
     json_body, optional_json_body, Caller, PathId, BATCH_BODY_LIMIT, BODY_LIMIT, Q,
 };
 use super::{next_cursor, parse_limit, AppState};
-use crate::auth::Principal;
 use crate::engine::{Beat, FastBeat};
 use crate::metrics::HeartbeatMode;
 use crate::writer::{Registration, Reply, Request, WriteError};
@@ -35,7 +34,41 @@ fn labels(
     map: Option<std::collections::BTreeMap<String, String>>,
     what: &str,
 ) -> Result<Labels, ApiError> {
-    Labels::parse(map.unwrap_or_default()).map_err(|e| ApiError::invalid(format!("{what}: {e}")))
+    Labels::parse_input(map.unwrap_or_default())
+        .map_err(|e| ApiError::invalid(format!("{what}: {e}")))
+}
+
+/// Under `re_register = own_token`, registering the name of a live worker
+/// again needs that worker's current token (or an admin token). A worker
+/// that is offline, or unknown, may be registered by any enroll token.
+fn check_re_register(
+    s: &AppState,
+    caller: &Caller,
+    headers: &axum::http::HeaderMap,
+    machine_id: &MachineId,
+    name: &WorkerName,
+) -> Result<(), ApiError> {
+    if s.re_register == crate::config::ReRegister::Any || caller.0 == crate::auth::Principal::Admin
+    {
+        return Ok(());
+    }
+    let Some(id) = s.engine.by_name(machine_id, name) else {
+        return Ok(());
+    };
+    if !s.engine.get(&id).is_some_and(|w| w.record.status.is_live()) {
+        return Ok(());
+    }
+    let presented = headers
+        .get("x-rollcall-worker-token")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|t| s.tokens.worker_of(&s.engine, t.trim()));
+    if presented.as_ref() == Some(&id) {
+        return Ok(());
+    }
+    Err(ApiError::Conflict(format!(
+        "worker {name} on {machine_id} is live; this server (re_register = own_token) registers \
+         it again only with its current token in X-Rollcall-Worker-Token, or once it is offline"
+    )))
 }
 
 /// Register a worker (or register it again).
@@ -46,15 +79,28 @@ fn labels(
         (status = 201, description = "Registered a new worker", body = Registered),
         (status = 200, description = "Registered an existing worker again: new session, new token", body = Registered),
         (status = 400, body = ErrorBody), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody),
+        (status = 409, description = "With `re_register = own_token`: the name is a live worker's, and its current token was not presented", body = ErrorBody),
         (status = 413, body = ErrorBody),
+    ),
+    params(
+        ("X-Rollcall-Worker-Token" = Option<String>, Header,
+            description = "The live worker's current token, when registering its name again under `re_register = own_token`"),
     ),
     security(("bearer" = []))
 )]
 pub async fn register(
     State(s): State<AppState>,
     caller: Caller,
+    headers: axum::http::HeaderMap,
     body: Body,
-) -> Result<(StatusCode, Json<Registered>), ApiError> {
+) -> Result<
+    (
+        StatusCode,
+        [(axum::http::HeaderName, axum::http::HeaderValue); 1],
+        Json<Registered>,
+    ),
+    ApiError,
+> {
     caller.require(&[TokenKind::Enroll, TokenKind::Admin])?;
     let req: RegisterRequest = json_body(body, BODY_LIMIT).await?;
     let name = WorkerName::parse(&req.name).map_err(|e| ApiError::invalid(format!("name: {e}")))?;
@@ -66,12 +112,15 @@ pub async fn register(
                 "machine.hostname must be 1 to {MAX_HOSTNAME} characters"
             )));
         }
+        rollcall_core::check_text(h)
+            .map_err(|e| ApiError::invalid(format!("machine.hostname {e}")))?;
     }
     let machine_labels = match req.machine.labels {
         Some(m) => Some(labels(Some(m), "machine.labels")?),
         None => None,
     };
     let labels = labels(req.labels, "labels")?;
+    check_re_register(&s, &caller, &headers, &machine_id, &name)?;
     let intervals = s
         .policy
         .resolve(
@@ -106,6 +155,7 @@ pub async fn register(
     };
     Ok((
         status,
+        super::NO_STORE,
         Json(Registered {
             worker: Worker::new(&record, Some(deadline)),
             token,
@@ -264,25 +314,22 @@ async fn batch(
     let mut results = Vec::with_capacity(req.heartbeats.len());
     let mut queued: Vec<(usize, WorkerId)> = Vec::new();
     for entry in req.heartbeats {
-        let outcome = match s.tokens.authenticate_token(&s.engine, &entry.token, now) {
-            Err(e) => Err(ApiError::from(e)),
-            Ok(Principal::Worker(own)) if own.as_str() == entry.worker_id => {
-                match fast_beat(s, &own, now) {
-                    Some(answer) => answer,
-                    None => {
-                        queued.push((results.len(), own));
-                        results.push(batch_result(entry.worker_id, Err(ApiError::Internal)));
-                        continue;
-                    }
+        // Only a worker token authenticates an entry: any other token, valid
+        // or not, is answered like an unknown one (no oracle), and its
+        // last use is not recorded.
+        let outcome = match s.tokens.worker_of(&s.engine, &entry.token) {
+            None => Err(ApiError::from(crate::auth::AuthError::Invalid)),
+            Some(own) if own.as_str() == entry.worker_id => match fast_beat(s, &own, now) {
+                Some(answer) => answer,
+                None => {
+                    queued.push((results.len(), own));
+                    results.push(batch_result(entry.worker_id, Err(ApiError::Internal)));
+                    continue;
                 }
-            }
-            Ok(Principal::Worker(_)) => Err(ApiError::forbidden(
+            },
+            Some(_) => Err(ApiError::forbidden(
                 "a worker token may only act on its own worker",
             )),
-            Ok(p) => Err(ApiError::forbidden(format!(
-                "{} token cannot send heartbeats; only the worker's own token can",
-                p.kind().with_article()
-            ))),
         };
         results.push(batch_result(entry.worker_id, outcome));
     }
@@ -413,12 +460,18 @@ pub async fn delete(
 
 /// Filters and paging of `GET /v1/workers`.
 #[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 pub struct WorkerQuery {
     /// `online`, `draining` or `offline`.
+    #[param(pattern = r"^(online|draining|offline)$")]
     pub status: Option<String>,
+    #[param(pattern = r"^[A-Za-z0-9._:-]{1,128}$")]
     pub machine_id: Option<String>,
     /// 1–1000, default 100.
+    #[param(value_type = Option<u32>, minimum = 1, maximum = 1000)]
     pub limit: Option<String>,
+    /// The last worker id of the previous page.
+    #[param(pattern = r"^wkr_[0-9A-HJKMNP-TV-Z]{26}$")]
     pub cursor: Option<String>,
 }
 
