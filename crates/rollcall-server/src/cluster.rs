@@ -215,7 +215,7 @@ pub(crate) async fn launch(
 /// What a replica is doing.
 enum Phase {
     Standby { relay: Relay },
-    Active { core: Core, lead: Leadership },
+    Active { core: Box<Core>, lead: Leadership },
 }
 
 impl Inner {
@@ -366,7 +366,7 @@ impl Inner {
         // The former active replica is fenced: the log is final up to here.
         relay_events(&self.shared).await?;
         self.reload_tokens().await?;
-        let core = Core::start(&self.shared).await?;
+        let core = Box::new(Core::start(&self.shared).await?);
         let state = core.app_state(&self.shared);
         let router = api::router(state.clone(), self.shared.config.metrics_listen.is_none());
         self.set_current((router, state), Role::Active);

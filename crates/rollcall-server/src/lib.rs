@@ -42,6 +42,7 @@ pub mod flush;
 pub mod health;
 pub mod hub;
 pub mod metrics;
+pub mod pause;
 pub mod writer;
 
 use std::future::Future;
@@ -260,6 +261,7 @@ impl Shared {
                 event_retention: self.config.event_retention,
             },
             metrics: self.metrics.clone(),
+            pause: None,
         }
     }
 
@@ -311,12 +313,23 @@ impl Core {
             shared.clock.clone(),
             shared.metrics.clone(),
         );
-        let cleaner = shared.cleaner(engine.clone(), writer.clone());
+        let pause = Arc::new(pause::PauseWatch::new(
+            engine.clone(),
+            shared.clock.clone(),
+            shared.metrics.clone(),
+        ));
+        let mut cleaner = shared.cleaner(engine.clone(), writer.clone());
+        cleaner.pause = Some(pause.clone());
         let config = &shared.config;
         let stop = CancellationToken::new();
-        let detector =
-            detector::Detector::new(engine.clone(), writer.clone(), shared.clock.clone());
+        let detector = detector::Detector::new(
+            engine.clone(),
+            writer.clone(),
+            shared.clock.clone(),
+            pause.clone(),
+        );
         let background = vec![
+            tokio::spawn(pause.run(stop.child_token())),
             tokio::spawn(detector.run(stop.child_token())),
             tokio::spawn(cleaner.clone().run(
                 config.sweep_interval,

@@ -124,6 +124,8 @@ pub struct Metrics {
     store_writable: IntGauge,
     store_write_failures: IntCounter,
     store_incidents: IntCounter,
+    pauses: IntCounter,
+    paused_seconds: prometheus::Counter,
 }
 
 impl fmt::Debug for Metrics {
@@ -371,7 +373,23 @@ impl Metrics {
             "Times the store went from writable to failing.",
         );
 
+        let pauses = counter(
+            &r,
+            "rollcall_pauses_total",
+            "Times this server noticed it had not been running (it woke much later than planned, or its wall clock jumped ahead of its monotonic clock): a stopped process, a paused VM, a sleeping host. Every live worker got the restart grace.",
+        );
+        let paused_seconds = reg(
+            &r,
+            prometheus::Counter::new(
+                "rollcall_paused_seconds_total",
+                "Seconds this server was not running, summed over the pauses it noticed.",
+            )
+            .expect("valid counter"),
+        );
+
         Metrics {
+            pauses,
+            paused_seconds,
             workers,
             machines,
             heartbeats_accepted: MODES.map(|m| accepted.with_label_values(&[m])),
@@ -532,6 +550,12 @@ impl Metrics {
     /// A write to the store succeeded.
     pub fn store_write_succeeded(&self) {
         self.store_writable.set(1);
+    }
+
+    /// The server noticed a pause of `length`.
+    pub fn paused(&self, length: Duration) {
+        self.pauses.inc();
+        self.paused_seconds.inc_by(length.as_secs_f64());
     }
 
     /// Records whether this server is the active one.

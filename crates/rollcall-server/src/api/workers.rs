@@ -24,7 +24,7 @@ use super::{next_cursor, parse_limit, AppState};
 use crate::auth::Principal;
 use crate::engine::{Beat, FastBeat};
 use crate::metrics::HeartbeatMode;
-use crate::writer::{Registration, Reply, Request, WriteError};
+use crate::writer::{Registration, Reply, Request};
 
 /// The most heartbeats in one batch.
 pub const MAX_BATCH_HEARTBEATS: usize = 1000;
@@ -123,54 +123,23 @@ fn beat_response(beat: Beat, resumed: bool) -> HeartbeatResponse {
     }
 }
 
-/// Takes one heartbeat of an authenticated worker: in memory when it is
-/// live, through the writer when it is offline or has a change queued.
-async fn beat(s: &AppState, id: &WorkerId) -> Result<HeartbeatResponse, ApiError> {
-    let now = s.clock.now();
-    match fast_beat(s, id, now) {
-        Some(answer) => answer,
-        None => beat_via_writer(s, id, now).await,
-    }
-}
-
-/// The in-memory part of a heartbeat; `None` when it must be ordered
-/// behind a change queued in the writer.
-fn fast_beat(
-    s: &AppState,
-    id: &WorkerId,
-    now: Timestamp,
-) -> Option<Result<HeartbeatResponse, ApiError>> {
+/// Takes one heartbeat of an authenticated worker, in memory, whatever
+/// its state: it never waits for a commit. A heartbeat of an offline worker
+/// queues its resume and answers at once with what the resume makes of it
+/// (`resumed: true`); the `worker.online` event is published once the
+/// resume is durable, as every event.
+async fn beat(s: &AppState, id: &WorkerId, now: Timestamp) -> Result<HeartbeatResponse, ApiError> {
     match s.engine.heartbeat(id, now) {
-        FastBeat::Done(b) => Some(Ok(beat_response(b, false))),
-        FastBeat::Unknown => Some(Err(ApiError::Unauthorized(
-            "unknown, expired or revoked token".into(),
-        ))),
-        FastBeat::NeedsWriter => None,
-    }
-}
-
-/// A heartbeat of a worker that is offline or has a change queued: the
-/// writer orders it behind that change.
-async fn beat_via_writer(
-    s: &AppState,
-    id: &WorkerId,
-    now: Timestamp,
-) -> Result<HeartbeatResponse, ApiError> {
-    match s
-        .writer
-        .submit(Request::Heartbeat {
-            id: id.clone(),
-            at: now,
-        })
-        .await
-    {
-        Ok(Reply::Beat { beat, resumed }) => Ok(beat_response(beat, resumed)),
-        Ok(_) => Err(ApiError::Internal),
-        // Deleted between authentication and now: its token is gone.
-        Err(WriteError::NotFound) => Err(ApiError::Unauthorized(
+        FastBeat::Done(b) => Ok(beat_response(b, false)),
+        FastBeat::Resuming { beat, first } => {
+            if first {
+                s.writer.resume(id.clone(), now).await?;
+            }
+            Ok(beat_response(beat, first))
+        }
+        FastBeat::Unknown => Err(ApiError::Unauthorized(
             "unknown, expired or revoked token".into(),
         )),
-        Err(e) => Err(e.into()),
     }
 }
 
@@ -196,7 +165,7 @@ pub async fn heartbeat(
         caller?.require_own_worker(&path, false)?;
         let _: Option<serde_json::Value> = optional_json_body(body, BODY_LIMIT).await?;
         let id = path.worker()?;
-        beat(&s, &id).await
+        beat(&s, &id, s.clock.now()).await
     }
     .await;
     let mode = HeartbeatMode::Single;
@@ -258,23 +227,15 @@ async fn batch(
         )));
     }
     let now = s.clock.now();
-    // Live workers beat in memory, right here, in request order. The few
-    // that must go through the writer (offline, or a change queued) are
-    // submitted together afterwards and answered in their places.
+    // Every entry is taken in memory, in request order; none waits for a
+    // commit (a resume is queued, not awaited), so one entry never delays
+    // another.
     let mut results = Vec::with_capacity(req.heartbeats.len());
-    let mut queued: Vec<(usize, WorkerId)> = Vec::new();
     for entry in req.heartbeats {
         let outcome = match s.tokens.authenticate_token(&s.engine, &entry.token, now) {
             Err(e) => Err(ApiError::from(e)),
             Ok(Principal::Worker(own)) if own.as_str() == entry.worker_id => {
-                match fast_beat(s, &own, now) {
-                    Some(answer) => answer,
-                    None => {
-                        queued.push((results.len(), own));
-                        results.push(batch_result(entry.worker_id, Err(ApiError::Internal)));
-                        continue;
-                    }
-                }
+                beat(s, &own, now).await
             }
             Ok(Principal::Worker(_)) => Err(ApiError::forbidden(
                 "a worker token may only act on its own worker",
@@ -285,15 +246,6 @@ async fn batch(
             ))),
         };
         results.push(batch_result(entry.worker_id, outcome));
-    }
-    if !queued.is_empty() {
-        let answers =
-            futures::future::join_all(queued.iter().map(|(_, id)| beat_via_writer(s, id, now)))
-                .await;
-        for ((i, _), answer) in queued.into_iter().zip(answers) {
-            let worker_id = std::mem::take(&mut results[i].worker_id);
-            results[i] = batch_result(worker_id, answer);
-        }
     }
     Ok(BatchResponse { results })
 }
