@@ -156,6 +156,7 @@ impl Cleaner {
             .into_iter()
             .filter(|r| matches!(r, Ok(Reply::Reloaded { diverged: true })))
             .count();
+        self.metrics.diverged(suspects, diverged);
         if diverged > 0 {
             warn!(
                 workers = diverged,

@@ -125,6 +125,8 @@ pub struct Metrics {
     store_write_failures: IntCounter,
     store_incidents: IntCounter,
     pauses: IntCounter,
+    divergences: IntCounter,
+    sweep_suspects: IntCounter,
     paused_seconds: prometheus::Counter,
 }
 
@@ -387,7 +389,21 @@ impl Metrics {
             .expect("valid counter"),
         );
 
+        let divergences = counter(
+            &r,
+            "rollcall_sweep_divergences_total",
+            "Workers the sweep found different in the store and in the engine (a row changed from outside rollcall) and reloaded from the store. Changes in flight while the sweep reads are confirmed by the writer and not counted.",
+        );
+
+        let sweep_suspects = counter(
+            &r,
+            "rollcall_sweep_suspects_total",
+            "Workers the sweep read differently in the engine and in the store; the writer checked each (most changed in between: transitions in flight).",
+        );
+
         Metrics {
+            divergences,
+            sweep_suspects,
             pauses,
             paused_seconds,
             workers,
@@ -550,6 +566,13 @@ impl Metrics {
     /// A write to the store succeeded.
     pub fn store_write_succeeded(&self) {
         self.store_writable.set(1);
+    }
+
+    /// The sweep suspected `suspects` workers, of which `n` really
+    /// diverged and were reloaded.
+    pub fn diverged(&self, suspects: usize, n: usize) {
+        self.sweep_suspects.inc_by(suspects as u64);
+        self.divergences.inc_by(n as u64);
     }
 
     /// The server noticed a pause of `length`.
