@@ -186,7 +186,6 @@ impl Writer {
     ) -> (Writer, tokio::task::JoinHandle<()>) {
         let (tx, rx) = mpsc::unbounded_channel();
         let task = WriterTask {
-            retry: tx.downgrade(),
             store,
             engine: engine.clone(),
             hub,
@@ -268,9 +267,6 @@ impl Writer {
 }
 
 struct WriterTask {
-    /// Requeues a resume whose commit failed (weak: the writer still ends
-    /// once every `Writer` handle is gone).
-    retry: mpsc::WeakUnboundedSender<Job>,
     store: Arc<dyn Store>,
     engine: Arc<Engine>,
     hub: Hub,
@@ -357,9 +353,37 @@ fn deadline_of(r: &WorkerRecord, deadline: Timestamp) -> Option<Timestamp> {
 
 impl WriterTask {
     async fn run(self, mut rx: mpsc::UnboundedReceiver<Job>) {
-        let mut jobs = Vec::with_capacity(MAX_BATCH);
-        while rx.recv_many(&mut jobs, MAX_BATCH).await > 0 {
-            self.process(std::mem::take(&mut jobs)).await;
+        // Resumes whose commit failed: they go first in the next batch (they
+        // arrived before anything queued since), which comes at the latest
+        // after `EXPIRY_RETRY`.
+        let mut retry: Vec<Job> = Vec::new();
+        loop {
+            let mut jobs = Vec::with_capacity(MAX_BATCH);
+            let open = if retry.is_empty() {
+                rx.recv_many(&mut jobs, MAX_BATCH).await > 0
+            } else {
+                tokio::select! {
+                    n = rx.recv_many(&mut jobs, MAX_BATCH) => n > 0,
+                    _ = tokio::time::sleep(EXPIRY_RETRY) => true,
+                }
+            };
+            if !open && retry.is_empty() {
+                return;
+            }
+            let mut batch = std::mem::take(&mut retry);
+            batch.append(&mut jobs);
+            retry = self.process(batch).await;
+            if !open {
+                // Shutting down: one last try was made; what still failed
+                // gives its claim up.
+                for job in retry {
+                    if let Request::Resume { id, .. } = &job.req {
+                        self.engine.end_resume(id);
+                        self.engine.end_change(id);
+                    }
+                }
+                return;
+            }
         }
     }
 
@@ -372,7 +396,9 @@ impl WriterTask {
         })
     }
 
-    async fn process(&self, jobs: Vec<Job>) {
+    /// Plans, commits and settles one batch. Returns the resumes whose
+    /// commit failed, to be tried again.
+    async fn process(&self, jobs: Vec<Job>) -> Vec<Job> {
         let now = self.clock.now();
         let mut work: HashMap<WorkerId, Slot> = HashMap::new();
         let mut names: HashMap<(MachineId, WorkerName), WorkerId> = HashMap::new();
@@ -438,8 +464,7 @@ impl WriterTask {
                         }
                     }
                     self.install(&mut work).await;
-                    self.settle(jobs, planned, &work, now, true).await;
-                    return;
+                    return self.settle(jobs, planned, &work, now, true).await;
                 }
             }
         }
@@ -496,7 +521,7 @@ impl WriterTask {
         }
         log_batch(&committed, commit_time);
         self.hub.publish(committed);
-        self.settle(jobs, planned, &work, now, false).await;
+        self.settle(jobs, planned, &work, now, false).await
     }
 
     /// Publishes, before the events of `seq` onward, any event of the log
@@ -630,7 +655,8 @@ impl WriterTask {
         diverged
     }
 
-    /// Releases queued-change marks and answers the callers.
+    /// Releases queued-change marks and answers the callers. Returns the
+    /// resumes to try again (the commit failed).
     async fn settle(
         &self,
         jobs: Vec<Job>,
@@ -638,16 +664,15 @@ impl WriterTask {
         work: &HashMap<WorkerId, Slot>,
         now: Timestamp,
         commit_failed: bool,
-    ) {
+    ) -> Vec<Job> {
+        let mut retry = Vec::new();
         for (job, p) in jobs.into_iter().zip(planned) {
             // A resume whose commit failed was answered already (the
             // heartbeat was taken): it keeps its claim — no expiry can take
             // the worker — and is committed again once the store can.
-            if commit_failed {
-                if let (Request::Resume { id, at }, Some(_)) = (&job.req, &job.holds) {
-                    self.retry_resume(id.clone(), *at);
-                    continue;
-                }
+            if commit_failed && matches!(job.req, Request::Resume { .. }) && job.holds.is_some() {
+                retry.push(job);
+                continue;
             }
             match &job.req {
                 Request::Expire(e) => self.engine.end_expiry(&e.id),
@@ -677,26 +702,7 @@ impl WriterTask {
                 let _ = tx.send(p.result);
             }
         }
-    }
-
-    /// Queues a resume again after [`EXPIRY_RETRY`], keeping its claim; at
-    /// shutdown the claim is released instead.
-    fn retry_resume(&self, id: WorkerId, at: Timestamp) {
-        let retry = self.retry.clone();
-        let engine = self.engine.clone();
-        tokio::spawn(async move {
-            tokio::time::sleep(EXPIRY_RETRY).await;
-            let job = Job {
-                req: Request::Resume { id: id.clone(), at },
-                reply: None,
-                holds: Some(id.clone()),
-            };
-            let sent = retry.upgrade().is_some_and(|tx| tx.send(job).is_ok());
-            if !sent {
-                engine.end_resume(&id);
-                engine.end_change(&id);
-            }
-        });
+        retry
     }
 
     #[allow(clippy::too_many_arguments)]
