@@ -222,6 +222,8 @@ pub(crate) struct Shared {
     pub(crate) stream: StreamSettings,
     /// Cancelled when the server shuts down.
     pub(crate) shutdown: CancellationToken,
+    /// On a standby replica: whether the active one answers.
+    pub(crate) active_reach: Arc<cluster::ActiveReach>,
 }
 
 impl Shared {
@@ -246,6 +248,7 @@ impl Shared {
             metrics_token: self.config.metrics_token.as_deref().map(TokenHash::of),
             stream: self.stream,
             shutdown: self.shutdown.child_token(),
+            active_reach: None,
         }
     }
 
@@ -270,7 +273,9 @@ impl Shared {
         let engine = Arc::new(engine::Engine::new());
         let writer = writer::Writer::detached(engine.clone());
         let cleaner = self.cleaner(engine.clone(), writer.clone());
-        self.app_state(engine, writer, cleaner)
+        let mut state = self.app_state(engine, writer, cleaner);
+        state.active_reach = Some(self.active_reach.clone());
+        state
     }
 }
 
@@ -598,6 +603,7 @@ pub(crate) async fn prepare(
         health,
         stream,
         shutdown: CancellationToken::new(),
+        active_reach: Arc::default(),
     };
     Ok((shared, generated))
 }
