@@ -11,8 +11,15 @@
 //!   that passed while the server could not look);
 //! - every silent worker is marked offline (stale) after the wake-up;
 //! - the pause is logged (one warn line) and counted in the metrics.
+//!
+//! The same on PostgreSQL, for the active replica. A frozen active replica
+//! with a standby: the standby answers forwarded changes with 503 and says
+//! 503 on `/readyz` instead of hanging; the database ends the frozen
+//! replica's lock session, the standby takes over, and the frozen one,
+//! once continued, stands down.
 
 mod common;
+mod pg;
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
@@ -119,7 +126,22 @@ fn scrape(text: &str, name: &str) -> f64 {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_stopped_server_marks_no_heartbeating_worker_offline() {
     let data = tempfile::tempdir().unwrap();
-    let server = Serve::new(data.path()).spawn().await;
+    stop_and_continue(Serve::new(data.path())).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stopped_active_replica_marks_no_heartbeating_worker_offline() {
+    let Some(db) = pg::Database::create().await else {
+        return;
+    };
+    let data = tempfile::tempdir().unwrap();
+    stop_and_continue(Serve::new(data.path()).args(&["--database-url", db.url()])).await;
+    db.drop().await;
+}
+
+/// See the module docs: one server, stopped for 3 × `stale_after`.
+async fn stop_and_continue(serve: Serve) {
+    let server = serve.spawn().await;
     let admin = server.admin();
 
     let beating = register_many(&admin, "beat", BEATING).await;
@@ -221,4 +243,69 @@ async fn a_stopped_server_marks_no_heartbeating_worker_offline() {
         log.contains("this server was not running"),
         "no pause in the log:\n{log}"
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_frozen_active_replica_is_replaced_and_its_standby_says_so() {
+    let Some(db) = pg::Database::create().await else {
+        return;
+    };
+    let dirs: Vec<_> = (0..2).map(|_| tempfile::tempdir().unwrap()).collect();
+    let a = pg::replica(&db, dirs[0].path()).spawn().await;
+    assert_eq!(pg::role(&a.url).await.as_deref(), Some("active"));
+    let b = pg::replica(&db, dirs[1].path()).spawn().await;
+    assert_eq!(pg::role(&b.url).await.as_deref(), Some("standby"));
+    let standby = b.admin();
+    assert_eq!(standby.get("/readyz").await.0, StatusCode::OK);
+
+    a.signal("STOP").await;
+    // A change sent to the standby is refused with 503 once the forward
+    // times out (about 2 s), not held for the whole freeze.
+    let (status, body) = standby
+        .post(
+            "/v1/workers",
+            json!({"name": "during-freeze", "machine": {"id": "m"}}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE, "{body}");
+    assert_eq!(body["error"]["code"], "unavailable", "{body}");
+    // The standby says it cannot reach the active replica — until it takes
+    // over itself (the database ends the frozen replica's session).
+    let said_unready = Arc::new(AtomicBool::new(false));
+    eventually(Duration::from_secs(30), "the standby takes over", || {
+        let standby = standby.clone();
+        let url = b.url.clone();
+        let said = said_unready.clone();
+        async move {
+            let (status, body) = standby.get("/readyz").await;
+            if status == StatusCode::SERVICE_UNAVAILABLE
+                && body["error"]["message"]
+                    .as_str()
+                    .is_some_and(|m| m.contains("active replica"))
+            {
+                said.store(true, Ordering::Relaxed);
+            }
+            (pg::role(&url).await.as_deref() == Some("active")).then_some(())
+        }
+    })
+    .await;
+    assert!(
+        said_unready.load(Ordering::Relaxed),
+        "the standby's /readyz never said it could not reach the active replica"
+    );
+    // Changes go through the new active replica.
+    standby.register("after-takeover", "m").await;
+
+    // The frozen replica, continued, finds its lock gone and stands down.
+    a.signal("CONT").await;
+    eventually(
+        Duration::from_secs(30),
+        "the old active replica stands by",
+        || {
+            let url = a.url.clone();
+            async move { (pg::role(&url).await.as_deref() == Some("standby")).then_some(()) }
+        },
+    )
+    .await;
+    db.drop().await;
 }
