@@ -618,3 +618,129 @@ impl Engine {
         c
     }
 }
+
+#[cfg(test)]
+mod tests {
+    //! The orderings of a heartbeat against the writer's changes, at the
+    //! engine's level (the writer side is covered by the API, storm and
+    //! fault tests).
+    use super::*;
+    use rollcall_core::{Labels, OfflineReason};
+
+    const STALE: Duration = Duration::from_millis(1_000);
+
+    fn t(ms: i64) -> Timestamp {
+        Timestamp::from_millis(ms)
+    }
+
+    fn record(status: Status, session: u64) -> WorkerRecord {
+        WorkerRecord {
+            id: WorkerId::generate(t(1), [7; 10]),
+            name: WorkerName::parse("w").unwrap(),
+            machine_id: MachineId::parse("m").unwrap(),
+            status,
+            offline_reason: (status == Status::Offline).then_some(OfflineReason::Stale),
+            session,
+            labels: Labels::default(),
+            heartbeat_interval: STALE / 4,
+            stale_after: STALE,
+            registered_at: t(1),
+            last_heartbeat_at: None,
+            status_changed_at: t(1),
+            token_hash: TokenHash::of("rc_worker_test"),
+        }
+    }
+
+    #[test]
+    fn a_heartbeat_of_an_offline_worker_claims_one_resume_and_changes_no_status() {
+        let e = Engine::new();
+        let r = record(Status::Offline, 3);
+        let id = r.id.clone();
+        e.apply(r, t(0));
+        let FastBeat::Resuming { beat, first } = e.heartbeat(&id, t(10_000)) else {
+            panic!("not a resume");
+        };
+        assert!(first);
+        assert_eq!((beat.status, beat.session), (Status::Online, 4));
+        assert_eq!(beat.deadline, t(10_000).plus(STALE));
+        let FastBeat::Resuming { first, .. } = e.heartbeat(&id, t(10_500)) else {
+            panic!("not a resume");
+        };
+        assert!(!first, "one resume per worker is queued");
+        let live = e.get(&id).unwrap();
+        assert_eq!(
+            live.record.status,
+            Status::Offline,
+            "only the writer changes it"
+        );
+        assert_eq!(live.pending, 1);
+        // Neither the detector nor the sweep can take it meanwhile.
+        assert!(e.claim_expired(t(99_999), 10).is_empty());
+        assert!(e.overdue(t(99_999)).is_empty());
+        // The resume installed keeps the time the later heartbeat bought.
+        let mut online = record(Status::Online, 4);
+        online.id = id.clone();
+        e.apply(online, t(10_000).plus(STALE));
+        e.end_resume(&id);
+        e.end_change(&id);
+        let live = e.get(&id).unwrap();
+        assert_eq!(live.deadline, t(10_500).plus(STALE));
+        assert_eq!(live.record.last_heartbeat_at, Some(t(10_500)));
+        assert!(matches!(e.heartbeat(&id, t(11_000)), FastBeat::Done(_)));
+    }
+
+    #[test]
+    fn a_heartbeat_before_the_seal_drops_the_expiry() {
+        let e = Engine::new();
+        let r = record(Status::Online, 1);
+        let id = r.id.clone();
+        e.apply(r, t(1_000));
+        let claimed = e.claim_expired(t(1_001), 10);
+        assert_eq!(claimed.len(), 1);
+        // Claimed but not yet planned: the heartbeat is taken in memory.
+        let FastBeat::Done(b) = e.heartbeat(&id, t(1_002)) else {
+            panic!("a live worker beats in memory");
+        };
+        assert_eq!(b.session, 1);
+        assert!(!e.seal_expiry(&id, t(1_003)), "the expiry lost the race");
+    }
+
+    #[test]
+    fn a_heartbeat_after_the_seal_resumes_the_worker_behind_the_expiry() {
+        let e = Engine::new();
+        let r = record(Status::Draining, 5);
+        let id = r.id.clone();
+        e.apply(r, t(1_000));
+        assert_eq!(e.claim_expired(t(1_001), 10).len(), 1);
+        assert!(e.seal_expiry(&id, t(1_002)));
+        let FastBeat::Resuming { beat, first } = e.heartbeat(&id, t(1_003)) else {
+            panic!("an expiring worker resumes");
+        };
+        assert!(first);
+        assert_eq!((beat.status, beat.session), (Status::Online, 6));
+        // The expiry's commit is installed: offline, no longer expiring.
+        let mut off = record(Status::Offline, 5);
+        off.id = id.clone();
+        e.apply(off, t(1_000));
+        assert!(!e.get(&id).unwrap().expiring);
+        assert!(
+            e.get(&id).unwrap().resume_beat.is_some(),
+            "kept for the resume"
+        );
+    }
+
+    #[test]
+    fn a_pause_gives_live_workers_the_restart_grace() {
+        let e = Engine::new();
+        let live = record(Status::Online, 1);
+        let live_id = live.id.clone();
+        e.apply(live, t(1_000));
+        let mut off = record(Status::Offline, 1);
+        off.id = WorkerId::generate(t(1), [8; 10]);
+        e.apply(off, t(0));
+        assert_eq!(e.grace_live(t(5_000)), 1);
+        assert_eq!(e.get(&live_id).unwrap().deadline, t(5_000).plus(STALE));
+        assert!(e.claim_expired(t(5_500), 10).is_empty());
+        assert_eq!(e.claim_expired(t(6_001), 10).len(), 1);
+    }
+}
