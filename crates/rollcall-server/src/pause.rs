@@ -131,3 +131,76 @@ impl PauseWatch {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::{AtomicI64, Ordering};
+
+    use rollcall_core::{Labels, MachineId, Status, TokenHash, WorkerId, WorkerName};
+    use rollcall_store::WorkerRecord;
+
+    use super::*;
+
+    /// A wall clock the test moves by hand (the monotonic clock is the
+    /// real one and barely moves).
+    #[derive(Debug, Default)]
+    struct Wall(AtomicI64);
+
+    impl Clock for Wall {
+        fn now(&self) -> Timestamp {
+            Timestamp::from_millis(self.0.load(Ordering::SeqCst))
+        }
+    }
+
+    #[test]
+    fn a_jump_of_the_wall_clock_past_the_threshold_is_a_pause_that_graces_live_workers() {
+        let wall = Arc::new(Wall(AtomicI64::new(100_000)));
+        let engine = Arc::new(Engine::new());
+        let stale = Duration::from_secs(2);
+        let id = WorkerId::generate(Timestamp::from_millis(1), [1; 10]);
+        engine.apply(
+            WorkerRecord {
+                id: id.clone(),
+                name: WorkerName::parse("w").unwrap(),
+                machine_id: MachineId::parse("m").unwrap(),
+                status: Status::Online,
+                offline_reason: None,
+                session: 1,
+                labels: Labels::default(),
+                heartbeat_interval: stale / 4,
+                stale_after: stale,
+                registered_at: Timestamp::from_millis(1),
+                last_heartbeat_at: None,
+                status_changed_at: Timestamp::from_millis(1),
+                token_hash: TokenHash::of("rc_worker_test"),
+            },
+            Timestamp::from_millis(101_000),
+        );
+        let metrics = Arc::new(Metrics::new());
+        let watch = PauseWatch::new(engine.clone(), wall.clone(), metrics.clone());
+
+        // Within the threshold: nothing.
+        wall.0.store(100_900, Ordering::SeqCst);
+        assert_eq!(watch.check(), None);
+        // Woken 5 s later: a pause, and the worker's deadline (passed on
+        // the wall clock) is a full stale_after from the wake-up.
+        wall.0.store(105_900, Ordering::SeqCst);
+        let pause = watch.check().expect("a pause");
+        assert!(pause.length >= Duration::from_secs(5), "{pause:?}");
+        assert_eq!(pause.woke_at, Timestamp::from_millis(105_900));
+        assert_eq!(
+            engine.get(&id).unwrap().deadline,
+            Timestamp::from_millis(107_900)
+        );
+        assert!(engine
+            .claim_expired(Timestamp::from_millis(107_000), 10)
+            .is_empty());
+        // Counted once; the next look is calm again.
+        assert_eq!(watch.check(), None);
+        let text = metrics.render(&engine.census());
+        assert!(text.contains("rollcall_pauses_total 1"), "{text}");
+        // A wall clock stepped backwards is not a pause.
+        wall.0.store(50_000, Ordering::SeqCst);
+        assert_eq!(watch.check(), None);
+    }
+}
