@@ -39,6 +39,8 @@ struct Shared {
     rounds: AtomicU64,
     quiet: AtomicUsize,
     failures: AtomicU64,
+    /// Latency of each batch request (µs), since the last `take_latencies`.
+    latencies: std::sync::Mutex<Vec<i64>>,
 }
 
 /// Keeps the fleet alive until dropped.
@@ -82,6 +84,7 @@ impl Keeper {
             rounds: AtomicU64::new(0),
             quiet: AtomicUsize::new(0),
             failures: AtomicU64::new(0),
+            latencies: std::sync::Mutex::new(Vec::new()),
         });
         let task = tokio::spawn(keep(rc, enroll, shared.clone(), interval));
         Keeper { shared, task }
@@ -91,6 +94,13 @@ impl Keeper {
         for i in range {
             self.shared.stopped[i].store(stopped, Ordering::SeqCst);
         }
+    }
+
+    /// The batch latencies (µs) recorded since the last call, sorted.
+    pub fn take_latencies(&self) -> Vec<i64> {
+        let mut v = std::mem::take(&mut *self.shared.latencies.lock().unwrap());
+        v.sort_unstable();
+        v
     }
 
     pub fn deadline_ms(&self, i: usize) -> i64 {
@@ -168,9 +178,15 @@ async fn send_batch(
         .iter()
         .map(|&i| json!({"worker_id": shared.workers[i].id, "token": shared.workers[i].token}))
         .collect();
+    let sent = Instant::now();
     let bytes = rc
         .post_raw("/v1/heartbeats", enroll, json!({ "heartbeats": beats }))
         .await?;
+    shared
+        .latencies
+        .lock()
+        .unwrap()
+        .push(sent.elapsed().as_micros() as i64);
     let answer: BatchAnswer = serde_json::from_slice(&bytes)?;
     ensure!(answer.results.len() == chunk.len(), "short batch answer");
     let mut resumed = 0;
@@ -308,5 +324,149 @@ pub async fn stop_round(
         server: after,
         cpu_s: after.cpu_s - before.cpu_s,
         wall_s,
+    })
+}
+
+/// One storm: every worker silent until all are offline, then every worker
+/// heartbeating again at once, until the fleet has settled.
+#[derive(Debug, Clone)]
+pub struct Storm {
+    /// From the first heartbeat of the storm until every worker was
+    /// reported online again on the stream.
+    pub all_online_ms: i64,
+    /// From the first heartbeat of the storm until every worker was online
+    /// for good: the last time all were, after which a whole `stale_after`
+    /// passed without an offline (equal to `all_online_ms` without flaps).
+    pub settled_ms: i64,
+    /// Workers reported offline (stale) again while heartbeating.
+    pub flaps: usize,
+    /// Batch heartbeat latency (µs, sorted) while calm, and during the storm.
+    pub calm_latency_us: Vec<i64>,
+    pub storm_latency_us: Vec<i64>,
+    pub load: String,
+    pub cpu_s: f64,
+    pub wall_s: f64,
+}
+
+impl Storm {
+    pub fn json(&self) -> Value {
+        json!({
+            "all_online_ms": self.all_online_ms,
+            "settled_ms": self.settled_ms,
+            "flaps": self.flaps,
+            "calm_batch_p50_ms": percentile(&self.calm_latency_us, 0.5) as f64 / 1000.0,
+            "calm_batch_p99_ms": percentile(&self.calm_latency_us, 0.99) as f64 / 1000.0,
+            "storm_batch_p50_ms": percentile(&self.storm_latency_us, 0.5) as f64 / 1000.0,
+            "storm_batch_p99_ms": percentile(&self.storm_latency_us, 0.99) as f64 / 1000.0,
+            "load": self.load,
+            "server_cpu_s": self.cpu_s,
+            "wall_s": self.wall_s,
+        })
+    }
+}
+
+/// Runs one storm over the whole fleet (see [`Storm`]). The fleet must be
+/// steady when it starts; it is steady again when this returns.
+pub async fn storm_round(
+    rc: &Rollcall,
+    keeper: &Keeper,
+    events: &mut sse::Subscription,
+    stale_after: Duration,
+) -> Result<Storm> {
+    let n = keeper.shared.workers.len();
+    let index: HashMap<&str, usize> = keeper
+        .shared
+        .workers
+        .iter()
+        .enumerate()
+        .map(|(i, w)| (w.id.as_str(), i))
+        .collect();
+    // Calm: the latencies since the fleet became steady.
+    let calm_latency_us = keeper.take_latencies();
+    while events.events.try_recv().is_ok() {}
+    let limit = stale_after * 10 + Duration::from_secs(300);
+
+    // Silence until every worker is reported offline.
+    eprintln!("storm: {n} workers fall silent");
+    keeper.stop(0..n, true);
+    let silent = Instant::now();
+    let mut offline = vec![false; n];
+    let mut down = 0;
+    while down < n {
+        let left = limit
+            .checked_sub(silent.elapsed())
+            .context("timed out waiting for the fleet to go offline")?;
+        let e = tokio::time::timeout(left, events.events.recv())
+            .await
+            .with_context(|| format!("only {down} of {n} workers went offline"))?
+            .context("event stream closed")?;
+        if e.kind == "worker.offline" {
+            if let Some(&i) = e.worker_id.as_deref().and_then(|w| index.get(w)) {
+                if !offline[i] {
+                    offline[i] = true;
+                    down += 1;
+                }
+            }
+        }
+    }
+
+    // The storm: every worker heartbeats again at once.
+    let before = rc.stats()?;
+    let load = crate::server::load_average();
+    keeper.take_latencies();
+    eprintln!("storm: {n} workers heartbeat again at once");
+    let started = Instant::now();
+    keeper.stop(0..n, false);
+    let mut flaps = 0;
+    let mut all_online_ms = None;
+    let mut settled_ms = 0;
+    let mut last_offline = started;
+    loop {
+        if down == 0 {
+            let since = last_offline.max(started);
+            if since.elapsed() >= stale_after {
+                break;
+            }
+        }
+        ensure!(
+            started.elapsed() < limit,
+            "the fleet never settled: {down} workers offline, {flaps} flaps"
+        );
+        let e = match tokio::time::timeout(Duration::from_millis(50), events.events.recv()).await {
+            Ok(e) => e.context("event stream closed")?,
+            Err(_) => continue,
+        };
+        let Some(&i) = e.worker_id.as_deref().and_then(|w| index.get(w)) else {
+            continue;
+        };
+        match e.kind.as_str() {
+            "worker.online" if offline[i] => {
+                offline[i] = false;
+                down -= 1;
+                if down == 0 {
+                    settled_ms = started.elapsed().as_millis() as i64;
+                    all_online_ms.get_or_insert(settled_ms);
+                }
+            }
+            "worker.offline" if !offline[i] => {
+                offline[i] = true;
+                down += 1;
+                flaps += 1;
+                last_offline = Instant::now();
+            }
+            _ => {}
+        }
+    }
+    let storm_latency_us = keeper.take_latencies();
+    let after = rc.stats()?;
+    Ok(Storm {
+        all_online_ms: all_online_ms.unwrap_or(0),
+        settled_ms,
+        flaps,
+        calm_latency_us,
+        storm_latency_us,
+        load,
+        cpu_s: after.cpu_s - before.cpu_s,
+        wall_s: started.elapsed().as_secs_f64(),
     })
 }

@@ -16,6 +16,10 @@
 //!   worker's acknowledged deadline to its `offline (stale)` event on the
 //!   event stream.
 //! - `expiry`: all N workers stop at once; how long until all are offline.
+//! - `storm`: all N workers fall silent until all are offline, then all
+//!   heartbeat again at once; how long until every worker is online and a
+//!   whole window passes without an offline, how many flapped, and the batch
+//!   heartbeat latency during the storm next to the calm one.
 //! - `rss`: the server's memory with N online workers.
 //! - `store-commit`: the store alone, K transitions in one commit.
 //! - `replicas`: PostgreSQL mode, two replicas: heartbeats through the
@@ -121,6 +125,18 @@ struct ExpiryArgs {
 }
 
 #[derive(Debug, Clone, Args)]
+struct StormArgs {
+    /// Online workers, all of which fall silent and come back at once.
+    #[arg(long, default_value_t = 100_000)]
+    workers: usize,
+    /// The workers' stale_after; they heartbeat every quarter of it.
+    #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
+    stale_after: Duration,
+    #[arg(long, default_value_t = 3)]
+    rounds: usize,
+}
+
+#[derive(Debug, Clone, Args)]
 struct RssArgs {
     #[arg(long, default_value_t = 1_000_000)]
     workers: usize,
@@ -139,6 +155,9 @@ enum Cmd {
     Detection(DetectionArgs),
     /// Mass expiry: all N online workers stop at once.
     Expiry(ExpiryArgs),
+    /// A resume storm: all N workers silent until offline, then all back at
+    /// once; time to settle, flaps, heartbeat latency.
+    Storm(StormArgs),
     /// Server memory with N online workers.
     Rss(RssArgs),
     /// PostgreSQL mode: heartbeats through the active replica and through a
@@ -262,6 +281,7 @@ fn main() -> Result<()> {
         Cmd::Batch(a) => vec![rt.block_on(batch(bin, &redis, a))?],
         Cmd::Detection(a) => vec![rt.block_on(detection(bin, a))?],
         Cmd::Expiry(a) => vec![rt.block_on(expiry(bin, a))?],
+        Cmd::Storm(a) => vec![rt.block_on(storm(bin, a))?],
         Cmd::Rss(a) => vec![rt.block_on(rss(bin, a))?],
         Cmd::Replicas(a) => vec![rt.block_on(replicas::replicas(bin, a))?],
         Cmd::All {
@@ -696,6 +716,99 @@ async fn expiry(bin: Option<PathBuf>, a: ExpiryArgs) -> Result<Report> {
         rounds.push(r);
     }
     lag_report(B, &rc, &rounds, a.workers, a.workers, a.stale_after, true)
+}
+
+async fn storm(bin: Option<PathBuf>, a: StormArgs) -> Result<Report> {
+    const B: &str = "storm";
+    let (rc, keeper, mut events) = fleet(bin, a.workers, a.stale_after).await?;
+    let mut rounds = Vec::new();
+    for round in 0..a.rounds {
+        let r = fleet::storm_round(&rc, &keeper, &mut events, a.stale_after).await?;
+        eprintln!("storm round {round}: {}", r.json());
+        rounds.push(r);
+        keeper
+            .steady(2, a.stale_after * 4 + Duration::from_secs(120))
+            .await?;
+    }
+    let settled: Vec<i64> = rounds.iter().map(|r| r.settled_ms).collect();
+    let online: Vec<i64> = rounds.iter().map(|r| r.all_online_ms).collect();
+    let flaps: usize = rounds.iter().map(|r| r.flaps).sum();
+    let p = |v: &[i64], q: f64| percentile(v, q) as f64 / 1000.0;
+    let calm99: Vec<f64> = rounds.iter().map(|r| p(&r.calm_latency_us, 0.99)).collect();
+    let storm99: Vec<f64> = rounds
+        .iter()
+        .map(|r| p(&r.storm_latency_us, 0.99))
+        .collect();
+    let calm50: Vec<f64> = rounds.iter().map(|r| p(&r.calm_latency_us, 0.5)).collect();
+    let storm50: Vec<f64> = rounds.iter().map(|r| p(&r.storm_latency_us, 0.5)).collect();
+    let loads: Vec<String> = rounds.iter().map(|r| r.load.clone()).collect();
+    let stats = rc.stats()?;
+    let joined = |v: &[i64]| {
+        v.iter()
+            .map(|x| x.to_string())
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
+    let settled_m = median_i(&settled);
+    let rows = vec![
+        row(
+            B,
+            "workers (all silent, then all back at once)",
+            format!(
+                "{} (stale_after {} s)",
+                a.workers,
+                a.stale_after.as_secs_f64()
+            ),
+        ),
+        target(
+            row(
+                B,
+                "all online for good after (median)",
+                format!("{settled_m} ms"),
+            ),
+            "<= 2000 ms",
+            settled_m <= 2000,
+        ),
+        row(
+            B,
+            "all online for good after, per round ms",
+            joined(&settled),
+        ),
+        row(B, "all online first after, per round ms", joined(&online)),
+        target(
+            row(B, "flaps (all rounds)", flaps.to_string()),
+            "0",
+            flaps == 0,
+        ),
+        row(
+            B,
+            "batch heartbeat p50 / p99 ms, calm (median)",
+            format!("{:.1} / {:.1}", median(&calm50), median(&calm99)),
+        ),
+        row(
+            B,
+            "batch heartbeat p50 / p99 ms, storm (median)",
+            format!("{:.1} / {:.1}", median(&storm50), median(&storm99)),
+        ),
+        row(B, "storm p99 per round ms", list(&storm99, 1)),
+        row(
+            B,
+            "server RSS at end",
+            format!("{} MiB", stats.rss_kib / 1024),
+        ),
+        row(B, "load average per round", loads.join(" | ")),
+    ];
+    Ok(Report {
+        rows,
+        json: json!({
+            "bench": B, "workers": a.workers,
+            "stale_after_ms": a.stale_after.as_millis() as u64,
+            "flaps": flaps,
+            "settled_ms": settled,
+            "rounds": rounds.iter().map(|r| r.json()).collect::<Vec<_>>(),
+            "met": settled_m <= 2000 && flaps == 0,
+        }),
+    })
 }
 
 fn lag_report(

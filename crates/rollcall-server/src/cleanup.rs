@@ -29,6 +29,7 @@ use crate::auth::Tokens;
 use crate::clock::Clock;
 use crate::engine::Engine;
 use crate::metrics::Metrics;
+use crate::pause::PauseWatch;
 use crate::writer::{Reply, Request, WriteError, Writer};
 
 /// The seed's result of a stale sweep.
@@ -79,6 +80,9 @@ pub struct Cleaner {
     pub(crate) clock: Arc<dyn Clock>,
     pub(crate) retention: Retention,
     pub(crate) metrics: Arc<Metrics>,
+    /// The active core's pause watch, checked before the sweep expires
+    /// anything.
+    pub(crate) pause: Option<Arc<PauseWatch>>,
 }
 
 impl Cleaner {
@@ -135,19 +139,41 @@ impl Cleaner {
                 reload.push(id.clone());
             }
         }
-        if !reload.is_empty() {
-            warn!(
-                workers = reload.len(),
-                "the store and the engine disagreed; reloading from the store"
-            );
-        }
-        for id in reload {
+        // These are suspects only: the engine was read before the store, and
+        // the writer commits before it installs, so a worker that changed
+        // meanwhile looks different in the two reads. The writer confirms
+        // each (see `WriterTask::install`): only a real disagreement — a
+        // row edited from outside — reloads anything, and is logged.
+        let suspects = reload.len();
+        let checks = reload.into_iter().map(|id| {
+            let writer = self.writer.clone();
             // The engine entry may be one the store no longer has; either
             // way the writer reconciles it.
-            let _ = self.writer.submit(Request::Reload { id }).await;
+            async move { writer.submit(Request::Reload { id }).await }
+        });
+        let diverged = futures::future::join_all(checks)
+            .await
+            .into_iter()
+            .filter(|r| matches!(r, Ok(Reply::Reloaded { diverged: true })))
+            .count();
+        self.metrics.diverged(suspects, diverged);
+        if diverged > 0 {
+            warn!(
+                workers = diverged,
+                "the store and the engine disagreed; reloading from the store"
+            );
+        } else if suspects > 0 {
+            tracing::debug!(
+                workers = suspects,
+                "workers changed while the sweep read them; the store and the engine agree"
+            );
         }
 
-        // 2. Live workers past their deadline that no timer caught.
+        // 2. Live workers past their deadline that no timer caught (after
+        // a pause, only once the pause's grace is given).
+        if let Some(p) = &self.pause {
+            p.check();
+        }
         let now = self.clock.now();
         let overdue = self.engine.overdue(now);
         let waits = overdue.into_iter().map(|e| {

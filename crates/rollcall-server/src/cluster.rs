@@ -58,6 +58,38 @@ use crate::{Config, Core, Mode, Role, RoleCell, Running, Shared, StreamSettings}
 /// not active refuses such a request instead of forwarding it again.
 pub const FORWARDED_HEADER: &str = "x-rollcall-forwarded-by";
 
+/// How long a standby waits for the active replica's answer to a change it
+/// forwards (and to its reachability probe): about the lock-check interval
+/// plus its timeout. An active replica that does not answer within it is
+/// frozen or cut off; the client gets 503 `unavailable` and retries,
+/// instead of hanging until the freeze ends.
+pub const FORWARD_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// Whether a standby reaches the active replica, as its last probe found
+/// (`GET /healthz` of the active replica, every poll). Unknown counts as
+/// reachable: forwarding says so when it is not.
+#[derive(Debug, Default)]
+pub struct ActiveReach {
+    unreachable: parking_lot::Mutex<Option<String>>,
+}
+
+impl ActiveReach {
+    /// Why the active replica cannot be reached, if it cannot.
+    pub fn unreachable(&self) -> Option<String> {
+        self.unreachable.lock().clone()
+    }
+
+    fn set(&self, reason: Option<String>) {
+        let mut cur = self.unreachable.lock();
+        match (&*cur, &reason) {
+            (None, Some(r)) => warn!(reason = %r, "this standby cannot reach the active replica"),
+            (Some(_), None) => info!("this standby reaches the active replica again"),
+            _ => {}
+        }
+        *cur = reason;
+    }
+}
+
 /// How often replicas act.
 #[derive(Debug, Clone, Copy)]
 pub struct Timing {
@@ -170,7 +202,7 @@ pub(crate) async fn launch(
         role: RoleCell::new(Role::Standby),
         leader: RwLock::new(None),
         forward: reqwest::Client::builder()
-            .timeout(Duration::from_secs(30))
+            .timeout(FORWARD_TIMEOUT)
             .connect_timeout(Duration::from_secs(2))
             .pool_idle_timeout(Duration::from_secs(30))
             .build()?,
@@ -215,7 +247,7 @@ pub(crate) async fn launch(
 /// What a replica is doing.
 enum Phase {
     Standby { relay: Relay },
-    Active { core: Core, lead: Leadership },
+    Active { core: Box<Core>, lead: Leadership },
 }
 
 impl Inner {
@@ -287,7 +319,10 @@ impl Inner {
                                 }
                             }
                         }
-                        Ok(None) => Phase::Standby { relay },
+                        Ok(None) => {
+                            self.probe_active().await;
+                            Phase::Standby { relay }
+                        }
                         Err(e) => {
                             warn!(error = %e, "could not contend for the active role");
                             *self.leader.write() = None;
@@ -362,11 +397,32 @@ impl Inner {
                 "took the active role, which no replica held"
             );
         }
-        self.clock.sync(&self.pg).await?;
-        // The former active replica is fenced: the log is final up to here.
-        relay_events(&self.shared).await?;
-        self.reload_tokens().await?;
-        let core = Core::start(&self.shared).await?;
+        let prepare = async {
+            self.clock.sync(&self.pg).await?;
+            // The former active replica is fenced: the log is final up to here.
+            relay_events(&self.shared).await?;
+            self.reload_tokens().await?;
+            anyhow::Ok(Box::new(Core::start(&self.shared).await?))
+        };
+        // Loading a large fleet takes a while: the lock is confirmed
+        // meanwhile, as it is once active, which also keeps its connection
+        // from idling out (see `LOCK_IDLE_TIMEOUT`).
+        tokio::pin!(prepare);
+        let mut lost = None;
+        let core = loop {
+            tokio::select! {
+                core = &mut prepare => break core?,
+                _ = tokio::time::sleep(self.timing.check) => {
+                    if lost.is_none() {
+                        lost = lead.check(self.timing.check_timeout).await.err();
+                    }
+                }
+            }
+        };
+        if let Some(e) = lost {
+            core.abandon().await;
+            return Err(e.into());
+        }
         let state = core.app_state(&self.shared);
         let router = api::router(state.clone(), self.shared.config.metrics_listen.is_none());
         self.set_current((router, state), Role::Active);
@@ -416,6 +472,36 @@ impl Inner {
             self.role.set(role);
         }
         self.shared.metrics.set_active(role == Role::Active);
+    }
+
+    /// Asks the active replica (as last read from the database) whether it
+    /// answers, within [`FORWARD_TIMEOUT`]; `/readyz` of this standby says
+    /// what it found.
+    async fn probe_active(&self) {
+        let target = self.leader.read().clone();
+        let Some(target) = target.filter(|l| l.advertise_url != self.me) else {
+            self.shared.active_reach.set(None);
+            return;
+        };
+        let url = format!("{}/healthz", target.advertise_url);
+        let reason = match self.forward.get(url).send().await {
+            Ok(r) if r.status().is_success() => None,
+            Ok(r) => Some(format!(
+                "the active replica {} answers {} to /healthz",
+                target.advertise_url,
+                r.status()
+            )),
+            Err(e) if e.is_timeout() => Some(format!(
+                "the active replica {} does not answer within {FORWARD_TIMEOUT:?} (frozen or cut off); changes sent here are refused with 503",
+                target.advertise_url
+            )),
+            Err(e) => Some(format!(
+                "the active replica {} cannot be reached ({}); changes sent here are refused with 503",
+                target.advertise_url,
+                e.without_url()
+            )),
+        };
+        self.shared.active_reach.set(reason);
     }
 
     /// Passes a change on to the active replica and returns its answer.

@@ -16,6 +16,7 @@ use tracing::warn;
 
 use crate::clock::Clock;
 use crate::engine::Engine;
+use crate::pause::PauseWatch;
 use crate::writer::{Writer, MAX_BATCH};
 
 /// See the module docs.
@@ -24,6 +25,7 @@ pub struct Detector {
     engine: Arc<Engine>,
     writer: Writer,
     clock: Arc<dyn Clock>,
+    pause: Arc<PauseWatch>,
 }
 
 /// The longest the detector sleeps without looking again; bounds the effect
@@ -31,11 +33,17 @@ pub struct Detector {
 const MAX_SLEEP: Duration = Duration::from_secs(1);
 
 impl Detector {
-    pub fn new(engine: Arc<Engine>, writer: Writer, clock: Arc<dyn Clock>) -> Self {
+    pub fn new(
+        engine: Arc<Engine>,
+        writer: Writer,
+        clock: Arc<dyn Clock>,
+        pause: Arc<PauseWatch>,
+    ) -> Self {
         Detector {
             engine,
             writer,
             clock,
+            pause,
         }
     }
 
@@ -71,6 +79,11 @@ impl Detector {
     /// Runs until `stop` is cancelled.
     pub async fn run(self, stop: CancellationToken) {
         loop {
+            // The detector may be the first to wake after a pause of the
+            // whole server: it must not expire deadlines that passed while
+            // nobody could look (see `pause`). The check grants the grace
+            // before it returns.
+            self.pause.check();
             let now = self.clock.now();
             self.step(now).await;
             let sleep = match self.engine.next_deadline() {

@@ -10,11 +10,12 @@
 //!
 //! Status changes are not made here. They are planned by the transition
 //! writer (which owns them, one at a time, in order), committed to the store,
-//! and only then applied to the engine with [`Engine::apply`]. While a change
-//! for a worker is queued (`pending > 0`) its heartbeats take the writer's
-//! path too, so a heartbeat and an expiry are always ordered: the heartbeat
-//! either extends the deadline before the detector claims it, or is applied
-//! after the expiry has committed, and resumes the worker.
+//! and only then applied to the engine with [`Engine::apply`]. Heartbeats
+//! never wait for the writer, but a heartbeat and an expiry are always
+//! ordered under the worker's shard lock: a heartbeat taken before the
+//! writer seals the expiry ([`Engine::seal_expiry`]) moves the deadline and
+//! the expiry is dropped; one taken after the seal (or while the worker is
+//! offline) claims a resume, which the writer commits behind the expiry.
 
 use std::cmp::Reverse;
 use std::collections::hash_map::{Entry, RandomState};
@@ -23,6 +24,7 @@ use std::hash::{BuildHasher, BuildHasherDefault, Hasher};
 use std::time::Duration;
 
 use parking_lot::Mutex;
+use rollcall_core::fsm::{self, Command};
 use rollcall_core::policy;
 use rollcall_core::{MachineId, Status, Timestamp, TokenHash, WorkerId, WorkerName};
 use rollcall_store::{HeartbeatMark, WorkerRecord};
@@ -65,6 +67,16 @@ pub struct Live {
     pending: u32,
     /// `last_heartbeat_at` changed since the last flush.
     dirty: bool,
+    /// The writer planned this worker's stale transition and is committing
+    /// it: a heartbeat now must resume the worker after it (see
+    /// [`Engine::heartbeat`]).
+    expiring: bool,
+    /// A resume of this worker is queued in the writer.
+    resume_queued: bool,
+    /// The latest heartbeat taken while the worker was offline (or
+    /// expiring), not yet installed: the resume gives the worker at least
+    /// `stale_after` from it.
+    resume_beat: Option<Timestamp>,
 }
 
 #[derive(Debug, Default)]
@@ -87,14 +99,18 @@ pub struct Beat {
     pub heartbeat_interval: Duration,
 }
 
-/// The outcome of the heartbeat fast path.
+/// The outcome of a heartbeat; it never waits for the store.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum FastBeat {
-    /// Accepted in memory.
+    /// Accepted in memory: the worker is live.
     Done(Beat),
-    /// The worker is offline or has a change queued: the heartbeat must be
-    /// ordered behind it by the writer.
-    NeedsWriter,
+    /// The worker is offline (or its stale transition is being committed):
+    /// the heartbeat is taken in memory — no expiry can take the worker for
+    /// the time it bought — and resumes it. `first`: this heartbeat claimed
+    /// the resume, and the caller must queue [`crate::writer::Request::Resume`]
+    /// (a change is already marked as queued for it). `beat` is what the
+    /// worker will be once the resume is committed (the FSM's plan).
+    Resuming { beat: Beat, first: bool },
     /// No such worker.
     Unknown,
 }
@@ -186,6 +202,24 @@ impl Engine {
         }
     }
 
+    /// Gives every live worker the restart grace counted from `at` (the
+    /// server noticed it had been paused: see `pause`). Timers need no
+    /// change: a timer that comes due finds the later deadline and is pushed
+    /// back. Returns how many workers are live.
+    pub fn grace_live(&self, at: Timestamp) -> usize {
+        let mut n = 0;
+        for shard in self.shards.iter() {
+            for live in shard.lock().workers.values_mut() {
+                if live.record.status.is_live() {
+                    live.deadline =
+                        policy::restart_deadline(live.deadline, at, live.record.stale_after);
+                    n += 1;
+                }
+            }
+        }
+        n
+    }
+
     /// Who a worker token belongs to. The lookup is by hash; the final
     /// comparison against the worker's stored hash is constant-time.
     pub fn token_owner(&self, hash: &TokenHash) -> TokenOwner {
@@ -199,15 +233,58 @@ impl Engine {
         }
     }
 
-    /// The heartbeat fast path: memory only.
+    /// A heartbeat: memory only, whatever the worker's state.
+    ///
+    /// A live worker's deadline moves, also while a change is queued for
+    /// it: a queued expiry that the writer has not planned yet then finds
+    /// the deadline moved and is dropped ([`Engine::seal_expiry`]); a queued
+    /// drain, offline or deletion is ordered after this heartbeat.
+    ///
+    /// An offline worker — or one whose stale transition the writer is
+    /// committing — is resumed: the heartbeat is recorded here, the first
+    /// one claims the resume (a change queued, so neither the detector nor
+    /// the sweep can expire the worker until the resume is installed with a
+    /// deadline at least `stale_after` after the latest such heartbeat).
+    /// The status changes only when the writer commits the resume.
     pub fn heartbeat(&self, id: &WorkerId, now: Timestamp) -> FastBeat {
         let mut guard = self.shard(id).lock();
         let shard = &mut *guard;
         let Some(live) = shard.workers.get_mut(id) else {
             return FastBeat::Unknown;
         };
-        if live.pending > 0 || !live.record.status.is_live() {
-            return FastBeat::NeedsWriter;
+        if !live.record.status.is_live() || live.expiring {
+            let mut state = live.record.state();
+            if live.expiring {
+                if let Ok(t) = fsm::transition(
+                    Some(state),
+                    Command::Expire {
+                        session: state.session,
+                    },
+                    now,
+                ) {
+                    state = t.next.unwrap_or(state);
+                }
+            }
+            if let Ok(fsm::Transition { next: Some(n), .. }) =
+                fsm::transition(Some(state), Command::Heartbeat, now)
+            {
+                state = n;
+            }
+            live.resume_beat = live.resume_beat.max(Some(now));
+            let first = !live.resume_queued;
+            if first {
+                live.resume_queued = true;
+                live.pending += 1;
+            }
+            return FastBeat::Resuming {
+                beat: Beat {
+                    status: state.status,
+                    session: state.session,
+                    deadline: now.plus(live.record.stale_after),
+                    heartbeat_interval: live.record.heartbeat_interval,
+                },
+                first,
+            };
         }
         live.record.last_heartbeat_at = Some(now);
         live.deadline = live.deadline.max(now.plus(live.record.stale_after));
@@ -252,6 +329,46 @@ impl Engine {
         }
     }
 
+    /// Called by the writer as it plans a stale transition: confirms, under
+    /// the worker's lock, that the deadline has still passed at `now` (no
+    /// heartbeat moved it since the claim) and marks the worker as expiring,
+    /// so that a heartbeat from now on resumes it after the expiry instead
+    /// of being answered as if it were still online. False: the expiry lost
+    /// the race and must be dropped.
+    pub fn seal_expiry(&self, id: &WorkerId, now: Timestamp) -> bool {
+        match self.shard(id).lock().workers.get_mut(id) {
+            Some(live) if policy::is_expired(live.deadline, now) && !live.resume_queued => {
+                live.expiring = true;
+                true
+            }
+            _ => false,
+        }
+    }
+
+    /// Ends an expiry's seal (its commit is installed, or failed).
+    pub fn end_expiry(&self, id: &WorkerId) {
+        if let Some(live) = self.shard(id).lock().workers.get_mut(id) {
+            live.expiring = false;
+        }
+    }
+
+    /// The latest heartbeat taken for a worker's queued resume, if any.
+    pub fn resume_beat(&self, id: &WorkerId) -> Option<Timestamp> {
+        self.shard(id)
+            .lock()
+            .workers
+            .get(id)
+            .and_then(|l| l.resume_beat)
+    }
+
+    /// Ends a resume claim (its commit is settled, or it could not be
+    /// queued). The change mark is released separately.
+    pub fn end_resume(&self, id: &WorkerId) {
+        if let Some(live) = self.shard(id).lock().workers.get_mut(id) {
+            live.resume_queued = false;
+        }
+    }
+
     /// Marks a queued change as done.
     pub fn end_change(&self, id: &WorkerId) {
         if let Some(live) = self.shard(id).lock().workers.get_mut(id) {
@@ -283,6 +400,16 @@ impl Engine {
                             deadline = deadline.max(live.deadline);
                         }
                     }
+                    // Heartbeats taken while the worker was offline or
+                    // expiring: the live state installed now keeps the time
+                    // they bought.
+                    if record.status.is_live() {
+                        if let Some(b) = live.resume_beat.take() {
+                            record.last_heartbeat_at = record.last_heartbeat_at.max(Some(b));
+                            deadline = deadline.max(b.plus(record.stale_after));
+                        }
+                    }
+                    live.expiring = false;
                     live.record = record;
                     live.deadline = deadline;
                 }
@@ -293,6 +420,9 @@ impl Engine {
                         deadline,
                         pending: 0,
                         dirty: false,
+                        expiring: false,
+                        resume_queued: false,
+                        resume_beat: None,
                     }));
                 }
             }
@@ -486,5 +616,131 @@ impl Engine {
         c.machines_online = machines.values().filter(|live| **live).count() as u64;
         c.machines_offline = machines.len() as u64 - c.machines_online;
         c
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    //! The orderings of a heartbeat against the writer's changes, at the
+    //! engine's level (the writer side is covered by the API, storm and
+    //! fault tests).
+    use super::*;
+    use rollcall_core::{Labels, OfflineReason};
+
+    const STALE: Duration = Duration::from_millis(1_000);
+
+    fn t(ms: i64) -> Timestamp {
+        Timestamp::from_millis(ms)
+    }
+
+    fn record(status: Status, session: u64) -> WorkerRecord {
+        WorkerRecord {
+            id: WorkerId::generate(t(1), [7; 10]),
+            name: WorkerName::parse("w").unwrap(),
+            machine_id: MachineId::parse("m").unwrap(),
+            status,
+            offline_reason: (status == Status::Offline).then_some(OfflineReason::Stale),
+            session,
+            labels: Labels::default(),
+            heartbeat_interval: STALE / 4,
+            stale_after: STALE,
+            registered_at: t(1),
+            last_heartbeat_at: None,
+            status_changed_at: t(1),
+            token_hash: TokenHash::of("rc_worker_test"),
+        }
+    }
+
+    #[test]
+    fn a_heartbeat_of_an_offline_worker_claims_one_resume_and_changes_no_status() {
+        let e = Engine::new();
+        let r = record(Status::Offline, 3);
+        let id = r.id.clone();
+        e.apply(r, t(0));
+        let FastBeat::Resuming { beat, first } = e.heartbeat(&id, t(10_000)) else {
+            panic!("not a resume");
+        };
+        assert!(first);
+        assert_eq!((beat.status, beat.session), (Status::Online, 4));
+        assert_eq!(beat.deadline, t(10_000).plus(STALE));
+        let FastBeat::Resuming { first, .. } = e.heartbeat(&id, t(10_500)) else {
+            panic!("not a resume");
+        };
+        assert!(!first, "one resume per worker is queued");
+        let live = e.get(&id).unwrap();
+        assert_eq!(
+            live.record.status,
+            Status::Offline,
+            "only the writer changes it"
+        );
+        assert_eq!(live.pending, 1);
+        // Neither the detector nor the sweep can take it meanwhile.
+        assert!(e.claim_expired(t(99_999), 10).is_empty());
+        assert!(e.overdue(t(99_999)).is_empty());
+        // The resume installed keeps the time the later heartbeat bought.
+        let mut online = record(Status::Online, 4);
+        online.id = id.clone();
+        e.apply(online, t(10_000).plus(STALE));
+        e.end_resume(&id);
+        e.end_change(&id);
+        let live = e.get(&id).unwrap();
+        assert_eq!(live.deadline, t(10_500).plus(STALE));
+        assert_eq!(live.record.last_heartbeat_at, Some(t(10_500)));
+        assert!(matches!(e.heartbeat(&id, t(11_000)), FastBeat::Done(_)));
+    }
+
+    #[test]
+    fn a_heartbeat_before_the_seal_drops_the_expiry() {
+        let e = Engine::new();
+        let r = record(Status::Online, 1);
+        let id = r.id.clone();
+        e.apply(r, t(1_000));
+        let claimed = e.claim_expired(t(1_001), 10);
+        assert_eq!(claimed.len(), 1);
+        // Claimed but not yet planned: the heartbeat is taken in memory.
+        let FastBeat::Done(b) = e.heartbeat(&id, t(1_002)) else {
+            panic!("a live worker beats in memory");
+        };
+        assert_eq!(b.session, 1);
+        assert!(!e.seal_expiry(&id, t(1_003)), "the expiry lost the race");
+    }
+
+    #[test]
+    fn a_heartbeat_after_the_seal_resumes_the_worker_behind_the_expiry() {
+        let e = Engine::new();
+        let r = record(Status::Draining, 5);
+        let id = r.id.clone();
+        e.apply(r, t(1_000));
+        assert_eq!(e.claim_expired(t(1_001), 10).len(), 1);
+        assert!(e.seal_expiry(&id, t(1_002)));
+        let FastBeat::Resuming { beat, first } = e.heartbeat(&id, t(1_003)) else {
+            panic!("an expiring worker resumes");
+        };
+        assert!(first);
+        assert_eq!((beat.status, beat.session), (Status::Online, 6));
+        // The expiry's commit is installed: offline, no longer expiring.
+        let mut off = record(Status::Offline, 5);
+        off.id = id.clone();
+        e.apply(off, t(1_000));
+        assert!(!e.get(&id).unwrap().expiring);
+        assert!(
+            e.get(&id).unwrap().resume_beat.is_some(),
+            "kept for the resume"
+        );
+    }
+
+    #[test]
+    fn a_pause_gives_live_workers_the_restart_grace() {
+        let e = Engine::new();
+        let live = record(Status::Online, 1);
+        let live_id = live.id.clone();
+        e.apply(live, t(1_000));
+        let mut off = record(Status::Offline, 1);
+        off.id = WorkerId::generate(t(1), [8; 10]);
+        e.apply(off, t(0));
+        assert_eq!(e.grace_live(t(5_000)), 1);
+        assert_eq!(e.get(&live_id).unwrap().deadline, t(5_000).plus(STALE));
+        assert!(e.claim_expired(t(5_500), 10).is_empty());
+        assert_eq!(e.claim_expired(t(6_001), 10).len(), 1);
     }
 }

@@ -43,6 +43,7 @@ pub mod flush;
 pub mod health;
 pub mod hub;
 pub mod metrics;
+pub mod pause;
 pub mod writer;
 
 use std::future::Future;
@@ -226,6 +227,8 @@ pub(crate) struct Shared {
     pub(crate) throttle: Arc<auth::FailureThrottle>,
     /// Cancelled when the server shuts down.
     pub(crate) shutdown: CancellationToken,
+    /// On a standby replica: whether the active one answers.
+    pub(crate) active_reach: Arc<cluster::ActiveReach>,
 }
 
 impl Shared {
@@ -253,6 +256,7 @@ impl Shared {
             throttle: self.throttle.clone(),
             re_register: self.config.re_register,
             shutdown: self.shutdown.child_token(),
+            active_reach: None,
         }
     }
 
@@ -268,6 +272,7 @@ impl Shared {
                 event_retention: self.config.event_retention,
             },
             metrics: self.metrics.clone(),
+            pause: None,
         }
     }
 
@@ -276,7 +281,9 @@ impl Shared {
         let engine = Arc::new(engine::Engine::new());
         let writer = writer::Writer::detached(engine.clone());
         let cleaner = self.cleaner(engine.clone(), writer.clone());
-        self.app_state(engine, writer, cleaner)
+        let mut state = self.app_state(engine, writer, cleaner);
+        state.active_reach = Some(self.active_reach.clone());
+        state
     }
 }
 
@@ -319,12 +326,23 @@ impl Core {
             shared.clock.clone(),
             shared.metrics.clone(),
         );
-        let cleaner = shared.cleaner(engine.clone(), writer.clone());
+        let pause = Arc::new(pause::PauseWatch::new(
+            engine.clone(),
+            shared.clock.clone(),
+            shared.metrics.clone(),
+        ));
+        let mut cleaner = shared.cleaner(engine.clone(), writer.clone());
+        cleaner.pause = Some(pause.clone());
         let config = &shared.config;
         let stop = CancellationToken::new();
-        let detector =
-            detector::Detector::new(engine.clone(), writer.clone(), shared.clock.clone());
+        let detector = detector::Detector::new(
+            engine.clone(),
+            writer.clone(),
+            shared.clock.clone(),
+            pause.clone(),
+        );
         let background = vec![
+            tokio::spawn(pause.run(stop.child_token())),
             tokio::spawn(detector.run(stop.child_token())),
             tokio::spawn(cleaner.clone().run(
                 config.sweep_interval,
@@ -603,6 +621,7 @@ pub(crate) async fn prepare(
         health,
         stream,
         shutdown: CancellationToken::new(),
+        active_reach: Arc::default(),
     };
     Ok((shared, generated))
 }

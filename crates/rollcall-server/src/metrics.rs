@@ -124,6 +124,10 @@ pub struct Metrics {
     store_writable: IntGauge,
     store_write_failures: IntCounter,
     store_incidents: IntCounter,
+    pauses: IntCounter,
+    divergences: IntCounter,
+    sweep_suspects: IntCounter,
+    paused_seconds: prometheus::Counter,
 }
 
 impl fmt::Debug for Metrics {
@@ -371,7 +375,37 @@ impl Metrics {
             "Times the store went from writable to failing.",
         );
 
+        let pauses = counter(
+            &r,
+            "rollcall_pauses_total",
+            "Times this server noticed it had not been running (it woke much later than planned, or its wall clock jumped ahead of its monotonic clock): a stopped process, a paused VM, a sleeping host. Every live worker got the restart grace.",
+        );
+        let paused_seconds = reg(
+            &r,
+            prometheus::Counter::new(
+                "rollcall_paused_seconds_total",
+                "Seconds this server was not running, summed over the pauses it noticed.",
+            )
+            .expect("valid counter"),
+        );
+
+        let divergences = counter(
+            &r,
+            "rollcall_sweep_divergences_total",
+            "Workers the sweep found different in the store and in the engine (a row changed from outside rollcall) and reloaded from the store. Changes in flight while the sweep reads are confirmed by the writer and not counted.",
+        );
+
+        let sweep_suspects = counter(
+            &r,
+            "rollcall_sweep_suspects_total",
+            "Workers the sweep read differently in the engine and in the store; the writer checked each (most changed in between: transitions in flight).",
+        );
+
         Metrics {
+            divergences,
+            sweep_suspects,
+            pauses,
+            paused_seconds,
             workers,
             machines,
             heartbeats_accepted: MODES.map(|m| accepted.with_label_values(&[m])),
@@ -532,6 +566,19 @@ impl Metrics {
     /// A write to the store succeeded.
     pub fn store_write_succeeded(&self) {
         self.store_writable.set(1);
+    }
+
+    /// The sweep suspected `suspects` workers, of which `n` really
+    /// diverged and were reloaded.
+    pub fn diverged(&self, suspects: usize, n: usize) {
+        self.sweep_suspects.inc_by(suspects as u64);
+        self.divergences.inc_by(n as u64);
+    }
+
+    /// The server noticed a pause of `length`.
+    pub fn paused(&self, length: Duration) {
+        self.pauses.inc();
+        self.paused_seconds.inc_by(length.as_secs_f64());
     }
 
     /// Records whether this server is the active one.

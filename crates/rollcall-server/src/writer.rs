@@ -52,9 +52,11 @@ pub struct Registration {
 #[derive(Debug, Clone)]
 pub enum Request {
     Register(Registration),
-    /// A heartbeat that could not be taken in memory (the worker is offline
-    /// or has a change queued), received at `at`.
-    Heartbeat {
+    /// A heartbeat taken in memory found the worker offline (or its stale
+    /// transition committing) at `at`: resume it. The heartbeat was already
+    /// answered; the engine holds the change mark and the latest heartbeat
+    /// time ([`Engine::heartbeat`]).
+    Resume {
         id: WorkerId,
         at: Timestamp,
     },
@@ -93,7 +95,7 @@ impl Request {
     fn worker(&self) -> Option<&WorkerId> {
         match self {
             Request::Register(_) | Request::ReconcileMachines => None,
-            Request::Heartbeat { id, .. }
+            Request::Resume { id, .. }
             | Request::Drain { id }
             | Request::Offline { id, .. }
             | Request::Delete { id }
@@ -129,7 +131,11 @@ pub enum Reply {
         applied: bool,
         machine_id: MachineId,
     },
-    Reloaded,
+    /// A reload asked for by the sweep: whether the store really
+    /// disagreed with the engine (and the engine took the store's row).
+    Reloaded {
+        diverged: bool,
+    },
     /// Machines whose stored status was wrong and has been corrected.
     Reconciled(Vec<MachineId>),
 }
@@ -155,7 +161,10 @@ struct Job {
 /// Handle for submitting requests; cheap to clone.
 #[derive(Debug, Clone)]
 pub struct Writer {
-    tx: mpsc::Sender<Job>,
+    /// Unbounded: a heartbeat that queues a resume must never wait. What
+    /// can be queued is bounded anyway: at most one expiry and one resume
+    /// per worker, plus one request per caller waiting for its answer.
+    tx: mpsc::UnboundedSender<Job>,
     engine: Arc<Engine>,
 }
 
@@ -175,7 +184,7 @@ impl Writer {
         clock: Arc<dyn Clock>,
         metrics: Arc<Metrics>,
     ) -> (Writer, tokio::task::JoinHandle<()>) {
-        let (tx, rx) = mpsc::channel(MAX_BATCH * 4);
+        let (tx, rx) = mpsc::unbounded_channel();
         let task = WriterTask {
             store,
             engine: engine.clone(),
@@ -190,7 +199,7 @@ impl Writer {
     /// A handle with no writer behind it: every request is refused as
     /// unavailable. A standby replica changes nothing itself.
     pub fn detached(engine: Arc<Engine>) -> Writer {
-        let (tx, _) = mpsc::channel(1);
+        let (tx, _) = mpsc::unbounded_channel();
         Writer { tx, engine }
     }
 
@@ -206,6 +215,18 @@ impl Writer {
     /// waiting for it.
     pub async fn expire(&self, e: Expiry) -> Result<(), WriteError> {
         self.enqueue(Request::Expire(e), None, true).await
+    }
+
+    /// Queues the resume claimed by a heartbeat ([`crate::engine::FastBeat::Resuming`])
+    /// without waiting for it. On failure the claim is released.
+    pub async fn resume(&self, id: WorkerId, at: Timestamp) -> Result<(), WriteError> {
+        let r = self
+            .enqueue(Request::Resume { id: id.clone(), at }, None, true)
+            .await;
+        if r.is_err() {
+            self.engine.end_resume(&id);
+        }
+        r
     }
 
     /// Submits an expiry and waits for its outcome (used by the sweep).
@@ -233,7 +254,7 @@ impl Writer {
             _ => None,
         };
         let job = Job { req, reply, holds };
-        if let Err(mpsc::error::SendError(job)) = self.tx.send(job).await {
+        if let Err(mpsc::error::SendError(job)) = self.tx.send(job) {
             if let Some(id) = &job.holds {
                 self.engine.end_change(id);
             }
@@ -331,10 +352,38 @@ fn deadline_of(r: &WorkerRecord, deadline: Timestamp) -> Option<Timestamp> {
 }
 
 impl WriterTask {
-    async fn run(self, mut rx: mpsc::Receiver<Job>) {
-        let mut jobs = Vec::with_capacity(MAX_BATCH);
-        while rx.recv_many(&mut jobs, MAX_BATCH).await > 0 {
-            self.process(std::mem::take(&mut jobs)).await;
+    async fn run(self, mut rx: mpsc::UnboundedReceiver<Job>) {
+        // Resumes whose commit failed: they go first in the next batch (they
+        // arrived before anything queued since), which comes at the latest
+        // after `EXPIRY_RETRY`.
+        let mut retry: Vec<Job> = Vec::new();
+        loop {
+            let mut jobs = Vec::with_capacity(MAX_BATCH);
+            let open = if retry.is_empty() {
+                rx.recv_many(&mut jobs, MAX_BATCH).await > 0
+            } else {
+                tokio::select! {
+                    n = rx.recv_many(&mut jobs, MAX_BATCH) => n > 0,
+                    _ = tokio::time::sleep(EXPIRY_RETRY) => true,
+                }
+            };
+            if !open && retry.is_empty() {
+                return;
+            }
+            let mut batch = std::mem::take(&mut retry);
+            batch.append(&mut jobs);
+            retry = self.process(batch).await;
+            if !open {
+                // Shutting down: one last try was made; what still failed
+                // gives its claim up.
+                for job in retry {
+                    if let Request::Resume { id, .. } = &job.req {
+                        self.engine.end_resume(id);
+                        self.engine.end_change(id);
+                    }
+                }
+                return;
+            }
         }
     }
 
@@ -347,7 +396,9 @@ impl WriterTask {
         })
     }
 
-    async fn process(&self, jobs: Vec<Job>) {
+    /// Plans, commits and settles one batch. Returns the resumes whose
+    /// commit failed, to be tried again.
+    async fn process(&self, jobs: Vec<Job>) -> Vec<Job> {
         let now = self.clock.now();
         let mut work: HashMap<WorkerId, Slot> = HashMap::new();
         let mut names: HashMap<(MachineId, WorkerName), WorkerId> = HashMap::new();
@@ -368,6 +419,7 @@ impl WriterTask {
         }
 
         let mut committed: Vec<EventRecord> = Vec::new();
+        let mut commit_time = Duration::ZERO;
         tracing::debug!(
             jobs = jobs.len(),
             writes = writes.len(),
@@ -378,7 +430,8 @@ impl WriterTask {
             let started = Instant::now();
             match self.store.commit(writes).await {
                 Ok(result) => {
-                    self.metrics.committed(n, started.elapsed());
+                    commit_time = started.elapsed();
+                    self.metrics.committed(n, commit_time);
                     for (i, ok) in result.applied.iter().enumerate() {
                         if !ok {
                             if let Some(slot) = work.get_mut(&write_owner[i]) {
@@ -410,9 +463,8 @@ impl WriterTask {
                             p.result = Err(WriteError::Unavailable(e.to_string()));
                         }
                     }
-                    self.install(&work).await;
-                    self.settle(jobs, planned, &work, now, true).await;
-                    return;
+                    self.install(&mut work).await;
+                    return self.settle(jobs, planned, &work, now, true).await;
                 }
             }
         }
@@ -444,8 +496,13 @@ impl WriterTask {
             }
         }
 
-        self.install(&work).await;
+        let diverged = self.install(&mut work).await;
         for (job, p) in jobs.iter().zip(planned.iter_mut()) {
+            if let Request::Reload { id } = &job.req {
+                p.result = Ok(Reply::Reloaded {
+                    diverged: diverged.contains(id),
+                });
+            }
             if matches!(job.req, Request::ReconcileMachines) {
                 p.result = match self.store.reconcile_machines(now).await {
                     Ok(events) => {
@@ -462,8 +519,9 @@ impl WriterTask {
             log_event(e);
             self.metrics.event(e);
         }
+        log_batch(&committed, commit_time);
         self.hub.publish(committed);
-        self.settle(jobs, planned, &work, now, false).await;
+        self.settle(jobs, planned, &work, now, false).await
     }
 
     /// Publishes, before the events of `seq` onward, any event of the log
@@ -537,16 +595,39 @@ impl WriterTask {
         }
     }
 
-    /// Brings the engine in line with what was committed.
-    async fn install(&self, work: &HashMap<WorkerId, Slot>) {
-        for (id, slot) in work {
+    /// Brings the engine in line with what was committed. Returns the
+    /// workers whose stored row disagreed with what the writer holds (a
+    /// failed condition, or a row edited from outside), which the engine
+    /// took from the store.
+    ///
+    /// A reload asked for by the sweep is confirmed here, where nothing is
+    /// in flight: every commit before this point is installed, so a row
+    /// that agrees with the writer's view (status and session) is no
+    /// divergence — the sweep merely read the store between a commit and
+    /// its installation, or the engine before a commit the store then
+    /// showed — and the engine keeps its fresher deadline.
+    async fn install(&self, work: &mut HashMap<WorkerId, Slot>) -> Vec<WorkerId> {
+        let mut diverged = Vec::new();
+        for (id, slot) in work.iter_mut() {
             if slot.failed && !slot.reload {
                 // The commit failed: the engine keeps what it had.
                 continue;
             }
             if slot.reload {
                 match self.store.get_worker(id).await {
+                    Ok(Some(record))
+                        if !slot.failed
+                            && slot.state.as_ref().is_some_and(|(r, _)| {
+                                r.status == record.status && r.session == record.session
+                            }) =>
+                    {
+                        slot.reload = false;
+                        if let Some((r, d)) = &slot.state {
+                            self.engine.apply(r.clone(), *d);
+                        }
+                    }
                     Ok(Some(record)) => {
+                        diverged.push(id.clone());
                         let d = rollcall_core::policy::deadline(
                             record.last_heartbeat_at,
                             Some(record.registered_at),
@@ -554,7 +635,14 @@ impl WriterTask {
                         );
                         self.engine.apply(record, d);
                     }
-                    Ok(None) => self.engine.remove(id),
+                    Ok(None) if slot.state.is_none() && !slot.failed => {
+                        slot.reload = false;
+                        self.engine.remove(id);
+                    }
+                    Ok(None) => {
+                        diverged.push(id.clone());
+                        self.engine.remove(id);
+                    }
                     Err(e) => error!(worker_id = %id, error = %e, "reloading a worker failed"),
                 }
                 continue;
@@ -564,9 +652,11 @@ impl WriterTask {
                 None => self.engine.remove(id),
             }
         }
+        diverged
     }
 
-    /// Releases queued-change marks and answers the callers.
+    /// Releases queued-change marks and answers the callers. Returns the
+    /// resumes to try again (the commit failed).
     async fn settle(
         &self,
         jobs: Vec<Job>,
@@ -574,8 +664,21 @@ impl WriterTask {
         work: &HashMap<WorkerId, Slot>,
         now: Timestamp,
         commit_failed: bool,
-    ) {
+    ) -> Vec<Job> {
+        let mut retry = Vec::new();
         for (job, p) in jobs.into_iter().zip(planned) {
+            // A resume whose commit failed was answered already (the
+            // heartbeat was taken): it keeps its claim — no expiry can take
+            // the worker — and is committed again once the store can.
+            if commit_failed && matches!(job.req, Request::Resume { .. }) && job.holds.is_some() {
+                retry.push(job);
+                continue;
+            }
+            match &job.req {
+                Request::Expire(e) => self.engine.end_expiry(&e.id),
+                Request::Resume { id, .. } => self.engine.end_resume(id),
+                _ => {}
+            }
             if let Some(id) = &job.holds {
                 self.engine.end_change(id);
                 if commit_failed {
@@ -599,6 +702,7 @@ impl WriterTask {
                 let _ = tx.send(p.result);
             }
         }
+        retry
     }
 
     #[allow(clippy::too_many_arguments)]
@@ -688,10 +792,13 @@ impl WriterTask {
                     }),
                 }
             }
-            Request::Heartbeat { id, at } => {
+            Request::Resume { id, at } => {
                 let Some((mut record, mut deadline)) = self.slot(work, id).state.clone() else {
                     return not_found(id);
                 };
+                // Heartbeats taken in memory since the claim: the latest
+                // one counts (installing merges any later one too).
+                let at = &(*at).max(self.engine.resume_beat(id).unwrap_or(*at));
                 let t = match fsm::transition(Some(record.state()), Command::Heartbeat, now) {
                     Ok(t) => t,
                     Err(e) => return failed(id, e),
@@ -796,6 +903,18 @@ impl WriterTask {
                     Err(err) => return failed(&e.id, err),
                 };
                 let machine_id = record.machine_id.clone();
+                // Confirmed under the worker's lock: a heartbeat taken since
+                // the claim moved the deadline (the expiry lost the race),
+                // or from now on resumes the worker after it.
+                if t.changed() && !self.engine.seal_expiry(&e.id, now) {
+                    return Planned {
+                        worker: Some(e.id.clone()),
+                        result: Ok(Reply::Swept {
+                            applied: false,
+                            machine_id,
+                        }),
+                    };
+                }
                 if t.changed() {
                     let expect = expect_of(&record);
                     record.set_state(t.next.expect("expiry keeps the worker"));
@@ -820,7 +939,8 @@ impl WriterTask {
                 self.slot(work, id).reload = true;
                 Planned {
                     worker: Some(id.clone()),
-                    result: Ok(Reply::Reloaded),
+                    // Settled after the commit (see `install`).
+                    result: Ok(Reply::Reloaded { diverged: false }),
                 }
             }
         }
@@ -871,9 +991,41 @@ fn failed(id: &WorkerId, e: FsmError) -> Planned {
     }
 }
 
-/// One info line per transition.
-fn log_event(e: &EventRecord) {
+/// One info line per committed batch that recorded events: how many of
+/// each kind (and reason), how many machines they touched, the commit's
+/// time. A storm of a hundred thousand transitions is a few dozen lines;
+/// the event log is the record of each one.
+fn log_batch(events: &[EventRecord], commit_time: Duration) {
+    let Some(first) = events.first() else { return };
+    let mut kinds: std::collections::BTreeMap<String, usize> = Default::default();
+    let mut machines = std::collections::HashSet::new();
+    for e in events {
+        let key = match e.reason {
+            Some(r) => format!("{}({})", e.kind.as_str(), r.as_str()),
+            None => e.kind.as_str().to_owned(),
+        };
+        *kinds.entry(key).or_default() += 1;
+        machines.insert(e.machine_id.as_str());
+    }
+    let counts = kinds
+        .iter()
+        .map(|(k, n)| format!("{k}={n}"))
+        .collect::<Vec<_>>()
+        .join(" ");
     info!(
+        events = events.len(),
+        first_seq = first.seq,
+        last_seq = events.last().map_or(first.seq, |e| e.seq),
+        counts = %counts,
+        machines = machines.len(),
+        commit_ms = commit_time.as_millis() as u64,
+        "transitions committed"
+    );
+}
+
+/// One debug line per transition (the batch's summary is at info).
+fn log_event(e: &EventRecord) {
+    tracing::debug!(
         seq = e.seq,
         event = e.kind.as_str(),
         worker_id = e.worker_id.as_ref().map(|w| w.as_str()),

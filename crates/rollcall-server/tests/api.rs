@@ -902,7 +902,9 @@ async fn batch_heartbeats_answer_in_request_order_per_entry() {
     .await;
     assert!(!used("read token").await, "a batch entry recorded a use");
 
-    // The resumed worker has its worker.online(heartbeat) event.
+    // The resumed worker has its worker.online(heartbeat) event, once the
+    // resume (answered from memory) is durable.
+    app.wait_resumed(&off.id, 2).await;
     let got: Vec<_> = app.worker_events(&off.id).await.iter().map(brief).collect();
     assert_eq!(
         got.last().unwrap(),
@@ -1036,6 +1038,8 @@ async fn a_heartbeat_resumes_a_worker_offline_for_any_reason() {
         assert_eq!(hb["status"], "online", "{reason}");
         assert_eq!(hb["session"], 2, "{reason}");
         assert_eq!(hb["resumed"], true, "{reason}");
+        // Answered from memory; shown (and in the log) once durable.
+        app.wait_resumed(&w.id, 2).await;
         let events: Vec<_> = app.worker_events(&w.id).await.iter().map(brief).collect();
         assert_eq!(
             events[2..],
@@ -2643,14 +2647,22 @@ async fn invariant_3_race_safety_heartbeats_against_the_detector() {
             deadline: ts(&hb["deadline_at"]),
         });
     }
-    // Let them all go stale once more, so that the log is final.
+    // Let them all go stale once more, so that the log is final: every
+    // worker offline in (at least) the last session it was answered — a
+    // resumed answer comes from memory, before its resume is committed.
+    let answered: HashMap<String, u64> = acks
+        .iter()
+        .map(|(id, a)| (id.clone(), a.iter().map(|a| a.session).max().unwrap()))
+        .collect();
     wait_until(
-        "every racer is offline",
+        "every racer is offline in its last answered session",
         Duration::from_secs(20),
         || async {
-            app.list_all("/v1/workers?status=online", "cursor", 1000)
+            app.list_all("/v1/workers", "cursor", 1000)
                 .await
-                .is_empty()
+                .iter()
+                .filter_map(|w| Some((answered.get(w["id"].as_str()?)?, w)))
+                .all(|(s, w)| w["status"] == "offline" && w["session"].as_u64() >= Some(*s))
         },
     )
     .await;
@@ -2767,6 +2779,7 @@ async fn invariant_4_machine_status_follows_its_last_live_worker() {
     expect("offline", 0, 3).await;
     let hb = app.heartbeat(&b).await;
     assert_eq!(hb["resumed"], true);
+    app.wait_resumed(&b.id, 2).await;
     expect("online", 1, 3).await;
     app.delete(&format!("/v1/workers/{}", b.id), &app.admin)
         .await
@@ -2867,8 +2880,12 @@ async fn invariant_5_durable_before_announced() {
     )
     .await;
     assert_eq!(app.machine("m").await["status"], "offline");
+    // A heartbeat of an offline worker is answered before its resume is
+    // durable (a liveness answer, not an event); the worker is shown
+    // online, with its event in the log, once it is.
     let hb = app.heartbeat(&w).await;
     assert_eq!(hb["resumed"], true);
+    app.wait_resumed(&w.id, 2).await;
     check(
         w.id.clone(),
         vec![ev("worker.online", Some("heartbeat"), Some(2))],
@@ -2898,6 +2915,7 @@ async fn invariant_5_durable_before_announced() {
         )
         .await;
     assert_eq!(r.expect(200)["results"][0]["resumed"], true);
+    app.wait_resumed(&w.id, 4).await;
     check(
         w.id.clone(),
         vec![ev("worker.online", Some("heartbeat"), Some(4))],

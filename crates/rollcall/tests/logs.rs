@@ -4,8 +4,9 @@
 //! of authentication failure, tokens in query strings and bodies, the admin
 //! CLI, the agent — and no token, nor anything that starts like one, shows
 //! up in its output. The same run checks that the logs do say what happened:
-//! one line per transition (with the detection lag of a stale one) and the
-//! result of every scheduled cleanup.
+//! one debug line per transition (with the detection lag of a stale one),
+//! one info line per committed batch, and the result of every scheduled
+//! cleanup.
 
 mod common;
 
@@ -395,6 +396,12 @@ fn check_logs(server_out: &str, stale_id: &str, secrets: &Secrets, json: bool) {
     assert!(
         server_out.lines().any(|l| l.contains("machine.offline")),
         "machine transitions are logged too"
+    );
+    assert!(
+        server_out
+            .lines()
+            .any(|l| l.contains("transitions committed") && l.contains("worker.offline(stale)")),
+        "each committed batch is summed up in one line"
     );
     assert!(
         server_out

@@ -60,6 +60,10 @@ pub struct AppState {
     /// Cancelled when the server shuts down, so that the responses that
     /// never end by themselves (event streams) end and shutdown completes.
     pub shutdown: CancellationToken,
+    /// Set on a standby replica: whether the active replica answers (a
+    /// standby that cannot reach it is not ready: it could only answer
+    /// changes with 503).
+    pub active_reach: Option<Arc<crate::cluster::ActiveReach>>,
 }
 
 /// Page sizes: 1–1000, default 100.

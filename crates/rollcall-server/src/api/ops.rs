@@ -25,13 +25,18 @@ pub async fn healthz() -> &'static str {
 /// Readiness: the store can commit. Unless a write finished within the
 /// last second, a one-row write transaction proves it (a full disk, an I/O
 /// error or a lost database fail it); while the last write failed, the
-/// answer is 503 with the reason.
+/// answer is 503 with the reason. A standby replica is also not ready while
+/// the active replica does not answer it (frozen, or cut off): it could
+/// only refuse the changes it is given.
 #[utoipa::path(get, path = "/readyz", tag = "operations",
     responses(
         (status = 200, description = "Ready", body = String, example = "ready"),
-        (status = 503, description = "The store cannot commit, or does not answer", body = ErrorBody),
+        (status = 503, description = "The store cannot commit, or does not answer; or, on a standby replica, the active replica does not answer", body = ErrorBody),
     ))]
 pub async fn readyz(State(s): State<AppState>) -> Result<&'static str, ApiError> {
+    if let Some(reason) = s.active_reach.as_ref().and_then(|r| r.unreachable()) {
+        return Err(ApiError::NotReady(reason));
+    }
     if let Some(reason) = s.store_health.check(s.store.as_ref(), s.clock.now()).await {
         return Err(ApiError::NotReady(reason));
     }

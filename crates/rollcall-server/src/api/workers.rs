@@ -23,7 +23,7 @@ use super::extract::{
 use super::{next_cursor, parse_limit, AppState};
 use crate::engine::{Beat, FastBeat};
 use crate::metrics::HeartbeatMode;
-use crate::writer::{Registration, Reply, Request, WriteError};
+use crate::writer::{Registration, Reply, Request};
 
 /// The most heartbeats in one batch.
 pub const MAX_BATCH_HEARTBEATS: usize = 1000;
@@ -173,54 +173,23 @@ fn beat_response(beat: Beat, resumed: bool) -> HeartbeatResponse {
     }
 }
 
-/// Takes one heartbeat of an authenticated worker: in memory when it is
-/// live, through the writer when it is offline or has a change queued.
-async fn beat(s: &AppState, id: &WorkerId) -> Result<HeartbeatResponse, ApiError> {
-    let now = s.clock.now();
-    match fast_beat(s, id, now) {
-        Some(answer) => answer,
-        None => beat_via_writer(s, id, now).await,
-    }
-}
-
-/// The in-memory part of a heartbeat; `None` when it must be ordered
-/// behind a change queued in the writer.
-fn fast_beat(
-    s: &AppState,
-    id: &WorkerId,
-    now: Timestamp,
-) -> Option<Result<HeartbeatResponse, ApiError>> {
+/// Takes one heartbeat of an authenticated worker, in memory, whatever
+/// its state: it never waits for a commit. A heartbeat of an offline worker
+/// queues its resume and answers at once with what the resume makes of it
+/// (`resumed: true`); the `worker.online` event is published once the
+/// resume is durable, as every event.
+async fn beat(s: &AppState, id: &WorkerId, now: Timestamp) -> Result<HeartbeatResponse, ApiError> {
     match s.engine.heartbeat(id, now) {
-        FastBeat::Done(b) => Some(Ok(beat_response(b, false))),
-        FastBeat::Unknown => Some(Err(ApiError::Unauthorized(
-            "unknown, expired or revoked token".into(),
-        ))),
-        FastBeat::NeedsWriter => None,
-    }
-}
-
-/// A heartbeat of a worker that is offline or has a change queued: the
-/// writer orders it behind that change.
-async fn beat_via_writer(
-    s: &AppState,
-    id: &WorkerId,
-    now: Timestamp,
-) -> Result<HeartbeatResponse, ApiError> {
-    match s
-        .writer
-        .submit(Request::Heartbeat {
-            id: id.clone(),
-            at: now,
-        })
-        .await
-    {
-        Ok(Reply::Beat { beat, resumed }) => Ok(beat_response(beat, resumed)),
-        Ok(_) => Err(ApiError::Internal),
-        // Deleted between authentication and now: its token is gone.
-        Err(WriteError::NotFound) => Err(ApiError::Unauthorized(
+        FastBeat::Done(b) => Ok(beat_response(b, false)),
+        FastBeat::Resuming { beat, first } => {
+            if first {
+                s.writer.resume(id.clone(), now).await?;
+            }
+            Ok(beat_response(beat, first))
+        }
+        FastBeat::Unknown => Err(ApiError::Unauthorized(
             "unknown, expired or revoked token".into(),
         )),
-        Err(e) => Err(e.into()),
     }
 }
 
@@ -246,7 +215,7 @@ pub async fn heartbeat(
         caller?.require_own_worker(&path, false)?;
         let _: Option<serde_json::Value> = optional_json_body(body, BODY_LIMIT).await?;
         let id = path.worker()?;
-        beat(&s, &id).await
+        beat(&s, &id, s.clock.now()).await
     }
     .await;
     let mode = HeartbeatMode::Single;
@@ -308,39 +277,22 @@ async fn batch(
         )));
     }
     let now = s.clock.now();
-    // Live workers beat in memory, right here, in request order. The few
-    // that must go through the writer (offline, or a change queued) are
-    // submitted together afterwards and answered in their places.
+    // Every entry is taken in memory, in request order; none waits for a
+    // commit (a resume is queued, not awaited), so one entry never delays
+    // another.
     let mut results = Vec::with_capacity(req.heartbeats.len());
-    let mut queued: Vec<(usize, WorkerId)> = Vec::new();
     for entry in req.heartbeats {
         // Only a worker token authenticates an entry: any other token, valid
         // or not, is answered like an unknown one (no oracle), and its
         // last use is not recorded.
         let outcome = match s.tokens.worker_of(&s.engine, &entry.token) {
             None => Err(ApiError::from(crate::auth::AuthError::Invalid)),
-            Some(own) if own.as_str() == entry.worker_id => match fast_beat(s, &own, now) {
-                Some(answer) => answer,
-                None => {
-                    queued.push((results.len(), own));
-                    results.push(batch_result(entry.worker_id, Err(ApiError::Internal)));
-                    continue;
-                }
-            },
+            Some(own) if own.as_str() == entry.worker_id => beat(s, &own, now).await,
             Some(_) => Err(ApiError::forbidden(
                 "a worker token may only act on its own worker",
             )),
         };
         results.push(batch_result(entry.worker_id, outcome));
-    }
-    if !queued.is_empty() {
-        let answers =
-            futures::future::join_all(queued.iter().map(|(_, id)| beat_via_writer(s, id, now)))
-                .await;
-        for ((i, _), answer) in queued.into_iter().zip(answers) {
-            let worker_id = std::mem::take(&mut results[i].worker_id);
-            results[i] = batch_result(worker_id, answer);
-        }
     }
     Ok(BatchResponse { results })
 }

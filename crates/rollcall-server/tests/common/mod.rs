@@ -298,6 +298,22 @@ impl TestApp {
         .await
     }
 
+    /// Waits until a worker is shown online in `session`: a heartbeat of an
+    /// offline worker is answered (`resumed: true`) before its resume is
+    /// committed, and the worker is shown online — with its event in the
+    /// log — once it is.
+    pub async fn wait_resumed(&self, id: &str, session: u64) {
+        wait_until(
+            &format!("{id} is shown online in session {session}"),
+            Duration::from_secs(10),
+            || async {
+                let w = self.worker(id).await;
+                w["status"] == "online" && w["session"] == session
+            },
+        )
+        .await;
+    }
+
     /// A worker's own heartbeat.
     pub async fn heartbeat_raw(&self, id: &str, token: &str) -> Resp {
         self.post_empty(&format!("/v1/workers/{id}/heartbeat"), token)

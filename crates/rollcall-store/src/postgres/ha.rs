@@ -23,6 +23,12 @@ use sqlx::{Connection, PgConnection};
 use super::{connect_one, timed_out, Fence, PgStore, LEADER_LOCK, LOCK_SPACE};
 use crate::{Result, StoreError};
 
+/// How long the leader lock's connection may stay idle before the server
+/// ends its session (and so releases the lock): well above the active
+/// replica's check interval, well below the time a frozen active replica
+/// should keep the others waiting.
+pub const LOCK_IDLE_TIMEOUT: Duration = Duration::from_secs(4);
+
 /// The channel of appended events.
 const EVENTS_CHANNEL: &str = "rollcall_events";
 /// The channel of created and deleted tokens.
@@ -95,7 +101,27 @@ impl PgStore {
                         ("tcp_keepalives_interval", "5"),
                         ("tcp_keepalives_count", "3"),
                     ]);
-                connect_one(&options).await?
+                let mut conn = connect_one(&options).await?;
+                // A frozen holder (SIGSTOP, a paused VM) keeps its TCP
+                // connection — the kernel still answers keepalives — and so
+                // the lock. The active replica uses this connection every
+                // check (200 ms); once it has been idle for this long, the
+                // server ends the session and releases the lock, so that a
+                // standby takes over within seconds. The frozen replica,
+                // when it wakes, finds its connection gone at its next check
+                // and stands down; until then the epoch fences its writes.
+                // (PostgreSQL 14 and later; older servers refuse the setting
+                // and keep only the keepalives.)
+                if let Err(e) = sqlx::query(&format!(
+                    "SET idle_session_timeout = {}",
+                    LOCK_IDLE_TIMEOUT.as_millis()
+                ))
+                .execute(&mut conn)
+                .await
+                {
+                    tracing::debug!(error = %e, "idle_session_timeout is not available");
+                }
+                conn
             }
         };
         let (pid, locked): (i32, bool) =
