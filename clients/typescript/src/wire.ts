@@ -142,7 +142,9 @@ export interface paths {
          * Readiness: the store can commit. Unless a write finished within the
          *     last second, a one-row write transaction proves it (a full disk, an I/O
          *     error or a lost database fail it); while the last write failed, the
-         *     answer is 503 with the reason.
+         *     answer is 503 with the reason. A standby replica is also not ready while
+         *     the active replica does not answer it (frozen, or cut off): it could
+         *     only refuse the changes it is given.
          */
         get: {
             parameters: {
@@ -163,7 +165,7 @@ export interface paths {
                         "text/plain": string;
                     };
                 };
-                /** @description The store cannot commit, or does not answer */
+                /** @description The store cannot commit, or does not answer; or, on a standby replica, the active replica does not answer */
                 503: {
                     headers: {
                         [name: string]: unknown;
