@@ -98,15 +98,26 @@ describe("the worker handle", () => {
   it("reports `resumed` when a heartbeat brings the worker back", async () => {
     const rc = new Rollcall({ url: server.url, token: enroll });
     const handle = rc.worker({ name: "resumed-1", machine: "ts-m2", heartbeatIntervalMs: 100, handleSignals: false });
-    const first = await handle.ready();
-    const resumed = new Promise<number>((resolve) => handle.once("resumed", (ack) => resolve(ack.session)));
-    // An admin marks it offline; its next heartbeat brings it back in a new session.
-    await admin.offline(first.id);
-    const session = await resumed;
-    assert.equal(session, first.session + 1);
-    assert.equal(handle.session, session);
-    assert.equal((await admin.getWorker(first.id)).status, "online");
-    await handle.stop();
+    try {
+      const first = await handle.ready();
+      const resumed = new Promise<number>((resolve) => handle.once("resumed", (ack) => resolve(ack.session)));
+      // An admin marks it offline; its next heartbeat brings it back in a new session.
+      await admin.offline(first.id);
+      const session = await resumed;
+      assert.equal(session, first.session + 1);
+      assert.equal(handle.session, session);
+      // The heartbeat is answered before the resume is committed; the
+      // worker shows online once it is durable.
+      const shown = await waitFor("the resume to be shown", async () => {
+        const w = await admin.getWorker(first.id);
+        return w.status === "online" ? w : undefined;
+      });
+      assert.equal(shown.session, session);
+    } finally {
+      // A failed assertion must not leave the handle heartbeating (the
+      // test process would never end).
+      await handle.stop();
+    }
   });
 
   it("keeps its session across a server restart", async () => {
