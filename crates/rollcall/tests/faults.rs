@@ -231,10 +231,56 @@ struct Acks {
     transitions: Vec<(&'static str, Option<&'static str>, String, u64)>,
     /// Acknowledged deletions.
     deleted: HashSet<String>,
+    /// Read tokens whose creation was acknowledged (201): each must
+    /// authenticate after the restart.
+    tokens: Vec<String>,
+    /// Tokens whose revocation was acknowledged (204): none may
+    /// authenticate after the restart.
+    revoked: Vec<String>,
     /// Changes answered 503.
     refused: usize,
     /// Whether `/readyz` answered 503.
     unready_seen: bool,
+}
+
+/// Creates a read token; `Some((id, secret))` when acknowledged.
+async fn try_create_token(api: &Api, acks: &mut Acks, name: &str) -> Option<(String, String)> {
+    let (status, body) = api
+        .post("/v1/tokens", json!({"kind": "read", "name": name}))
+        .await;
+    match status {
+        StatusCode::CREATED => {
+            let secret = body["token"].as_str().unwrap().to_owned();
+            acks.tokens.push(secret.clone());
+            Some((body["id"].as_str().unwrap().to_owned(), secret))
+        }
+        StatusCode::SERVICE_UNAVAILABLE => {
+            acks.refused += 1;
+            None
+        }
+        other => panic!("token creation answered {other}: {body}"),
+    }
+}
+
+/// Revokes a token, recording whether that was acknowledged.
+async fn try_revoke_token(api: &Api, acks: &mut Acks, (id, secret): &(String, String)) {
+    let resp = api
+        .http
+        .delete(format!("{}/v1/tokens/{id}", api.base))
+        .bearer_auth(ADMIN)
+        .send()
+        .await
+        .unwrap();
+    match resp.status() {
+        StatusCode::NO_CONTENT => {
+            acks.tokens.retain(|t| t != secret);
+            acks.revoked.push(secret.clone());
+        }
+        // Refused: unknown whether it happened (a connection killed after
+        // COMMIT reached the database); nothing is asserted either way.
+        StatusCode::SERVICE_UNAVAILABLE => acks.refused += 1,
+        other => panic!("token revocation answered {other}"),
+    }
 }
 
 impl Acks {
@@ -370,8 +416,14 @@ async fn episode(api: &Api, acks: &mut Acks, tag: &str, fault: &dyn Fault) -> Ve
     assert_eq!(resp.status(), StatusCode::NO_CONTENT);
     acks.deleted.insert(w.id.clone());
     acks.registered.remove(&w.id);
+    // A token to revoke while the store fails.
+    let doomed = try_create_token(api, acks, &format!("{tag}-doomed"))
+        .await
+        .expect("a token created before the fault");
 
     fault.on().await;
+    // Revoked while failing: acknowledged only if it committed.
+    try_revoke_token(api, acks, &doomed).await;
     let started = Instant::now();
     let (mut refused, mut unready) = (false, false);
     let mut n = 0;
@@ -382,6 +434,7 @@ async fn episode(api: &Api, acks: &mut Acks, tag: &str, fault: &dyn Fault) -> Ve
         );
         let before = acks.refused;
         let r = try_register(api, acks, &format!("{tag}-during-{n}"), 300).await;
+        try_create_token(api, acks, &format!("{tag}-during-{n}")).await;
         n += 1;
         if acks.refused > before {
             refused = true;
@@ -401,11 +454,12 @@ async fn episode(api: &Api, acks: &mut Acks, tag: &str, fault: &dyn Fault) -> Ve
         let (status, body) = ready(api).await;
         if status == StatusCode::SERVICE_UNAVAILABLE {
             assert_eq!(body["error"]["code"], "unavailable", "{body}");
+            // A failed write: "the store cannot commit …"; a killed
+            // PostgreSQL connection can instead fail the read that follows
+            // a successful probe: "… cannot reach its database …".
+            let message = body["error"]["message"].as_str().unwrap();
             assert!(
-                body["error"]["message"]
-                    .as_str()
-                    .unwrap()
-                    .contains("cannot commit"),
+                message.contains("cannot commit") || message.contains("cannot reach its database"),
                 "/readyz names the reason: {body}"
             );
             unready = true;
@@ -521,6 +575,28 @@ async fn verify(api: &Api, acks: &Acks, streamed: &[Value], live: &[Registered])
     for id in &acks.deleted {
         let (status, _) = api.get(&format!("/v1/workers/{id}")).await;
         assert_eq!(status, StatusCode::NOT_FOUND, "deleted worker {id} is back");
+    }
+    // Tokens: acknowledged creations and revocations hold.
+    for (secret, works, what) in acks
+        .tokens
+        .iter()
+        .map(|t| (t, true, "created"))
+        .chain(acks.revoked.iter().map(|t| (t, false, "revoked")))
+    {
+        let (status, body) = Api::new(&api.base, secret).get("/v1/workers").await;
+        if works {
+            assert_eq!(
+                status,
+                StatusCode::OK,
+                "a token {what} does not work: {body}"
+            );
+        } else {
+            assert_eq!(
+                status,
+                StatusCode::UNAUTHORIZED,
+                "a token {what} works: {body}"
+            );
+        }
     }
     // No heartbeating worker was ever taken for dead.
     for w in live {
