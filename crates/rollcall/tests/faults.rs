@@ -264,14 +264,8 @@ async fn try_create_token(api: &Api, acks: &mut Acks, name: &str) -> Option<(Str
 
 /// Revokes a token, recording whether that was acknowledged.
 async fn try_revoke_token(api: &Api, acks: &mut Acks, (id, secret): &(String, String)) {
-    let resp = api
-        .http
-        .delete(format!("{}/v1/tokens/{id}", api.base))
-        .bearer_auth(ADMIN)
-        .send()
-        .await
-        .unwrap();
-    match resp.status() {
+    let (status, _) = api.delete(&format!("/v1/tokens/{id}")).await;
+    match status {
         StatusCode::NO_CONTENT => {
             acks.tokens.retain(|t| t != secret);
             acks.revoked.push(secret.clone());
@@ -406,14 +400,8 @@ async fn episode(api: &Api, acks: &mut Acks, tag: &str, fault: &dyn Fault) -> Ve
     let w = try_register(api, acks, &format!("{tag}-gone"), 300)
         .await
         .unwrap();
-    let resp = api
-        .http
-        .delete(format!("{}/v1/workers/{}", api.base, w.id))
-        .bearer_auth(ADMIN)
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(resp.status(), StatusCode::NO_CONTENT);
+    let (status, body) = api.delete(&format!("/v1/workers/{}", w.id)).await;
+    assert_eq!(status, StatusCode::NO_CONTENT, "{body}");
     acks.deleted.insert(w.id.clone());
     acks.registered.remove(&w.id);
     // A token to revoke while the store fails.
@@ -1015,14 +1003,8 @@ async fn random_operations_under_random_io_errors_keep_every_acknowledgement() {
                 }
             }
             (_, Some(w)) => {
-                let resp = api
-                    .http
-                    .delete(format!("{}/v1/workers/{}", api.base, w.id))
-                    .bearer_auth(ADMIN)
-                    .send()
-                    .await
-                    .unwrap();
-                match resp.status() {
+                let (status, _) = api.delete(&format!("/v1/workers/{}", w.id)).await;
+                match status {
                     StatusCode::NO_CONTENT => {
                         acks.deleted.insert(w.id.clone());
                         acks.registered.remove(&w.id);

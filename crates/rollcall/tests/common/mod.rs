@@ -425,6 +425,11 @@ impl Api {
             .await
     }
 
+    pub async fn delete(&self, path: &str) -> (StatusCode, Value) {
+        self.send(self.http.delete(format!("{}{path}", self.base)))
+            .await
+    }
+
     /// GET that must answer 200.
     pub async fn get_ok(&self, path: &str) -> Value {
         let (status, body) = self.get(path).await;
