@@ -31,6 +31,7 @@ fn events(t: &rollcall_core::Transition, at: Timestamp) -> Vec<NewEvent> {
             reason: e.reason,
             session: Some(e.session),
             detection_lag_ms: None,
+            exit: None,
         })
         .collect()
 }

@@ -27,8 +27,8 @@ pub mod token;
 pub use fsm::{transition, Command, FsmError, Transition, WorkerEvent, WorkerState};
 pub use id::{MachineId, TokenId, WorkerId, WorkerName};
 pub use model::{
-    check_text, forbidden_char, EventReason, EventType, Labels, MachineStatus, OfflineReason,
-    Status,
+    check_text, forbidden_char, CrashKind, EventReason, EventType, ExitStatus, ExitStatusError,
+    Labels, MachineStatus, OfflineClass, OfflineReason, Status,
 };
 pub use policy::{Intervals, IntervalsError, LivenessPolicy};
 pub use time::Timestamp;

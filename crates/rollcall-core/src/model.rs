@@ -121,6 +121,126 @@ string_enum!(
     }
 );
 
+/// How a supervised process ended, as an agent reports it with an `exited`
+/// offline: its exit code, or the signal that killed it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum ExitStatus {
+    /// It exited with this code (0–255).
+    Code(u8),
+    /// A signal (1–64) ended it.
+    Signal(u8),
+}
+
+impl ExitStatus {
+    /// The largest signal number accepted (Linux's real-time signals end at 64).
+    pub const MAX_SIGNAL: u8 = 64;
+
+    /// From the two optional wire fields `exit_code` and `signal`: at most one
+    /// may be given, a code in 0–255 and a signal in 1–64. The error names the
+    /// field.
+    pub fn from_parts(
+        exit_code: Option<i64>,
+        signal: Option<i64>,
+    ) -> Result<Option<ExitStatus>, ExitStatusError> {
+        match (exit_code, signal) {
+            (None, None) => Ok(None),
+            (Some(_), Some(_)) => Err(ExitStatusError::Both),
+            (Some(c), None) => u8::try_from(c)
+                .map(|c| Some(ExitStatus::Code(c)))
+                .map_err(|_| ExitStatusError::Code(c)),
+            (None, Some(s)) => match u8::try_from(s) {
+                Ok(n) if (1..=Self::MAX_SIGNAL).contains(&n) => Ok(Some(ExitStatus::Signal(n))),
+                _ => Err(ExitStatusError::Signal(s)),
+            },
+        }
+    }
+
+    /// The exit code, if it exited.
+    pub const fn code(self) -> Option<u8> {
+        match self {
+            ExitStatus::Code(c) => Some(c),
+            ExitStatus::Signal(_) => None,
+        }
+    }
+
+    /// The signal, if one ended it.
+    pub const fn signal(self) -> Option<u8> {
+        match self {
+            ExitStatus::Signal(s) => Some(s),
+            ExitStatus::Code(_) => None,
+        }
+    }
+
+    /// Exit code 0: the process finished on its own terms.
+    pub const fn is_success(self) -> bool {
+        matches!(self, ExitStatus::Code(0))
+    }
+}
+
+/// An exit status that cannot be accepted.
+#[derive(Debug, Clone, PartialEq, Eq, Error)]
+pub enum ExitStatusError {
+    #[error("exit_code and signal are exclusive: give at most one")]
+    Both,
+    #[error("exit_code must be within 0..=255, got {0}")]
+    Code(i64),
+    #[error("signal must be within 1..=64, got {0}")]
+    Signal(i64),
+}
+
+impl ExitStatusError {
+    /// The wire field at fault.
+    pub const fn field(&self) -> &'static str {
+        match self {
+            ExitStatusError::Both | ExitStatusError::Signal(_) => "signal",
+            ExitStatusError::Code(_) => "exit_code",
+        }
+    }
+}
+
+string_enum!(
+    /// What kind of end an offline was, for health history and alerts.
+    OfflineClass {
+        /// It meant to stop: `shutdown`, or `exited` with exit code 0.
+        Graceful => "graceful",
+        /// It did not mean to: `stale`, `replaced`, or `exited` with a
+        /// non-zero code, a signal, or no reported status.
+        Crash => "crash",
+        /// An admin ended it: `revoked`.
+        Administrative => "administrative",
+    }
+);
+
+string_enum!(
+    /// The kinds of crash, by the offline reason that recorded it.
+    CrashKind {
+        /// Its deadline passed without a heartbeat (hung, killed, lost network).
+        Stale => "stale",
+        /// It registered again while still live: it restarted without a goodbye.
+        Replaced => "replaced",
+        /// Its supervised process ended with a failure or a signal.
+        Exited => "exited",
+    }
+);
+
+impl OfflineReason {
+    /// Classifies an offline with this reason and, for `exited`, the exit
+    /// status the agent reported. An `exited` without a status is a crash:
+    /// the process ended and nothing says it meant to.
+    pub const fn classify(self, exit: Option<ExitStatus>) -> (OfflineClass, Option<CrashKind>) {
+        match self {
+            OfflineReason::Shutdown => (OfflineClass::Graceful, None),
+            OfflineReason::Stale => (OfflineClass::Crash, Some(CrashKind::Stale)),
+            OfflineReason::Replaced => (OfflineClass::Crash, Some(CrashKind::Replaced)),
+            OfflineReason::Revoked => (OfflineClass::Administrative, None),
+            OfflineReason::Exited => match exit {
+                Some(e) if e.is_success() => (OfflineClass::Graceful, None),
+                _ => (OfflineClass::Crash, Some(CrashKind::Exited)),
+            },
+        }
+    }
+}
+
 impl From<OfflineReason> for EventReason {
     fn from(r: OfflineReason) -> Self {
         match r {
@@ -256,6 +376,69 @@ impl From<Labels> for BTreeMap<String, String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn exit_status_parts() {
+        assert_eq!(ExitStatus::from_parts(None, None), Ok(None));
+        assert_eq!(
+            ExitStatus::from_parts(Some(0), None),
+            Ok(Some(ExitStatus::Code(0)))
+        );
+        assert_eq!(
+            ExitStatus::from_parts(Some(255), None),
+            Ok(Some(ExitStatus::Code(255)))
+        );
+        assert_eq!(
+            ExitStatus::from_parts(None, Some(9)),
+            Ok(Some(ExitStatus::Signal(9)))
+        );
+        assert_eq!(
+            ExitStatus::from_parts(Some(256), None).unwrap_err().field(),
+            "exit_code"
+        );
+        assert_eq!(
+            ExitStatus::from_parts(Some(-1), None).unwrap_err().field(),
+            "exit_code"
+        );
+        assert_eq!(
+            ExitStatus::from_parts(None, Some(0)).unwrap_err().field(),
+            "signal"
+        );
+        assert_eq!(
+            ExitStatus::from_parts(None, Some(65)).unwrap_err().field(),
+            "signal"
+        );
+        assert_eq!(
+            ExitStatus::from_parts(Some(1), Some(9)),
+            Err(ExitStatusError::Both)
+        );
+    }
+
+    #[test]
+    fn every_offline_is_classified() {
+        use OfflineClass::*;
+        let c = |r: OfflineReason, e| r.classify(e);
+        assert_eq!(c(OfflineReason::Shutdown, None), (Graceful, None));
+        assert_eq!(
+            c(OfflineReason::Exited, Some(ExitStatus::Code(0))),
+            (Graceful, None)
+        );
+        for e in [Some(ExitStatus::Code(3)), Some(ExitStatus::Signal(9)), None] {
+            assert_eq!(
+                c(OfflineReason::Exited, e),
+                (Crash, Some(CrashKind::Exited))
+            );
+        }
+        assert_eq!(
+            c(OfflineReason::Stale, None),
+            (Crash, Some(CrashKind::Stale))
+        );
+        assert_eq!(
+            c(OfflineReason::Replaced, None),
+            (Crash, Some(CrashKind::Replaced))
+        );
+        assert_eq!(c(OfflineReason::Revoked, None), (Administrative, None));
+    }
 
     #[test]
     fn wire_names_round_trip() {

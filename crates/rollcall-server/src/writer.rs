@@ -16,8 +16,8 @@ use std::time::{Duration, Instant};
 
 use rollcall_core::fsm::{self, Command, FsmError, Transition};
 use rollcall_core::{
-    Intervals, Labels, MachineId, OfflineReason, Status, Timestamp, TokenHash, TokenKind, WorkerId,
-    WorkerName,
+    ExitStatus, Intervals, Labels, MachineId, OfflineReason, Status, Timestamp, TokenHash,
+    TokenKind, WorkerId, WorkerName,
 };
 use rollcall_store::{
     EventFilter, EventRecord, Expect, MachineUpsert, NewEvent, Store, WorkerRecord, WorkerWrite,
@@ -66,6 +66,9 @@ pub enum Request {
     Offline {
         id: WorkerId,
         reason: OfflineReason,
+        /// With `Exited`: how the supervised process ended, if reported;
+        /// recorded on the offline event.
+        exit: Option<ExitStatus>,
     },
     /// An admin deletes the worker.
     Delete {
@@ -307,6 +310,7 @@ fn new_events(t: &Transition, at: Timestamp, lag: Option<i64>) -> Vec<NewEvent> 
             } else {
                 None
             },
+            exit: None,
         })
         .collect()
 }
@@ -829,9 +833,9 @@ impl WriterTask {
                     }),
                 }
             }
-            Request::Drain { id } => self.simple(id, Command::Drain, now, work, &mut push),
-            Request::Offline { id, reason } => {
-                self.simple(id, Command::Offline(*reason), now, work, &mut push)
+            Request::Drain { id } => self.simple(id, Command::Drain, None, now, work, &mut push),
+            Request::Offline { id, reason, exit } => {
+                self.simple(id, Command::Offline(*reason), *exit, now, work, &mut push)
             }
             Request::Delete { id } | Request::Forget { id, .. } => {
                 let Some((record, _)) = self.slot(work, id).state.clone() else {
@@ -950,6 +954,7 @@ impl WriterTask {
         &self,
         id: &WorkerId,
         cmd: Command,
+        exit: Option<ExitStatus>,
         now: Timestamp,
         work: &mut HashMap<WorkerId, Slot>,
         push: &mut impl FnMut(&WorkerId, WorkerWrite, &mut HashMap<WorkerId, Slot>),
@@ -965,7 +970,15 @@ impl WriterTask {
             let expect = expect_of(&record);
             record.set_state(t.next.expect("this command keeps the worker"));
             self.slot(work, id).state = Some((record.clone(), deadline));
-            push(id, update(record.clone(), expect, &t, now, None), work);
+            let mut write = update(record.clone(), expect, &t, now, None);
+            if let WorkerWrite::Put { events, .. } = &mut write {
+                for e in events.iter_mut() {
+                    if e.kind == rollcall_core::EventType::WorkerOffline {
+                        e.exit = exit;
+                    }
+                }
+            }
+            push(id, write, work);
         }
         Planned {
             worker: Some(id.clone()),

@@ -51,6 +51,8 @@ const EVENT_KEYS: &[&str] = &[
     "reason",
     "session",
     "detection_lag_ms",
+    "exit_code",
+    "signal",
 ];
 const HEARTBEAT_KEYS: &[&str] = &[
     "status",
@@ -3103,6 +3105,79 @@ async fn invariant_7_graceful_offline_is_immediate_and_idempotent() {
     let again = app.offline(&b, "exited").await;
     assert_eq!(again, off);
     assert_eq!(app.events().await.len(), events.len());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_exited_offline_records_the_exit_status_it_was_given() {
+    let app = spawn_app().await;
+    let a = app.register("a", "m").await;
+    let b = app.register("b", "m").await;
+    let c = app.register("c", "m").await;
+    let d = app.register("d", "m").await;
+    // Refused, and nothing changes: a status with another reason, both at
+    // once, out of range, not integers.
+    let n = app.events().await.len();
+    for body in [
+        json!({"reason": "shutdown", "exit_code": 0}),
+        json!({"exit_code": 1}),
+        json!({"reason": "exited", "exit_code": 1, "signal": 9}),
+        json!({"reason": "exited", "exit_code": 256}),
+        json!({"reason": "exited", "exit_code": -1}),
+        json!({"reason": "exited", "signal": 0}),
+        json!({"reason": "exited", "signal": 65}),
+        json!({"reason": "exited", "exit_code": "3"}),
+    ] {
+        let r = app
+            .post(&wpath(&a.id, "offline"), &a.token, body.clone())
+            .await;
+        assert_error_in(&body.to_string(), &r, 400, "invalid_request");
+    }
+    assert_eq!(app.events().await.len(), n);
+    assert_eq!(app.worker(&a.id).await["status"], "online");
+
+    let exited = |code: Value, signal: Value| {
+        let mut body = json!({"reason": "exited"});
+        if !code.is_null() {
+            body["exit_code"] = code;
+        }
+        if !signal.is_null() {
+            body["signal"] = signal;
+        }
+        body
+    };
+    for (w, body) in [
+        (&a, exited(json!(0), Value::Null)),
+        (&b, exited(json!(3), Value::Null)),
+        (&c, exited(Value::Null, json!(9))),
+        (&d, exited(Value::Null, Value::Null)),
+    ] {
+        app.post(&wpath(&w.id, "offline"), &w.token, body)
+            .await
+            .expect(200);
+    }
+    let events = app.events().await;
+    let offline = |id: &str| {
+        events
+            .iter()
+            .find(|e| e["type"] == "worker.offline" && e["worker_id"] == id)
+            .unwrap_or_else(|| panic!("no offline event for {id}"))
+            .clone()
+    };
+    for (w, code, signal) in [
+        (&a, json!(0), Value::Null),
+        (&b, json!(3), Value::Null),
+        (&c, Value::Null, json!(9)),
+        (&d, Value::Null, Value::Null),
+    ] {
+        let e = offline(&w.id);
+        check_event(&e);
+        assert_eq!(e["reason"], "exited");
+        assert_eq!((&e["exit_code"], &e["signal"]), (&code, &signal), "{e}");
+    }
+    // Every other event carries neither.
+    for e in events.iter().filter(|e| e["type"] != "worker.offline") {
+        assert!(e["exit_code"].is_null() && e["signal"].is_null(), "{e}");
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -3,8 +3,8 @@
 use std::time::Duration;
 
 use rollcall_core::{
-    EventReason, EventType, Labels, MachineId, MachineStatus, OfflineReason, Status, Timestamp,
-    TokenHash, TokenId, TokenKind, WorkerId, WorkerName, WorkerState,
+    EventReason, EventType, ExitStatus, Labels, MachineId, MachineStatus, OfflineReason, Status,
+    Timestamp, TokenHash, TokenId, TokenKind, WorkerId, WorkerName, WorkerState,
 };
 
 /// A worker as stored.
@@ -74,6 +74,8 @@ pub struct EventRecord {
     pub session: Option<u64>,
     /// For stale transitions: how long after the deadline it was marked.
     pub detection_lag_ms: Option<i64>,
+    /// For `exited` offlines: how the supervised process ended, if reported.
+    pub exit: Option<ExitStatus>,
 }
 
 /// An event to append; the store assigns `seq`, and the worker and machine
@@ -85,6 +87,8 @@ pub struct NewEvent {
     pub reason: Option<EventReason>,
     pub session: Option<u64>,
     pub detection_lag_ms: Option<i64>,
+    /// For `exited` offlines: how the supervised process ended, if reported.
+    pub exit: Option<ExitStatus>,
 }
 
 /// An API token (admin, enroll or read) as stored: never the secret.

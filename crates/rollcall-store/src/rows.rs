@@ -6,8 +6,8 @@ use std::str::FromStr;
 use std::time::Duration;
 
 use rollcall_core::{
-    EventReason, EventType, Labels, MachineId, MachineStatus, OfflineReason, Status, Timestamp,
-    TokenHash, TokenId, TokenKind, WorkerId, WorkerName,
+    EventReason, EventType, ExitStatus, Labels, MachineId, MachineStatus, OfflineReason, Status,
+    Timestamp, TokenHash, TokenId, TokenKind, WorkerId, WorkerName,
 };
 use sqlx::{ColumnIndex, Decode, Row, Type};
 
@@ -20,7 +20,7 @@ pub(crate) const WORKER_COLUMNS: &str = "id, name, machine_id, status, offline_r
 
 /// Fields of an event row.
 pub(crate) const EVENT_COLUMNS: &str =
-    "seq, at, type, worker_id, machine_id, reason, session, detection_lag_ms";
+    "seq, at, type, worker_id, machine_id, reason, session, detection_lag_ms, exit_code, signal";
 
 /// Fields of a token row.
 pub(crate) const TOKEN_COLUMNS: &str = "id, kind, name, hash, created_at, expires_at, last_used_at";
@@ -144,6 +144,7 @@ pub(crate) fn event_from(row: &impl Columns) -> Result<EventRecord> {
             .transpose()?,
         session: row.opt_int("session")?.map(|s| s as u64),
         detection_lag_ms: row.opt_int("detection_lag_ms")?,
+        exit: exit_from(row.opt_int("exit_code")?, row.opt_int("signal")?)?,
     })
 }
 
@@ -190,6 +191,7 @@ pub(crate) fn machine_event(
         reason: None,
         session: None,
         detection_lag_ms: None,
+        exit: None,
     }
 }
 
@@ -209,5 +211,11 @@ pub(crate) fn worker_event(
         reason: e.reason,
         session: e.session,
         detection_lag_ms: e.detection_lag_ms,
+        exit: e.exit,
     }
+}
+
+/// The exit status stored in an event's `exit_code` and `signal` columns.
+pub(crate) fn exit_from(code: Option<i64>, signal: Option<i64>) -> Result<Option<ExitStatus>> {
+    ExitStatus::from_parts(code, signal).map_err(|e| corrupt(format!("event exit status: {e}")))
 }

@@ -260,7 +260,7 @@ async fn current_seq(tx: &mut Transaction<'_, Sqlite>) -> Result<i64> {
 async fn insert_events(tx: &mut Transaction<'_, Sqlite>, events: &[EventRecord]) -> Result<()> {
     for chunk in events.chunks(500) {
         let mut qb: QueryBuilder<Sqlite> = QueryBuilder::new(
-            "INSERT INTO events (seq, at, type, worker_id, machine_id, reason, session, detection_lag_ms) ",
+            "INSERT INTO events (seq, at, type, worker_id, machine_id, reason, session, detection_lag_ms, exit_code, signal) ",
         );
         qb.push_values(chunk, |mut b, e| {
             b.push_bind(e.seq)
@@ -270,7 +270,9 @@ async fn insert_events(tx: &mut Transaction<'_, Sqlite>, events: &[EventRecord])
                 .push_bind(e.machine_id.as_str().to_owned())
                 .push_bind(e.reason.map(|r| r.as_str()))
                 .push_bind(e.session.map(|s| s as i64))
-                .push_bind(e.detection_lag_ms);
+                .push_bind(e.detection_lag_ms)
+                .push_bind(e.exit.and_then(|x| x.code()).map(i64::from))
+                .push_bind(e.exit.and_then(|x| x.signal()).map(i64::from));
         });
         qb.build().execute(&mut **tx).await?;
     }
@@ -677,7 +679,7 @@ impl Store for SqliteStore {
         limit: usize,
     ) -> Result<Page<EventRecord>> {
         let mut qb: QueryBuilder<Sqlite> = QueryBuilder::new(
-            "SELECT seq, at, type, worker_id, machine_id, reason, session, detection_lag_ms \
+            "SELECT seq, at, type, worker_id, machine_id, reason, session, detection_lag_ms, exit_code, signal \
              FROM events WHERE seq > ",
         );
         qb.push_bind(after);

@@ -135,6 +135,10 @@ pub struct Event {
     pub session: Option<u64>,
     /// Stale transitions only: milliseconds from the deadline to marking.
     pub detection_lag_ms: Option<i64>,
+    /// `exited` offlines an agent reported a status for: the exit code.
+    pub exit_code: Option<u8>,
+    /// `exited` offlines ended by a signal: its number.
+    pub signal: Option<u8>,
 }
 
 impl From<&EventRecord> for Event {
@@ -148,6 +152,8 @@ impl From<&EventRecord> for Event {
             reason: e.reason,
             session: e.session,
             detection_lag_ms: e.detection_lag_ms,
+            exit_code: e.exit.and_then(|x| x.code()),
+            signal: e.exit.and_then(|x| x.signal()),
         }
     }
 }
@@ -252,11 +258,19 @@ pub struct BatchResponse {
 }
 
 /// `POST /v1/workers/{id}/offline`.
-#[derive(Debug, Clone, Deserialize, ToSchema)]
+#[derive(Debug, Clone, Default, Deserialize, ToSchema)]
 pub struct OfflineRequest {
     /// `shutdown` (default) or `exited`.
     #[schema(pattern = r"^(shutdown|exited)$")]
     pub reason: Option<String>,
+    /// With `exited`: the supervised process's exit code. 0 makes the offline
+    /// graceful; any other code makes it a crash. Exclusive with `signal`.
+    #[schema(minimum = 0, maximum = 255)]
+    pub exit_code: Option<i64>,
+    /// With `exited`: the signal that ended the supervised process (a crash).
+    /// Exclusive with `exit_code`.
+    #[schema(minimum = 1, maximum = 64)]
+    pub signal: Option<i64>,
 }
 
 /// `POST /v1/tokens`.

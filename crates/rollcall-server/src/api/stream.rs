@@ -732,6 +732,7 @@ mod tests {
             reason: None,
             session: Some(1),
             detection_lag_ms: None,
+            exit: None,
         };
         let all = EventFilter::default();
         assert!(matches(&all, &e));

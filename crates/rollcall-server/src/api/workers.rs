@@ -7,7 +7,8 @@ use axum::extract::State;
 use axum::http::StatusCode;
 use axum::Json;
 use rollcall_core::{
-    Labels, MachineId, OfflineReason, Status, Timestamp, TokenKind, WorkerId, WorkerName,
+    ExitStatus, Labels, MachineId, OfflineReason, Status, Timestamp, TokenKind, WorkerId,
+    WorkerName,
 };
 use rollcall_store::WorkerFilter;
 use serde::Deserialize;
@@ -373,8 +374,10 @@ pub async fn offline(
     body: Body,
 ) -> Result<Json<Worker>, ApiError> {
     caller.require_own_worker(&path, true)?;
-    let req: Option<OfflineRequest> = optional_json_body(body, BODY_LIMIT).await?;
-    let reason = match req.and_then(|r| r.reason).as_deref() {
+    let req: OfflineRequest = optional_json_body(body, BODY_LIMIT)
+        .await?
+        .unwrap_or_default();
+    let reason = match req.reason.as_deref() {
         None | Some("shutdown") => OfflineReason::Shutdown,
         Some("exited") => OfflineReason::Exited,
         Some(other) => {
@@ -383,8 +386,19 @@ pub async fn offline(
             )))
         }
     };
+    let exit = ExitStatus::from_parts(req.exit_code, req.signal)
+        .map_err(|e| ApiError::invalid(format!("{}: {e}", e.field())))?;
+    if exit.is_some() && reason != OfflineReason::Exited {
+        return Err(ApiError::invalid(
+            "exit_code and signal go only with reason \"exited\"",
+        ));
+    }
     let id = path.worker()?;
-    worker_reply(s.writer.submit(Request::Offline { id, reason }).await?)
+    worker_reply(
+        s.writer
+            .submit(Request::Offline { id, reason, exit })
+            .await?,
+    )
 }
 
 /// Delete a worker: revoke its token and forget it.

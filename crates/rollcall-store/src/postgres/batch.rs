@@ -371,10 +371,19 @@ pub(super) async fn insert_events(tx: &mut Tx, events: &[EventRecord]) -> Result
         .collect();
     let session: Vec<Option<i64>> = events.iter().map(|e| e.session.map(|s| s as i64)).collect();
     let lag: Vec<Option<i64>> = events.iter().map(|e| e.detection_lag_ms).collect();
+    let code: Vec<Option<i64>> = events
+        .iter()
+        .map(|e| e.exit.and_then(|x| x.code()).map(i64::from))
+        .collect();
+    let signal: Vec<Option<i64>> = events
+        .iter()
+        .map(|e| e.exit.and_then(|x| x.signal()).map(i64::from))
+        .collect();
     sqlx::query(
-        "INSERT INTO events (seq, at, type, worker_id, machine_id, reason, session, detection_lag_ms) \
+        "INSERT INTO events (seq, at, type, worker_id, machine_id, reason, session, detection_lag_ms, \
+           exit_code, signal) \
          SELECT * FROM UNNEST($1::bigint[], $2::bigint[], $3::text[], $4::text[], $5::text[], \
-           $6::text[], $7::bigint[], $8::bigint[])",
+           $6::text[], $7::bigint[], $8::bigint[], $9::bigint[], $10::bigint[])",
     )
     .bind(&seq)
     .bind(&at)
@@ -384,6 +393,8 @@ pub(super) async fn insert_events(tx: &mut Tx, events: &[EventRecord]) -> Result
     .bind(&reason)
     .bind(&session)
     .bind(&lag)
+    .bind(&code)
+    .bind(&signal)
     .execute(&mut **tx)
     .await?;
     Ok(())

@@ -162,6 +162,7 @@ pub fn new_events(events: &[WorkerEvent], now: Timestamp, lag: Option<i64>) -> V
             } else {
                 None
             },
+            exit: None,
         })
         .collect()
 }
