@@ -1,5 +1,5 @@
 //! End-to-end tests of `rollcall agent run` and the admin CLI, against the
-//! real `rollcall` binary: the "kill -9 a supervised worker" walkthrough, exit
+//! real `rollcall` binary: the "kill -9 a supervised worker" scenario, exit
 //! code propagation, signal forwarding, a server restart under a running
 //! agent, re-registration after a 401, a child that starts while the server
 //! is down, and the CLI's JSON output and exit codes.

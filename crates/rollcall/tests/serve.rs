@@ -1,7 +1,7 @@
 //! End-to-end tests of the real `rollcall serve` process: the listening
 //! line, restarts (kill -9 and graceful), the restart grace, the database
 //! lock, configuration layering and errors, signals, the generated admin
-//! token, and the "kill -9 a worker" walkthrough.
+//! token, and the "kill -9 a worker" scenario.
 //!
 //! Every wait is a poll with a deadline; every time bound is generous
 //! (a debug build on a busy two-core machine) but still fails when the
@@ -705,7 +705,7 @@ async fn generated_admin_token_is_private_and_kept() {
     }
 }
 
-/// 8. The "kill -9 a worker" walkthrough: two worker processes on one
+/// 8. The "kill -9 a worker" scenario: two worker processes on one
 /// machine; kill -9 one, the machine stays online; kill -9 the other, the
 /// machine goes offline within stale_after + 1 s of its last heartbeat,
 /// after the worker's stale mark.
