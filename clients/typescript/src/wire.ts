@@ -1637,7 +1637,7 @@ export interface components {
             token: string;
             worker: components["schemas"]["Worker"];
         };
-        /** @description The seed's result of a stale sweep. */
+        /** @description The result of a stale sweep. */
         StaleReport: {
             affected_machine_ids: string[];
             /**

@@ -1,8 +1,8 @@
 //! # rollcall-client
 //!
-//! An async client for rollcall's HTTP API (API.md, v1), and a worker handle
-//! that registers a process, heartbeats for it in the background and says
-//! goodbye when it stops.
+//! An async client for rollcall's HTTP API (v1, `docs/API.md`), and a worker
+//! handle that registers a process, heartbeats for it in the background and
+//! says goodbye when it stops.
 //!
 //! ```no_run
 //! use rollcall_client::{Client, WorkerHandle, WorkerName, WorkerOptions};

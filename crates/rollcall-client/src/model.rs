@@ -1,8 +1,9 @@
 //! The JSON objects of the HTTP contract, one Rust type each.
 //!
-//! Field names and shapes follow API.md exactly; the wire names of statuses,
-//! reasons, event types and token kinds come from `rollcall-core`, so they
-//! live in one place for the server and the client.
+//! Field names and shapes follow the HTTP contract (`docs/API.md`) exactly;
+//! the wire names of statuses, reasons, event types and token kinds come
+//! from `rollcall-core`, so they live in one place for the server and the
+//! client.
 //!
 //! Conventions:
 //!

@@ -2,8 +2,8 @@
 //! accident.
 //!
 //! rollcall shows a token's secret exactly once, when it is created, and the
-//! server never logs one (DESIGN.md, invariant 9). The client keeps that
-//! promise on its side: the secret is only reachable through
+//! server never logs one (ARCHITECTURE.md, invariant 9). The client keeps
+//! that promise on its side: the secret is only reachable through
 //! [`TokenSecret::expose`], and `Debug` prints the token's kind, never its
 //! value, so `{:?}` on a [`Client`](crate::Client) or a
 //! [`Registration`](crate::Registration) is safe to log.

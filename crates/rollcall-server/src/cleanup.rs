@@ -1,4 +1,4 @@
-//! The seed's cleanup tasks, kept as a safety net and as housekeeping.
+//! The periodic cleanup tasks: a safety net for detection, and housekeeping.
 //!
 //! - [`Cleaner::detect_stale_workers`] (every `sweep_interval`, default 2 min)
 //!   reconciles the store with the engine — rows the engine does not know or
@@ -32,7 +32,7 @@ use crate::metrics::Metrics;
 use crate::pause::PauseWatch;
 use crate::writer::{Reply, Request, WriteError, Writer};
 
-/// The seed's result of a stale sweep.
+/// The result of a stale sweep.
 #[derive(Debug, Clone, Default, Serialize, Deserialize, ToSchema, PartialEq, Eq)]
 pub struct StaleReport {
     pub success: bool,

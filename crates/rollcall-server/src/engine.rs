@@ -189,7 +189,7 @@ impl Engine {
 
     /// Loads workers from the store at start-up (or when this replica takes
     /// over). Live workers get the restart grace: a full `stale_after` from
-    /// `ready_at` (DESIGN invariant 6).
+    /// `ready_at` (ARCHITECTURE.md, invariant 6).
     pub fn load(&self, records: Vec<WorkerRecord>, ready_at: Timestamp) {
         for record in records {
             let stored = policy::deadline(

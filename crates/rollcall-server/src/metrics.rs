@@ -1,8 +1,8 @@
 //! Prometheus metrics: what rollcall counts, and the text of `GET /metrics`.
 //!
 //! Counters and histograms are recorded where their facts happen, and only
-//! once those facts are durable (DESIGN invariant 5): transitions and
-//! registrations from the events the writer has committed, the commit's
+//! once those facts are durable (ARCHITECTURE.md, invariant 5): transitions
+//! and registrations from the events the writer has committed, the commit's
 //! size and time after it succeeded, heartbeats after they were taken.
 //! Gauges of workers and machines are computed at scrape time from the
 //! engine's census.

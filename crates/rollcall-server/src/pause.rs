@@ -12,9 +12,9 @@
 //! monotonic clock and on the wall clock, with the threshold. A ticker calls
 //! it every [`TICK`]; the detector and the sweep call it before they expire
 //! anything, so a pause is noticed by whoever wakes first. A pause is then
-//! treated like a restart (DESIGN invariant 6): every live worker gets the
-//! restart grace, a full `stale_after` from the wake-up; the pause is logged
-//! (one warn line) and counted (`rollcall_pauses_total`,
+//! treated like a restart (ARCHITECTURE.md, invariant 6): every live worker
+//! gets the restart grace, a full `stale_after` from the wake-up; the pause
+//! is logged (one warn line) and counted (`rollcall_pauses_total`,
 //! `rollcall_paused_seconds_total`). A worker that stays silent after the
 //! wake-up is still detected, within `stale_after` of it.
 

@@ -7,8 +7,8 @@
 //! earlier ones — and commits all resulting writes in one store transaction,
 //! each conditional on the status and session it expects. Only after the
 //! commit does it update the engine, publish the events and answer the
-//! callers (DESIGN invariant 5). One task, in order, is what makes per-worker
-//! changes serial (invariant 3) without a lock per worker.
+//! callers (ARCHITECTURE.md, invariant 5). One task, in order, is what makes
+//! per-worker changes serial (invariant 3) without a lock per worker.
 
 use std::collections::HashMap;
 use std::sync::Arc;

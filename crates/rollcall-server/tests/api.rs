@@ -1,5 +1,5 @@
-//! The server's HTTP contract (`API.md`) and the invariants of `DESIGN.md`
-//! §2, tested in-process against the real server on port 0.
+//! The server's HTTP contract (`docs/API.md`) and the numbered invariants of
+//! ARCHITECTURE.md, tested in-process against the real server on port 0.
 //!
 //! Every test starts its own server on a fresh data directory (see
 //! `common::spawn_app`). Nothing sleeps and hopes: conditions are polled
@@ -2321,7 +2321,7 @@ async fn payload_too_large_413_comes_before_400_and_changes_nothing() {
 }
 
 // ---------------------------------------------------------------------------
-// DESIGN §2 invariants
+// The numbered invariants (ARCHITECTURE.md, "What rollcall guarantees")
 // ---------------------------------------------------------------------------
 
 /// Client-side timing of a heartbeat: sent at (before the request) and

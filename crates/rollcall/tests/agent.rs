@@ -1,5 +1,5 @@
 //! End-to-end tests of `rollcall agent run` and the admin CLI, against the
-//! real `rollcall` binary: the seed's manual "kill -9" test automated, exit
+//! real `rollcall` binary: the "kill -9 a supervised worker" scenario, exit
 //! code propagation, signal forwarding, a server restart under a running
 //! agent, re-registration after a 401, a child that starts while the server
 //! is down, and the CLI's JSON output and exit codes.
@@ -365,7 +365,7 @@ fn kill_child_then_kill_agent() {
         (!alive(child)).then_some(())
     });
     wait_offline(&url, &id, "stale", stale_after + Duration::from_secs(5));
-    // The bound the issue asks for, with room for the CLI polling itself
+    // The detection bound (invariant 2), with room for the CLI polling itself
     // on a loaded machine.
     assert!(
         killed.elapsed() < stale_after + Duration::from_secs(4),

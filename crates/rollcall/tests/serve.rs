@@ -1,7 +1,7 @@
 //! End-to-end tests of the real `rollcall serve` process: the listening
 //! line, restarts (kill -9 and graceful), the restart grace, the database
 //! lock, configuration layering and errors, signals, the generated admin
-//! token, and the seed's manual "kill -9 a worker" test.
+//! token, and the "kill -9 a worker" scenario.
 //!
 //! Every wait is a poll with a deadline; every time bound is generous
 //! (a debug build on a busy two-core machine) but still fails when the
@@ -25,7 +25,8 @@ const FAST: &[&str] = &[
     "200ms",
 ];
 
-/// The slack DESIGN invariant 2 allows between a deadline and the stale mark.
+/// The slack invariant 2 (ARCHITECTURE.md) allows between a deadline and the
+/// stale mark.
 const SLACK_MS: i64 = 1000;
 
 fn ids(events: &[Value]) -> Vec<String> {
@@ -145,9 +146,9 @@ async fn sigterm_before_the_listening_line_is_written_is_graceful() {
     );
 }
 
-/// 2. DESIGN invariants 1 and 6: kill -9 the server while 20 workers
-/// heartbeat, restart it on the same data dir (new port), and none of them
-/// is ever marked offline; workers that then stop do go stale.
+/// 2. Invariants 1 and 6 (ARCHITECTURE.md): kill -9 the server while 20
+/// workers heartbeat, restart it on the same data dir (new port), and none
+/// of them is ever marked offline; workers that then stop do go stale.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kill_9_and_restart_marks_no_heartbeating_worker_offline() {
     let dir = data_dir();
@@ -286,9 +287,10 @@ async fn kill_9_and_restart_marks_no_heartbeating_worker_offline() {
     }
 }
 
-/// 3. DESIGN invariant 6: after a downtime longer than stale_after, every
-/// online worker gets a full stale_after from the restart; heartbeats keep
-/// it online; one that never beats goes stale after its grace.
+/// 3. Invariant 6 (ARCHITECTURE.md): after a downtime longer than
+/// stale_after, every online worker gets a full stale_after from the
+/// restart; heartbeats keep it online; one that never beats goes stale after
+/// its grace.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn restart_grace_after_a_long_downtime() {
     const STALE: i64 = 1000;
@@ -703,10 +705,10 @@ async fn generated_admin_token_is_private_and_kept() {
     }
 }
 
-/// 8. The seed's manual test: two worker processes on one machine; kill -9
-/// one, the machine stays online; kill -9 the other, the machine goes
-/// offline within stale_after + 1 s of its last heartbeat, after the
-/// worker's stale mark.
+/// 8. The "kill -9 a worker" scenario: two worker processes on one
+/// machine; kill -9 one, the machine stays online; kill -9 the other, the
+/// machine goes offline within stale_after + 1 s of its last heartbeat,
+/// after the worker's stale mark.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn killing_a_machines_workers_takes_the_machine_offline() {
     const STALE: i64 = 500;

@@ -1,6 +1,6 @@
 //! The HTTP API (axum): routing, shared state and the handlers, one module
-//! per resource. The contract is `API.md`; `/openapi.json` is generated from
-//! the handlers here.
+//! per resource. The contract is `docs/API.md`; `/openapi.json` is generated
+//! from the handlers here.
 
 pub mod dashboard;
 pub mod dto;
