@@ -3505,6 +3505,12 @@ async fn re_register_own_token_keeps_a_live_worker_from_being_taken_over() {
         assert_eq!(status, 409, "{body}");
         assert_eq!(body["error"]["code"], "conflict");
     }
+    // Content is checked before the conflict: bad intervals are 400 even for
+    // a live worker's name.
+    let bad = json!({"name": "render-1", "machine": {"id": "host-a"}, "heartbeat_interval_ms": 1});
+    let r = app.post("/v1/workers", &fleet_b, bad).await;
+    assert_eq!(r.status, 400, "{}", r.text);
+    assert_eq!(r.body["error"]["code"], "invalid_request");
     assert_eq!(app.heartbeat_raw(&first.id, &first.token).await.status, 200);
     let m = app.get("/v1/machines/host-a", &app.admin).await;
     assert_eq!(m.expect(200)["hostname"], "a.example");

@@ -359,3 +359,34 @@ async fn failed_authentication_is_throttled_per_address_and_valid_heartbeats_con
         assert_eq!(app.heartbeat_raw(&w.id, &w.token).await.status, 200);
     }
 }
+
+/// A wrong metrics token is a failed authentication like any other: counted
+/// per address, 429 beyond the burst; the right one still scrapes.
+#[tokio::test]
+async fn failed_scrapes_are_throttled_like_any_failed_authentication() {
+    const SCRAPE: &str = "scrape-secret-0123456789";
+    let app = spawn_app_with(|c| {
+        c.metrics_token = Some(SCRAPE.into());
+        c.failed_auth_burst = Some("3".into());
+        c.failed_auth_refill = Some("1h".into());
+    })
+    .await;
+    let mut statuses = Vec::new();
+    for _ in 0..6 {
+        let r = app.get("/metrics", "scrape-secret-wrong-0123").await;
+        if r.status == 429 {
+            assert_eq!(r.body["error"]["code"], "rate_limited", "{}", r.text);
+            assert!(r.headers.contains_key("retry-after"));
+        }
+        statuses.push(r.status);
+    }
+    assert_eq!(statuses[..3], [401; 3], "{statuses:?}");
+    assert!(statuses[3..].iter().all(|s| *s == 429), "{statuses:?}");
+    // The throttle is shared: an API request with a bad token is 429 too.
+    let bad = "rc_read_0000000000000000000000000000000000000000000000000000000000000000";
+    assert_eq!(app.get("/v1/workers", bad).await.status, 429);
+    // Valid tokens pass.
+    let r = app.get("/metrics", SCRAPE).await;
+    assert_eq!(r.status, 200, "{}", r.text);
+    app.get("/metrics", &app.admin).await.expect(200);
+}

@@ -400,7 +400,9 @@ async fn last_event_id_and_after_replay_the_log_then_go_live() {
     // A reconnecting EventSource keeps its URL and adds Last-Event-ID: the
     // header wins.
     let mut both = Sse::open(&app, "after=0", Some(&from.to_string()), ADMIN).await;
-    for sse in [&mut by_header, &mut by_query, &mut both] {
+    // An empty Last-Event-ID is no position: `?after=` applies.
+    let mut empty_header = Sse::open(&app, &format!("after={from}"), Some(""), ADMIN).await;
+    for sse in [&mut by_header, &mut by_query, &mut both, &mut empty_header] {
         let got = sse.until_seq(last).await;
         assert_eq!(seqs(&got), expected);
         for (m, e) in got

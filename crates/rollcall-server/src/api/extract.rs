@@ -46,26 +46,31 @@ impl FromRequestParts<AppState> for Caller {
             .authenticate(&state.engine, header, state.clock.now())
         {
             Ok(p) => Ok(Caller(p)),
-            Err(e) => {
-                // Failures are counted per client address (see
-                // `FailureThrottle`); a valid token never is.
-                let peer = parts
-                    .extensions
-                    .get::<axum::extract::ConnectInfo<std::net::SocketAddr>>();
-                if let Some(peer) = peer {
-                    if let Err(wait) = state.throttle.fail(peer.0.ip(), std::time::Instant::now()) {
-                        return Err(ApiError::RateLimited {
-                            message: "too many failed authentications from this address; \
-                                      retry later with a valid token"
-                                .into(),
-                            retry_after_secs: wait.as_secs() + 1,
-                        });
-                    }
-                }
-                Err(e.into())
-            }
+            Err(e) => Err(failed_authentication(state, &parts.extensions, e.into())),
         }
     }
+}
+
+/// The answer to a failed authentication: `error`, unless this client address
+/// has failed too often lately (see `FailureThrottle`); then 429. A valid
+/// token is never counted.
+pub fn failed_authentication(
+    state: &AppState,
+    extensions: &axum::http::Extensions,
+    error: ApiError,
+) -> ApiError {
+    let peer = extensions.get::<axum::extract::ConnectInfo<std::net::SocketAddr>>();
+    if let Some(peer) = peer {
+        if let Err(wait) = state.throttle.fail(peer.0.ip(), std::time::Instant::now()) {
+            return ApiError::RateLimited {
+                message: "too many failed authentications from this address; \
+                          retry later with a valid token"
+                    .into(),
+                retry_after_secs: wait.as_secs() + 1,
+            };
+        }
+    }
+    error
 }
 
 fn kinds(allowed: &[TokenKind]) -> String {

@@ -55,10 +55,16 @@ pub async fn readyz(State(s): State<AppState>) -> Result<&'static str, ApiError>
     security((), ("bearer" = [])))]
 pub async fn metrics(
     State(s): State<AppState>,
-    headers: HeaderMap,
+    request: axum::extract::Request,
 ) -> Result<impl IntoResponse, ApiError> {
     if let Some(expected) = &s.metrics_token {
-        authorize_scrape(&s, expected, &headers)?;
+        authorize_scrape(&s, expected, request.headers()).map_err(|e| match e {
+            // Counted like any failed authentication, per client address.
+            e @ ApiError::Unauthorized(_) => {
+                super::extract::failed_authentication(&s, request.extensions(), e)
+            }
+            e => e,
+        })?;
     }
     // The census walks every worker: off the async threads.
     let (engine, metrics) = (s.engine.clone(), s.metrics.clone());

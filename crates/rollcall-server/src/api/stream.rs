@@ -165,21 +165,23 @@ pub async fn stream(
         machine_id: q.machine_id,
         kind: q.kind,
     })?;
-    let resume = match headers.get("last-event-id") {
-        Some(v) => {
-            let v = v.to_str().map_err(|_| {
+    // An empty Last-Event-ID means the client has no position yet: it counts
+    // as absent, and `?after=` applies.
+    let last_event_id = headers
+        .get("last-event-id")
+        .map(|v| {
+            v.to_str().map(str::trim).map_err(|_| {
                 ApiError::invalid("Last-Event-ID must be a non-negative integer (an event seq)")
-            })?;
-            // An empty Last-Event-ID means the client has no position yet.
-            match v.trim() {
-                "" => None,
-                v => Some(parse_after(Some(v)).map_err(|_| {
-                    ApiError::invalid(format!(
-                        "Last-Event-ID must be a non-negative integer (an event seq), got {v:?}"
-                    ))
-                })?),
-            }
-        }
+            })
+        })
+        .transpose()?
+        .filter(|v| !v.is_empty());
+    let resume = match last_event_id {
+        Some(v) => Some(parse_after(Some(v)).map_err(|_| {
+            ApiError::invalid(format!(
+                "Last-Event-ID must be a non-negative integer (an event seq), got {v:?}"
+            ))
+        })?),
         None => q
             .after
             .as_deref()

@@ -121,7 +121,6 @@ pub async fn register(
         None => None,
     };
     let labels = labels(req.labels, "labels")?;
-    check_re_register(&s, &caller, &headers, &machine_id, &name)?;
     let intervals = s
         .policy
         .resolve(
@@ -129,6 +128,9 @@ pub async fn register(
             req.stale_after_ms.map(Duration::from_millis),
         )
         .map_err(|e| ApiError::invalid(e.to_string()))?;
+    // Content is checked before conflicts: a bad request is 400 whoever holds
+    // the name.
+    check_re_register(&s, &caller, &headers, &machine_id, &name)?;
     let reply = s
         .writer
         .submit(Request::Register(Registration {
