@@ -1390,12 +1390,22 @@ export interface components {
              * @description Stale transitions only: milliseconds from the deadline to marking.
              */
             detection_lag_ms?: number | null;
+            /**
+             * Format: int32
+             * @description `exited` offlines an agent reported a status for: the exit code.
+             */
+            exit_code?: number | null;
             machine_id: string;
             reason?: null | components["schemas"]["EventReason"];
             /** Format: int64 */
             seq: number;
             /** Format: int64 */
             session?: number | null;
+            /**
+             * Format: int32
+             * @description `exited` offlines ended by a signal: its number.
+             */
+            signal?: number | null;
             type: components["schemas"]["EventType"];
             worker_id?: string | null;
         };
@@ -1469,8 +1479,20 @@ export interface components {
         OfflineReason: "shutdown" | "stale" | "exited" | "replaced" | "revoked";
         /** @description `POST /v1/workers/{id}/offline`. */
         OfflineRequest: {
+            /**
+             * Format: int64
+             * @description With `exited`: the supervised process's exit code. 0 makes the offline
+             *     graceful; any other code makes it a crash. Exclusive with `signal`.
+             */
+            exit_code?: number | null;
             /** @description `shutdown` (default) or `exited`. */
             reason?: string | null;
+            /**
+             * Format: int64
+             * @description With `exited`: the signal that ended the supervised process (a crash).
+             *     Exclusive with `exit_code`.
+             */
+            signal?: number | null;
         };
         /** @description A page of a list. */
         Page_Event: {
@@ -1482,12 +1504,22 @@ export interface components {
                  * @description Stale transitions only: milliseconds from the deadline to marking.
                  */
                 detection_lag_ms?: number | null;
+                /**
+                 * Format: int32
+                 * @description `exited` offlines an agent reported a status for: the exit code.
+                 */
+                exit_code?: number | null;
                 machine_id: string;
                 reason?: null | components["schemas"]["EventReason"];
                 /** Format: int64 */
                 seq: number;
                 /** Format: int64 */
                 session?: number | null;
+                /**
+                 * Format: int32
+                 * @description `exited` offlines ended by a signal: its number.
+                 */
+                signal?: number | null;
                 type: components["schemas"]["EventType"];
                 worker_id?: string | null;
             }[];
