@@ -13,7 +13,7 @@ from typing import List, Optional
 
 import pytest
 
-from rollcall import ApiError, AsyncRollcall, Rollcall, StoppedError, WorkerRecord
+from rollcall import ApiError, AsyncRollcall, Rollcall, StoppedError, WorkerRecord, crash_kind, offline_class
 from rollcall._types import HeartbeatAck
 
 from .conftest import ADMIN, PACKAGE, Server, wait_for
@@ -73,6 +73,21 @@ def test_an_exception_leaving_the_block_is_exited(server: Server) -> None:
             raise RuntimeError("the job failed")
     assert w.id is not None
     assert admin.get_worker(w.id)["offline_reason"] == "exited"
+    # An exception says nothing of how the process will end: no status, a crash.
+    [e] = admin.list_events(worker_id=w.id, type="worker.offline")["items"]
+    assert (e["exit_code"], e["signal"], offline_class(e)) == (None, None, "crash")
+
+
+def test_stop_says_how_a_process_ended(server: Server) -> None:
+    admin = Rollcall(server.url, token=ADMIN)
+    rc = Rollcall(server.url, token=enroll_token(server))
+    with rc.worker(name="supervisor-1", machine="py-m1", handle_signals=False) as w:
+        w.wait_ready(timeout=15)
+        last = w.stop("exited", signal=9)
+    assert last is not None and last["offline_reason"] == "exited"
+    assert w.id is not None
+    [e] = admin.list_events(worker_id=w.id, type="worker.offline")["items"]
+    assert (e["exit_code"], e["signal"], offline_class(e), crash_kind(e)) == (None, 9, "crash", "exited")
 
 
 def test_registers_again_after_a_401(server: Server) -> None:
@@ -178,6 +193,9 @@ def test_a_child_that_exits_non_zero_is_exited(server: Server) -> None:
     assert child.returncode == 3 and "online" in out
     w = named(admin, "exits-1")
     assert w is not None and (w["status"], w["offline_reason"]) == ("offline", "exited")
+    # sys.exit(3) leaving the block is reported with its code.
+    [e] = admin.list_events(worker_id=w["id"], type="worker.offline")["items"]
+    assert (e["exit_code"], e["signal"], offline_class(e)) == (3, None, "crash")
 
 
 def test_sigterm_without_a_handler_of_its_own_ends_the_process(server: Server) -> None:
