@@ -882,6 +882,17 @@ fn every_end_of_an_agent_is_classified() {
         (Some(OfflineClass::Crash), Some(CrashKind::Exited))
     );
 
+    // The CLI's event lines say it too.
+    let (code, text, err) = cli(&url, ADMIN, &["events", "tail"]);
+    assert_eq!(code, 0, "{err}");
+    let line = text
+        .lines()
+        .find(|l| l.contains("worker.offline") && l.contains(id.as_str()))
+        .unwrap_or_else(|| panic!("no offline line for {id} in:\n{text}"));
+    for part in ["reason=exited", "exit_code=3", "class=crash"] {
+        assert!(line.contains(part), "{part:?} not in {line:?}");
+    }
+
     // kill -9 of the child: a crash, with its signal.
     let mut a = agent(&url, &token, "child-killed", host, &["sleep", "600"]);
     let w = wait_online(&url, "child-killed", host);
