@@ -9,7 +9,7 @@ import signal
 import subprocess
 import sys
 import textwrap
-from typing import List, Optional
+from typing import List, Optional, Tuple
 
 import pytest
 
@@ -265,3 +265,22 @@ def test_sigterm_says_goodbye_for_an_asyncio_worker(server: Server) -> None:
     finally:
         child.kill()
         child.wait()
+
+
+def test_the_goodbye_of_a_block_follows_how_it_ended() -> None:
+    from rollcall._worker import _exit_reason
+
+    def leaving(code: object) -> Tuple[str, Optional[int]]:
+        try:
+            raise SystemExit(code)
+        except SystemExit as e:
+            return _exit_reason(SystemExit, e)
+
+    assert leaving(0) == leaving(None) == leaving(False) == ("shutdown", None)
+    assert leaving(3) == ("exited", 3)
+    assert leaving(True) == ("exited", 1), "sys.exit(True) exits 1"
+    assert leaving("a message") == ("exited", 1), "a message exits 1"
+    assert leaving(300) == ("exited", None), "no code the process could exit with"
+    assert _exit_reason(RuntimeError, RuntimeError("boom")) == ("exited", None)
+    assert _exit_reason(KeyboardInterrupt, KeyboardInterrupt()) == ("shutdown", None)
+    assert _exit_reason(None, None) == ("shutdown", None)

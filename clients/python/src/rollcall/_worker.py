@@ -64,8 +64,9 @@ def _exit_reason(exc_type: Optional[Type[BaseException]], exc: Optional[BaseExce
     if isinstance(exc, SystemExit):
         if exc.code in (0, None):
             return "shutdown", None
-        if isinstance(exc.code, int):
-            return "exited", exc.code if 0 <= exc.code <= 255 else None
+        if isinstance(exc.code, int):  # bool included: sys.exit(True) exits 1
+            code = int(exc.code)
+            return "exited", code if 0 <= code <= 255 else None
         return "exited", 1
     return "exited", None
 
