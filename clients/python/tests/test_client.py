@@ -6,11 +6,11 @@ import asyncio
 import http.server
 import socket
 import threading
-from typing import Iterator, Tuple
+from typing import Iterator, List, Optional, Tuple, cast
 
 import pytest
 
-from rollcall import ApiError, AsyncRollcall, Rollcall, TransportError
+from rollcall import ApiError, AsyncRollcall, Event, Rollcall, TransportError, crash_kind, offline_class
 from rollcall._backoff import heartbeat_delay, retry_ceiling, retry_delay
 
 from .conftest import ADMIN, Server
@@ -124,6 +124,67 @@ def test_typed_errors(server: Server) -> None:
     with pytest.raises(ApiError) as e:
         admin.drain(reg["worker"]["id"])
     assert e.value.code == "conflict"
+
+
+def test_exited_offlines_carry_the_exit_status(server: Server) -> None:
+    admin = Rollcall(server.url, token=ADMIN)
+
+    def ended(name: str, **exit: int) -> str:
+        reg = admin.register(name, "py-exits")
+        off = admin.offline(reg["worker"]["id"], "exited", token=reg["token"], **exit)
+        assert (off["status"], off["offline_reason"]) == ("offline", "exited")
+        return reg["worker"]["id"]
+
+    zero = ended("exit-0", exit_code=0)
+    three = ended("exit-3", exit_code=3)
+    killed = ended("killed-9", signal=9)
+    unknown = ended("unknown")
+    bye = admin.register("bye", "py-exits")
+    admin.offline(bye["worker"]["id"], token=bye["token"])
+    # A repeat changes nothing, its status included.
+    admin.offline(three, "exited", exit_code=1)
+    # An exit status goes only with "exited", in range, one of the two.
+    other = admin.register("refused", "py-exits")["worker"]["id"]
+    refusals: List[Tuple[str, Optional[int], Optional[int]]] = [
+        ("shutdown", 1, None),
+        ("exited", None, 65),
+        ("exited", 256, None),
+        ("exited", 1, 9),
+    ]
+    for reason, code, sig in refusals:
+        with pytest.raises(ApiError) as refused:
+            admin.offline(other, reason, exit_code=code, signal=sig)
+        assert refused.value.code == "invalid_request", (reason, code, sig)
+    assert admin.get_worker(other)["status"] == "online", "a refused call changes nothing"
+
+    offlines = admin.list_events(machine_id="py-exits", type="worker.offline", limit=1000)["items"]
+
+    def of(wid: str) -> Tuple[object, ...]:
+        mine = [e for e in offlines if e["worker_id"] == wid]
+        assert len(mine) == 1, mine
+        e = mine[0]
+        return (e["reason"], e["exit_code"], e["signal"], offline_class(e), crash_kind(e))
+
+    assert of(zero) == ("exited", 0, None, "graceful", None)
+    assert of(three) == ("exited", 3, None, "crash", "exited")
+    assert of(killed) == ("exited", None, 9, "crash", "exited")
+    assert of(unknown) == ("exited", None, None, "crash", "exited")
+    assert of(bye["worker"]["id"]) == ("shutdown", None, None, "graceful", None)
+    registered = admin.list_events(worker_id=zero, type="worker.registered")["items"][0]
+    assert offline_class(registered) is None
+    for reason, expected in [("stale", ("crash", "stale")), ("replaced", ("crash", "replaced")), ("revoked", ("administrative", None))]:
+        other_end = cast(Event, {**offlines[0], "reason": reason, "exit_code": None, "signal": None})
+        assert (offline_class(other_end), crash_kind(other_end)) == expected
+
+    async def main() -> Tuple[object, ...]:
+        async with AsyncRollcall(server.url, token=ADMIN) as rc:
+            reg = await rc.register("async-exit", "py-exits")
+            await rc.offline(reg["worker"]["id"], "exited", exit_code=0, token=reg["token"])
+            events = await rc.list_events(worker_id=reg["worker"]["id"], type="worker.offline")
+            e = events["items"][0]
+            return (e["exit_code"], offline_class(e))
+
+    assert asyncio.run(main()) == (0, "graceful")
 
 
 def _dead_url() -> str:

@@ -9,11 +9,11 @@ import signal
 import subprocess
 import sys
 import textwrap
-from typing import List, Optional
+from typing import List, Optional, Tuple
 
 import pytest
 
-from rollcall import ApiError, AsyncRollcall, Rollcall, StoppedError, WorkerRecord
+from rollcall import ApiError, AsyncRollcall, Rollcall, StoppedError, WorkerRecord, crash_kind, offline_class
 from rollcall._types import HeartbeatAck
 
 from .conftest import ADMIN, PACKAGE, Server, wait_for
@@ -73,6 +73,21 @@ def test_an_exception_leaving_the_block_is_exited(server: Server) -> None:
             raise RuntimeError("the job failed")
     assert w.id is not None
     assert admin.get_worker(w.id)["offline_reason"] == "exited"
+    # An exception says nothing of how the process will end: no status, a crash.
+    [e] = admin.list_events(worker_id=w.id, type="worker.offline")["items"]
+    assert (e["exit_code"], e["signal"], offline_class(e)) == (None, None, "crash")
+
+
+def test_stop_says_how_a_process_ended(server: Server) -> None:
+    admin = Rollcall(server.url, token=ADMIN)
+    rc = Rollcall(server.url, token=enroll_token(server))
+    with rc.worker(name="supervisor-1", machine="py-m1", handle_signals=False) as w:
+        w.wait_ready(timeout=15)
+        last = w.stop("exited", signal=9)
+    assert last is not None and last["offline_reason"] == "exited"
+    assert w.id is not None
+    [e] = admin.list_events(worker_id=w.id, type="worker.offline")["items"]
+    assert (e["exit_code"], e["signal"], offline_class(e), crash_kind(e)) == (None, 9, "crash", "exited")
 
 
 def test_registers_again_after_a_401(server: Server) -> None:
@@ -178,6 +193,9 @@ def test_a_child_that_exits_non_zero_is_exited(server: Server) -> None:
     assert child.returncode == 3 and "online" in out
     w = named(admin, "exits-1")
     assert w is not None and (w["status"], w["offline_reason"]) == ("offline", "exited")
+    # sys.exit(3) leaving the block is reported with its code.
+    [e] = admin.list_events(worker_id=w["id"], type="worker.offline")["items"]
+    assert (e["exit_code"], e["signal"], offline_class(e)) == (3, None, "crash")
 
 
 def test_sigterm_without_a_handler_of_its_own_ends_the_process(server: Server) -> None:
@@ -247,3 +265,22 @@ def test_sigterm_says_goodbye_for_an_asyncio_worker(server: Server) -> None:
     finally:
         child.kill()
         child.wait()
+
+
+def test_the_goodbye_of_a_block_follows_how_it_ended() -> None:
+    from rollcall._worker import _exit_reason
+
+    def leaving(code: object) -> Tuple[str, Optional[int]]:
+        try:
+            raise SystemExit(code)
+        except SystemExit as e:
+            return _exit_reason(SystemExit, e)
+
+    assert leaving(0) == leaving(None) == leaving(False) == ("shutdown", None)
+    assert leaving(3) == ("exited", 3)
+    assert leaving(True) == ("exited", 1), "sys.exit(True) exits 1"
+    assert leaving("a message") == ("exited", 1), "a message exits 1"
+    assert leaving(300) == ("exited", None), "no code the process could exit with"
+    assert _exit_reason(RuntimeError, RuntimeError("boom")) == ("exited", None)
+    assert _exit_reason(KeyboardInterrupt, KeyboardInterrupt()) == ("shutdown", None)
+    assert _exit_reason(None, None) == ("shutdown", None)

@@ -27,6 +27,7 @@ import type {
   CreatedToken,
   Event,
   EventQuery,
+  ExitStatus,
   FullCleanup,
   HeartbeatAck,
   Machine,
@@ -65,6 +66,15 @@ export interface CallOptions {
 export interface HeartbeatOptions extends CallOptions {
   /** The worker token; default: the client's token. */
   token?: string;
+}
+
+export interface OfflineOptions extends HeartbeatOptions {
+  /**
+   * With reason `exited`: how the worker's process ended, `{ exit_code }` or
+   * `{ signal }`. Exit code 0 records a graceful offline; any other code or
+   * a signal a crash. The server refuses it (400) with any other reason.
+   */
+  exit?: ExitStatus;
 }
 
 type Method = "GET" | "POST" | "DELETE";
@@ -336,11 +346,21 @@ export class Rollcall {
     );
   }
 
-  /** `POST /v1/workers/{id}/offline` (its own token or admin): idempotent. */
-  offline(id: string, reason: "shutdown" | "exited" = "shutdown", options: HeartbeatOptions = {}): Promise<Worker> {
+  /**
+   * `POST /v1/workers/{id}/offline` (its own token or admin): idempotent. A
+   * supervisor whose child ended sends `"exited"` with `options.exit`.
+   */
+  offline(id: string, reason: "shutdown" | "exited" = "shutdown", options: OfflineOptions = {}): Promise<Worker> {
+    const exit = options.exit;
+    const body =
+      exit === undefined
+        ? { reason }
+        : exit.exit_code !== undefined
+          ? { reason, exit_code: exit.exit_code }
+          : { reason, signal: exit.signal };
     return this.json(
       Rollcall.call("POST", `/v1/workers/${encodeURIComponent(id)}/offline`, {
-        body: { reason },
+        body,
         safe: true,
         signal: options.signal,
         ...(options.token ? { token: options.token } : {}),

@@ -8,7 +8,7 @@
  * ```
  */
 
-export { Rollcall, type CallOptions, type HeartbeatOptions, type RollcallOptions } from "./client.js";
+export { Rollcall, type CallOptions, type HeartbeatOptions, type OfflineOptions, type RollcallOptions } from "./client.js";
 export { ApiError, RollcallError, StoppedError, TransportError, isApiError, type ErrorCode } from "./errors.js";
 export type { StreamOptions } from "./sse.js";
 export { WorkerHandle, type WorkerEvents, type WorkerOptions, type WorkerPhase } from "./worker.js";

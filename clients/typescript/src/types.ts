@@ -68,6 +68,51 @@ export interface Event {
   session: number | null;
   /** Stale transitions only: milliseconds from the deadline to the marking. */
   detection_lag_ms: number | null;
+  /** `exited` offlines whose process exited: its exit code (0–255). See {@link offlineClass}. */
+  exit_code: number | null;
+  /** `exited` offlines whose process a signal ended: the signal (1–64). */
+  signal: number | null;
+}
+
+/** How a supervised process ended: its exit code, or the signal that killed it. */
+export type ExitStatus = { exit_code: number; signal?: never } | { signal: number; exit_code?: never };
+
+/**
+ * What kind of end a `worker.offline` was: `graceful` (`shutdown`, `exited`
+ * with exit code 0), `crash` (`stale`, `replaced`, `exited` otherwise) or
+ * `administrative` (`revoked`).
+ */
+export type OfflineClass = "graceful" | "crash" | "administrative";
+
+/** The kinds of crash, by the offline reason that recorded it. */
+export type CrashKind = "stale" | "replaced" | "exited";
+
+/**
+ * The class of a `worker.offline` event (see {@link OfflineClass}); null
+ * for every other event. An `exited` offline with neither an exit code nor
+ * a signal is a crash: nothing says the process meant to end.
+ */
+export function offlineClass(event: Event): OfflineClass | null {
+  if (event.type !== "worker.offline") return null;
+  switch (event.reason) {
+    case "shutdown":
+      return "graceful";
+    case "exited":
+      return event.exit_code === 0 ? "graceful" : "crash";
+    case "stale":
+    case "replaced":
+      return "crash";
+    case "revoked":
+      return "administrative";
+    default:
+      return null;
+  }
+}
+
+/** For a crash, its kind; null for every other event, graceful and administrative offlines included. */
+export function crashKind(event: Event): CrashKind | null {
+  if (offlineClass(event) !== "crash") return null;
+  return event.reason as CrashKind;
 }
 
 export interface MachineSpec {

@@ -21,7 +21,7 @@ import { hostname } from "node:os";
 import { heartbeatDelay, retryDelay } from "./backoff.js";
 import type { Rollcall } from "./client.js";
 import { ApiError, RollcallError, StoppedError } from "./errors.js";
-import type { HeartbeatAck, Labels, MachineSpec, RegisterRequest, Worker, WorkerStatus } from "./types.js";
+import type { ExitStatus, HeartbeatAck, Labels, MachineSpec, RegisterRequest, Worker, WorkerStatus } from "./types.js";
 
 /** The interval assumed before the server has given one (its default): it caps the first backoff. */
 export const ASSUMED_HEARTBEAT_INTERVAL_MS = 30_000;
@@ -178,8 +178,12 @@ export class WorkerHandle extends EventEmitter<WorkerEvents> {
    * with the worker's record, or null when there was no session to end.
    * One attempt (with fail-over): if it fails the promise rejects, the
    * handle stops anyway and the server marks the worker stale later.
+   *
+   * A handle that supervises a process says how it ended with
+   * `stop("exited", { exit_code })` or `stop("exited", { signal })`: exit
+   * code 0 is a graceful end, any other code or a signal a crash.
    */
-  stop(reason: "shutdown" | "exited" = "shutdown"): Promise<Worker | null> {
+  stop(reason: "shutdown" | "exited" = "shutdown", exit?: ExitStatus): Promise<Worker | null> {
     if (this.stopResult) return this.stopResult;
     this.stopping.abort(new StoppedError("the worker handle is stopping"));
     this.wake?.();
@@ -187,7 +191,7 @@ export class WorkerHandle extends EventEmitter<WorkerEvents> {
       try {
         const session = this.current;
         if (!session) return null;
-        const worker = await session.client.offline(session.id, reason);
+        const worker = await session.client.offline(session.id, reason, exit === undefined ? {} : { exit });
         this.publish(worker);
         return worker;
       } finally {

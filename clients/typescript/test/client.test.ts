@@ -6,7 +6,7 @@ import type { AddressInfo } from "node:net";
 import { after, before, describe, it } from "node:test";
 
 import { heartbeatDelay, retryCeiling, retryDelay } from "../src/backoff.js";
-import { ApiError, Rollcall, TransportError, isApiError } from "../src/index.js";
+import { ApiError, Rollcall, TransportError, crashKind, isApiError, offlineClass, type ExitStatus } from "../src/index.js";
 import { ADMIN, Server } from "./server.js";
 
 /** A local HTTP peer that answers every request with `status`, counting them; or never answers. */
@@ -162,6 +162,60 @@ describe("the client against a real server", () => {
     await assert.rejects(reader.getWorker(id), (e) => isApiError(e, "not_found"));
     await admin.deleteToken(read.id);
     await assert.rejects(reader.listWorkers(), (e) => isApiError(e, "unauthorized"));
+  });
+
+  it("reports how a process ended, and classifies the offline", async () => {
+    const ended = async (name: string, exit?: ExitStatus): Promise<string> => {
+      const reg = await admin.register({ name, machine: { id: "ts-exits" } });
+      const off = await admin.offline(reg.worker.id, "exited", { token: reg.token, ...(exit ? { exit } : {}) });
+      assert.deepEqual([off.status, off.offline_reason], ["offline", "exited"]);
+      return reg.worker.id;
+    };
+    const zero = await ended("exit-0", { exit_code: 0 });
+    const three = await ended("exit-3", { exit_code: 3 });
+    const killed = await ended("killed-9", { signal: 9 });
+    const unknown = await ended("unknown");
+    const bye = await admin.register({ name: "bye", machine: { id: "ts-exits" } });
+    await admin.offline(bye.worker.id, "shutdown", { token: bye.token });
+    // A repeat changes nothing, its status included.
+    await admin.offline(three, "exited", { exit: { exit_code: 1 } });
+    // An exit status goes only with "exited", and must be in range.
+    const other = await admin.register({ name: "refused", machine: { id: "ts-exits" } });
+    await assert.rejects(
+      admin.offline(other.worker.id, "shutdown", { exit: { exit_code: 1 } }),
+      (e) => isApiError(e, "invalid_request"),
+    );
+    await assert.rejects(
+      admin.offline(other.worker.id, "exited", { exit: { signal: 65 } }),
+      (e) => isApiError(e, "invalid_request"),
+    );
+    assert.equal((await admin.getWorker(other.worker.id)).status, "online", "a refused call changes nothing");
+
+    const offlines = (await admin.listEvents({ machine_id: "ts-exits", type: "worker.offline", limit: 1000 })).items;
+    const of = (id: string) => {
+      const mine = offlines.filter((e) => e.worker_id === id);
+      assert.equal(mine.length, 1, `one offline event for ${id}`);
+      const e = mine[0]!;
+      return [e.reason, e.exit_code, e.signal, offlineClass(e), crashKind(e)];
+    };
+    assert.deepEqual(of(zero), ["exited", 0, null, "graceful", null]);
+    assert.deepEqual(of(three), ["exited", 3, null, "crash", "exited"]);
+    assert.deepEqual(of(killed), ["exited", null, 9, "crash", "exited"]);
+    assert.deepEqual(of(unknown), ["exited", null, null, "crash", "exited"]);
+    assert.deepEqual(of(bye.worker.id), ["shutdown", null, null, "graceful", null]);
+    // Only worker.offline events have a class.
+    const registered = (await admin.listEvents({ worker_id: zero, type: "worker.registered" })).items[0]!;
+    assert.equal(offlineClass(registered), null);
+    // The other reasons, as the server records them.
+    const base = { ...offlines[0]!, exit_code: null, signal: null };
+    assert.deepEqual(
+      (["stale", "replaced", "revoked"] as const).map((reason) => [offlineClass({ ...base, reason }), crashKind({ ...base, reason })]),
+      [
+        ["crash", "stale"],
+        ["crash", "replaced"],
+        ["administrative", null],
+      ],
+    );
   });
 
   it("throws typed errors carrying the contract's code", async () => {

@@ -6,7 +6,7 @@ import { once } from "node:events";
 import { join } from "node:path";
 import { after, before, describe, it } from "node:test";
 
-import { ApiError, Rollcall, type Worker } from "../src/index.js";
+import { ApiError, Rollcall, crashKind, offlineClass, type Worker } from "../src/index.js";
 import { ADMIN, PACKAGE_ROOT, Server, waitFor } from "./server.js";
 
 const EXAMPLE = join(PACKAGE_ROOT, "build/examples/jobs-worker.js");
@@ -72,6 +72,19 @@ describe("the worker handle", () => {
     const w = await admin.getWorker(worker.id);
     assert.deepEqual([w.status, w.offline_reason], ["offline", "shutdown"]);
     assert.equal(beats, after);
+  });
+
+  it("says how its process ended with stop(\"exited\", status)", async () => {
+    const rc = new Rollcall({ url: server.url, token: enroll });
+    const handle = rc.worker({ name: "exits-1", machine: "ts-m3", heartbeatIntervalMs: 100, handleSignals: false });
+    const worker = await handle.ready();
+    const last = await handle.stop("exited", { signal: 9 });
+    assert.deepEqual([last?.status, last?.offline_reason], ["offline", "exited"]);
+    const events = await admin.listEvents({ worker_id: worker.id, type: "worker.offline" });
+    assert.deepEqual(
+      events.items.map((e) => [e.reason, e.exit_code, e.signal, offlineClass(e), crashKind(e)]),
+      [["exited", null, 9, "crash", "exited"]],
+    );
   });
 
   it("registers again after a 401 and reports `replaced`", async () => {

@@ -24,7 +24,7 @@ use std::time::Duration;
 
 use reqwest::header::{HeaderMap, CONTENT_TYPE, RETRY_AFTER};
 use reqwest::{Method, StatusCode, Url};
-use rollcall_core::{MachineId, OfflineReason, TokenId, WorkerId};
+use rollcall_core::{ExitStatus, MachineId, OfflineReason, TokenId, WorkerId};
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 
@@ -601,8 +601,22 @@ impl Client {
     /// marks the worker offline at once. The contract accepts the reasons
     /// `Shutdown` and `Exited` (others are 400). Idempotent.
     pub async fn offline(&self, id: &WorkerId, reason: OfflineReason) -> Result<Worker, Error> {
+        self.send_offline(id, OfflineRequest::new(reason, None))
+            .await
+    }
+
+    /// `POST /v1/workers/{id}/offline` with reason `exited` and how the
+    /// worker's process ended: what a supervisor (such as `rollcall agent`)
+    /// reports when its child ends. Exit code 0 records a graceful offline;
+    /// any other code or a signal records a crash. Idempotent: once the
+    /// worker is offline a repeat changes nothing, its status included.
+    pub async fn exited(&self, id: &WorkerId, status: ExitStatus) -> Result<Worker, Error> {
+        self.send_offline(id, OfflineRequest::new(OfflineReason::Exited, Some(status)))
+            .await
+    }
+
+    async fn send_offline(&self, id: &WorkerId, body: OfflineRequest) -> Result<Worker, Error> {
         let path = ["v1", "workers", id.as_str(), "offline"];
-        let body = OfflineRequest { reason };
         self.json(Call::post(&path).json(&body).safe_to_repeat())
             .await
     }

@@ -51,14 +51,18 @@
 //! - [`model`]: the contract's JSON objects ([`Worker`], [`Machine`],
 //!   [`Event`], [`Token`], heartbeat, batch and cleanup results, [`Page`]).
 //!   Wire names of statuses, reasons, event types and token kinds come from
-//!   `rollcall-core` and are re-exported here.
+//!   `rollcall-core` and are re-exported here, with the classification of
+//!   offlines ([`OfflineClass`], [`CrashKind`]): [`Event::offline_class`]
+//!   says whether a `worker.offline` was graceful, a crash or
+//!   administrative.
 //! - [`query`]: list filters and pagination parameters.
 //! - [`error`]: [`Error`], with the server's answers parsed into
 //!   [`ApiError`] / [`ErrorCode`] and transport failures kept apart.
 //! - [`worker`]: [`WorkerHandle`] — register (now, or in the background),
 //!   heartbeat at the server's interval with jitter, back off while the
 //!   server is away, register again when the token is refused, drain,
-//!   shutdown.
+//!   shutdown, or `exited` with the process's [`ExitStatus`] when it
+//!   supervises one.
 //! - [`sse`]: the live event stream ([`EventStream`]) and its parser.
 //! - [`backoff`]: heartbeat jitter and retry backoff as pure functions.
 //! - [`host`]: the host's name, the default machine id.
@@ -110,6 +114,6 @@ pub use worker::{Phase, WorkerHandle, WorkerOptions, WorkerState};
 
 pub use reqwest::{StatusCode, Url};
 pub use rollcall_core::{
-    EventReason, EventType, MachineId, MachineStatus, OfflineReason, Status, Timestamp, TokenId,
-    TokenKind, WorkerId, WorkerName,
+    CrashKind, EventReason, EventType, ExitStatus, ExitStatusError, MachineId, MachineStatus,
+    OfflineClass, OfflineReason, Status, Timestamp, TokenId, TokenKind, WorkerId, WorkerName,
 };

@@ -24,8 +24,8 @@ use std::collections::BTreeMap;
 use std::time::Duration;
 
 use rollcall_core::{
-    EventReason, EventType, MachineId, MachineStatus, OfflineReason, Status, Timestamp, TokenId,
-    TokenKind, WorkerId, WorkerName,
+    CrashKind, EventReason, EventType, ExitStatus, MachineId, MachineStatus, OfflineClass,
+    OfflineReason, Status, Timestamp, TokenId, TokenKind, WorkerId, WorkerName,
 };
 use serde::{Deserialize, Serialize};
 
@@ -394,6 +394,23 @@ pub(crate) struct BatchResponse {
 #[derive(Serialize)]
 pub(crate) struct OfflineRequest {
     pub reason: OfflineReason,
+    /// With `exited`: the process's exit code (exclusive with `signal`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub exit_code: Option<u8>,
+    /// With `exited`: the signal that ended the process.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub signal: Option<u8>,
+}
+
+impl OfflineRequest {
+    /// An offline with `reason` and, for `exited`, how the process ended.
+    pub(crate) fn new(reason: OfflineReason, exit: Option<ExitStatus>) -> Self {
+        OfflineRequest {
+            reason,
+            exit_code: exit.and_then(ExitStatus::code),
+            signal: exit.and_then(ExitStatus::signal),
+        }
+    }
 }
 
 // ----------------------------------------------------------------------------
@@ -458,12 +475,64 @@ pub struct Event {
     /// For `stale` transitions: the time from the deadline to the marking.
     #[serde(default)]
     pub detection_lag_ms: Option<u64>,
+    /// For `exited` offlines whose process exited: its exit code (0–255).
+    /// `None` otherwise, and from servers that do not record it.
+    #[serde(default)]
+    pub exit_code: Option<u8>,
+    /// For `exited` offlines whose process a signal ended: the signal
+    /// (1–64). `None` otherwise.
+    #[serde(default)]
+    pub signal: Option<u8>,
 }
 
 impl Event {
     /// `detection_lag_ms` as a duration.
     pub fn detection_lag(&self) -> Option<Duration> {
         self.detection_lag_ms.map(ms)
+    }
+
+    /// How the supervised process ended, for an `exited` offline whose
+    /// agent reported it: `exit_code` or `signal` as one value.
+    pub fn exit_status(&self) -> Option<ExitStatus> {
+        match (self.exit_code, self.signal) {
+            (Some(code), _) => Some(ExitStatus::Code(code)),
+            (None, Some(sig)) => Some(ExitStatus::Signal(sig)),
+            (None, None) => None,
+        }
+    }
+
+    /// The offline's reason, for a `worker.offline` event; `None` for
+    /// every other event.
+    pub fn offline_reason(&self) -> Option<OfflineReason> {
+        if self.event_type != EventType::WorkerOffline {
+            return None;
+        }
+        match self.reason? {
+            EventReason::Shutdown => Some(OfflineReason::Shutdown),
+            EventReason::Stale => Some(OfflineReason::Stale),
+            EventReason::Exited => Some(OfflineReason::Exited),
+            EventReason::Replaced => Some(OfflineReason::Replaced),
+            EventReason::Revoked => Some(OfflineReason::Revoked),
+            EventReason::Registered | EventReason::Heartbeat => None,
+        }
+    }
+
+    /// What kind of end a `worker.offline` event records: graceful
+    /// (`shutdown`, `exited` with code 0), a crash (`stale`, `replaced`,
+    /// `exited` otherwise) or administrative (`revoked`). `None` for every
+    /// other event.
+    pub fn offline_class(&self) -> Option<OfflineClass> {
+        self.classify().map(|(class, _)| class)
+    }
+
+    /// For a crash, its kind (`stale`, `replaced` or `exited`); `None` for
+    /// any other event, graceful and administrative offlines included.
+    pub fn crash_kind(&self) -> Option<CrashKind> {
+        self.classify().and_then(|(_, kind)| kind)
+    }
+
+    fn classify(&self) -> Option<(OfflineClass, Option<CrashKind>)> {
+        Some(self.offline_reason()?.classify(self.exit_status()))
     }
 }
 
@@ -694,13 +763,13 @@ mod tests {
             "items": [
                 {"seq": 41, "at": "2026-11-28T07:18:40.123Z", "type": "worker.registered",
                  "worker_id": WKR, "machine_id": "host-a", "reason": null, "session": 3,
-                 "detection_lag_ms": null},
+                 "detection_lag_ms": null, "exit_code": null, "signal": null},
                 {"seq": 42, "at": "2026-11-28T07:20:10.263Z", "type": "worker.offline",
                  "worker_id": WKR, "machine_id": "host-a", "reason": "stale", "session": 3,
-                 "detection_lag_ms": 140},
+                 "detection_lag_ms": 140, "exit_code": null, "signal": null},
                 {"seq": 43, "at": "2026-11-28T07:20:10.263Z", "type": "machine.offline",
                  "worker_id": null, "machine_id": "host-a", "reason": "stale", "session": null,
-                 "detection_lag_ms": null}
+                 "detection_lag_ms": null, "exit_code": null, "signal": null}
             ],
             "next_cursor": "43"
         }));
@@ -711,6 +780,13 @@ mod tests {
             Some(Duration::from_millis(140))
         );
         assert_eq!(page.items[2].worker_id, None);
+        assert_eq!(page.items[1].offline_class(), Some(OfflineClass::Crash));
+        assert_eq!(page.items[1].crash_kind(), Some(CrashKind::Stale));
+        assert_eq!(page.items[1].exit_status(), None);
+        // Only worker.offline events are classified.
+        assert_eq!(page.items[0].offline_class(), None);
+        assert_eq!(page.items[2].offline_class(), None);
+        assert_eq!(page.items[2].offline_reason(), None);
         assert_eq!(page.next_after(), Some(43));
         assert!(!page.is_last());
 
@@ -725,6 +801,72 @@ mod tests {
         }))
         .unwrap();
         assert_eq!(e.detection_lag_ms, None);
+        assert_eq!((e.exit_code, e.signal, e.exit_status()), (None, None, None));
+    }
+
+    /// An `exited` offline of a worker: `exit_code` or `signal`, and the
+    /// class and crash kind they make of it.
+    fn exited(exit_code: Value, signal: Value) -> Event {
+        round_trip(json!({
+            "seq": 7, "at": "2026-11-28T07:20:10.263Z", "type": "worker.offline",
+            "worker_id": WKR, "machine_id": "host-a", "reason": "exited", "session": 2,
+            "detection_lag_ms": null, "exit_code": exit_code, "signal": signal
+        }))
+    }
+
+    #[test]
+    fn exited_events_are_classified_by_their_exit_status() {
+        let e = exited(json!(0), Value::Null);
+        assert_eq!(e.exit_status(), Some(ExitStatus::Code(0)));
+        assert_eq!(e.offline_reason(), Some(OfflineReason::Exited));
+        assert_eq!(e.offline_class(), Some(OfflineClass::Graceful));
+        assert_eq!(e.crash_kind(), None);
+
+        let e = exited(json!(3), Value::Null);
+        assert_eq!(e.exit_status(), Some(ExitStatus::Code(3)));
+        assert_eq!(e.offline_class(), Some(OfflineClass::Crash));
+        assert_eq!(e.crash_kind(), Some(CrashKind::Exited));
+
+        let e = exited(Value::Null, json!(9));
+        assert_eq!(e.exit_status(), Some(ExitStatus::Signal(9)));
+        assert_eq!(e.offline_class(), Some(OfflineClass::Crash));
+        assert_eq!(e.crash_kind(), Some(CrashKind::Exited));
+
+        // An exit nothing was reported about is a crash: nothing says it
+        // meant to end.
+        let e = exited(Value::Null, Value::Null);
+        assert_eq!(e.exit_status(), None);
+        assert_eq!(e.crash_kind(), Some(CrashKind::Exited));
+
+        // A code out of range is refused, not wrapped.
+        let mut v = serde_json::to_value(exited(json!(3), Value::Null)).unwrap();
+        v["exit_code"] = json!(256);
+        assert!(serde_json::from_value::<Event>(v).is_err());
+    }
+
+    #[test]
+    fn every_offline_reason_has_its_class() {
+        let offline = |reason: &str| -> Event {
+            serde_json::from_value(json!({
+                "seq": 1, "at": "2026-11-28T07:18:40.123Z", "type": "worker.offline",
+                "worker_id": WKR, "machine_id": "host-a", "reason": reason, "session": 1
+            }))
+            .unwrap()
+        };
+        let class = |reason: &str| {
+            let e = offline(reason);
+            (e.offline_class().unwrap(), e.crash_kind())
+        };
+        assert_eq!(class("shutdown"), (OfflineClass::Graceful, None));
+        assert_eq!(
+            class("stale"),
+            (OfflineClass::Crash, Some(CrashKind::Stale))
+        );
+        assert_eq!(
+            class("replaced"),
+            (OfflineClass::Crash, Some(CrashKind::Replaced))
+        );
+        assert_eq!(class("revoked"), (OfflineClass::Administrative, None));
     }
 
     #[test]
@@ -775,11 +917,28 @@ mod tests {
     #[test]
     fn offline_request() {
         assert_eq!(
-            serde_json::to_value(OfflineRequest {
-                reason: OfflineReason::Exited
-            })
-            .unwrap(),
+            serde_json::to_value(OfflineRequest::new(OfflineReason::Exited, None)).unwrap(),
             json!({"reason": "exited"})
+        );
+        assert_eq!(
+            serde_json::to_value(OfflineRequest::new(
+                OfflineReason::Exited,
+                Some(ExitStatus::Code(3))
+            ))
+            .unwrap(),
+            json!({"reason": "exited", "exit_code": 3})
+        );
+        assert_eq!(
+            serde_json::to_value(OfflineRequest::new(
+                OfflineReason::Exited,
+                Some(ExitStatus::Signal(9))
+            ))
+            .unwrap(),
+            json!({"reason": "exited", "signal": 9})
+        );
+        assert_eq!(
+            serde_json::to_value(OfflineRequest::new(OfflineReason::Shutdown, None)).unwrap(),
+            json!({"reason": "shutdown"})
         );
     }
 }

@@ -22,7 +22,9 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use rollcall_core::{MachineId, OfflineReason, Status, Timestamp, WorkerId, WorkerName};
+use rollcall_core::{
+    ExitStatus, MachineId, OfflineReason, Status, Timestamp, WorkerId, WorkerName,
+};
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
@@ -170,6 +172,7 @@ enum Command {
     Drain(oneshot::Sender<Result<model::Worker, Error>>),
     Offline(
         OfflineReason,
+        Option<ExitStatus>,
         oneshot::Sender<Result<Option<model::Worker>, Error>>,
     ),
 }
@@ -297,12 +300,29 @@ impl WorkerHandle {
         self.offline(OfflineReason::Shutdown).await
     }
 
-    /// Like [`WorkerHandle::shutdown`] with another reason; an agent sends
-    /// `Exited` when its child process ended.
+    /// Like [`WorkerHandle::shutdown`] with another reason. A supervisor
+    /// whose child ended should prefer [`WorkerHandle::exited`], which says
+    /// how it ended; `Exited` alone counts as a crash.
     pub async fn offline(self, reason: OfflineReason) -> Result<Option<model::Worker>, Error> {
+        self.go_offline(reason, None).await
+    }
+
+    /// Like [`WorkerHandle::shutdown`], with reason `exited` and the
+    /// process's exit status: what an agent sends when its child ended.
+    /// Exit code 0 is a graceful end; any other code or a signal is a
+    /// crash.
+    pub async fn exited(self, status: ExitStatus) -> Result<Option<model::Worker>, Error> {
+        self.go_offline(OfflineReason::Exited, Some(status)).await
+    }
+
+    async fn go_offline(
+        self,
+        reason: OfflineReason,
+        exit: Option<ExitStatus>,
+    ) -> Result<Option<model::Worker>, Error> {
         let (tx, rx) = oneshot::channel();
         self.commands
-            .send(Command::Offline(reason, tx))
+            .send(Command::Offline(reason, exit, tx))
             .await
             .map_err(|_| Error::Stopped)?;
         rx.await.map_err(|_| Error::Stopped)?
@@ -482,11 +502,18 @@ impl Heartbeater {
     }
 
     /// Marks the session offline; `None` if there is none.
-    async fn offline(&mut self, reason: OfflineReason) -> Result<Option<model::Worker>, Error> {
+    async fn offline(
+        &mut self,
+        reason: OfflineReason,
+        exit: Option<ExitStatus>,
+    ) -> Result<Option<model::Worker>, Error> {
         let Some(session) = &self.session else {
             return Ok(None);
         };
-        let worker = session.client.offline(&session.id, reason).await?;
+        let worker = match exit {
+            Some(status) => session.client.exited(&session.id, status).await?,
+            None => session.client.offline(&session.id, reason).await?,
+        };
         self.state.send_modify(|st| publish_worker(st, &worker));
         Ok(Some(worker))
     }
@@ -576,8 +603,8 @@ async fn run(mut heartbeater: Heartbeater, mut commands: mpsc::Receiver<Command>
                     }
                     let _ = reply.send(result);
                 }
-                Some(Command::Offline(reason, reply)) => {
-                    let result = heartbeater.offline(reason).await;
+                Some(Command::Offline(reason, exit, reply)) => {
+                    let result = heartbeater.offline(reason, exit).await;
                     heartbeater.stopped();
                     let _ = reply.send(result);
                     return;

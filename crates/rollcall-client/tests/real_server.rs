@@ -8,9 +8,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use rollcall_client::{
-    BatchHeartbeat, Client, ErrorCode, EventQuery, EventReason, EventType, MachineId,
-    MachineStatus, NewToken, OfflineReason, Phase, RegisterRequest, Status, TokenKind,
-    WorkerHandle, WorkerName, WorkerOptions, WorkerQuery,
+    BatchHeartbeat, Client, CrashKind, ErrorCode, EventQuery, EventReason, EventType, ExitStatus,
+    MachineId, MachineStatus, NewToken, OfflineClass, OfflineReason, Phase, RegisterRequest,
+    Status, TokenKind, WorkerHandle, WorkerName, WorkerOptions, WorkerQuery,
 };
 use rollcall_server::{RawConfig, SystemClock};
 
@@ -290,6 +290,118 @@ async fn the_whole_contract_against_the_real_server() {
     // Not found is typed.
     let e = read.get_worker(&id).await.unwrap_err();
     assert_eq!(e.code(), Some(&ErrorCode::NotFound));
+
+    server.running.shutdown().await.unwrap();
+}
+
+/// How a supervised process ended travels with `exited`: the handle and the
+/// client send the exit code or the signal, the server records it on the
+/// event, and the event classifies the offline (exit 0 graceful; a failure
+/// code, a signal or no status a crash). Shutdown stays graceful; an exit
+/// status goes only with `exited`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn exited_offlines_carry_the_exit_status() {
+    let server = start_server().await;
+    let admin = client(&server.url, ADMIN);
+    let enroll = admin
+        .create_token(&NewToken::new(TokenKind::Enroll, "fleet"))
+        .await
+        .unwrap();
+    let enroll = client(&server.url, enroll.token.expose());
+
+    // Through the worker handle: exit 0, then a failure code.
+    let clean = WorkerHandle::register(&enroll, options("clean"))
+        .await
+        .unwrap();
+    let clean_id = clean.id().unwrap();
+    let w = clean.exited(ExitStatus::Code(0)).await.unwrap().unwrap();
+    assert_eq!(w.offline_reason, Some(OfflineReason::Exited));
+    let failed = WorkerHandle::register(&enroll, options("failed"))
+        .await
+        .unwrap();
+    let failed_id = failed.id().unwrap();
+    failed.exited(ExitStatus::Code(3)).await.unwrap().unwrap();
+
+    // Through the client, with the worker's own token: a signal, then no
+    // status at all; and a plain shutdown.
+    let mut ids = Vec::new();
+    for name in ["killed", "unknown", "stopped"] {
+        let reg = enroll
+            .register(&RegisterRequest::new(
+                WorkerName::parse(name).unwrap(),
+                MachineId::parse("host-b").unwrap(),
+            ))
+            .await
+            .unwrap();
+        ids.push((reg.worker.id.clone(), enroll.with_token(reg.token.clone())));
+    }
+    let w = ids[0]
+        .1
+        .exited(&ids[0].0, ExitStatus::Signal(9))
+        .await
+        .unwrap();
+    assert_eq!(w.status, Status::Offline);
+    // Idempotent: a repeat changes nothing and records nothing.
+    let again = ids[0]
+        .1
+        .exited(&ids[0].0, ExitStatus::Code(1))
+        .await
+        .unwrap();
+    assert_eq!(again, w);
+    ids[1]
+        .1
+        .offline(&ids[1].0, OfflineReason::Exited)
+        .await
+        .unwrap();
+    ids[2]
+        .1
+        .offline(&ids[2].0, OfflineReason::Shutdown)
+        .await
+        .unwrap();
+
+    let events = admin
+        .list_all_events(&EventQuery {
+            event_type: Some(EventType::WorkerOffline),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    let of = |id: &rollcall_client::WorkerId| {
+        let mine: Vec<_> = events
+            .iter()
+            .filter(|e| e.worker_id.as_ref() == Some(id))
+            .collect();
+        assert_eq!(mine.len(), 1, "one offline event for {id}: {mine:?}");
+        mine[0].clone()
+    };
+    let e = of(&clean_id);
+    assert_eq!(
+        (e.reason, e.exit_code, e.signal),
+        (Some(EventReason::Exited), Some(0), None)
+    );
+    assert_eq!(e.exit_status(), Some(ExitStatus::Code(0)));
+    assert_eq!(e.offline_class(), Some(OfflineClass::Graceful));
+    assert_eq!(e.crash_kind(), None);
+    let e = of(&failed_id);
+    assert_eq!((e.exit_code, e.signal), (Some(3), None));
+    assert_eq!(e.offline_class(), Some(OfflineClass::Crash));
+    assert_eq!(e.crash_kind(), Some(CrashKind::Exited));
+    let e = of(&ids[0].0);
+    assert_eq!((e.exit_code, e.signal), (None, Some(9)));
+    assert_eq!(e.exit_status(), Some(ExitStatus::Signal(9)));
+    assert_eq!(e.crash_kind(), Some(CrashKind::Exited));
+    let e = of(&ids[1].0);
+    assert_eq!(
+        (e.reason, e.exit_status()),
+        (Some(EventReason::Exited), None)
+    );
+    assert_eq!(e.crash_kind(), Some(CrashKind::Exited));
+    let e = of(&ids[2].0);
+    assert_eq!(
+        (e.reason, e.exit_status()),
+        (Some(EventReason::Shutdown), None)
+    );
+    assert_eq!(e.offline_class(), Some(OfflineClass::Graceful));
 
     server.running.shutdown().await.unwrap();
 }

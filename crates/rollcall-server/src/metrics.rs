@@ -19,7 +19,7 @@ use prometheus::{
     Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge,
     IntGaugeVec, Opts, Registry, TextEncoder,
 };
-use rollcall_core::{EventReason, EventType};
+use rollcall_core::{EventReason, EventType, OfflineClass, OfflineReason};
 use rollcall_store::EventRecord;
 
 use crate::cleanup::{CleanupReport, StaleReport};
@@ -71,6 +71,29 @@ const WORKER_TRANSITIONS: [(EventType, Option<EventReason>); 8] = [
     (EventType::WorkerOffline, Some(EventReason::Revoked)),
 ];
 
+/// Every (class, reason) an offline can have: the series of
+/// `rollcall_worker_offlines_total`. For a crash the reason is its kind.
+const OFFLINES: [(OfflineClass, OfflineReason); 6] = [
+    (OfflineClass::Graceful, OfflineReason::Shutdown),
+    (OfflineClass::Graceful, OfflineReason::Exited),
+    (OfflineClass::Crash, OfflineReason::Stale),
+    (OfflineClass::Crash, OfflineReason::Replaced),
+    (OfflineClass::Crash, OfflineReason::Exited),
+    (OfflineClass::Administrative, OfflineReason::Revoked),
+];
+
+/// The offline reason a `worker.offline` event records.
+fn offline_reason(reason: EventReason) -> Option<OfflineReason> {
+    match reason {
+        EventReason::Shutdown => Some(OfflineReason::Shutdown),
+        EventReason::Stale => Some(OfflineReason::Stale),
+        EventReason::Exited => Some(OfflineReason::Exited),
+        EventReason::Replaced => Some(OfflineReason::Replaced),
+        EventReason::Revoked => Some(OfflineReason::Revoked),
+        EventReason::Registered | EventReason::Heartbeat => None,
+    }
+}
+
 /// Heartbeat handling: from a few microseconds in memory to a store commit.
 const HEARTBEAT_BUCKETS: &[f64] = &[
     0.000_005, 0.000_01, 0.000_025, 0.000_05, 0.000_1, 0.000_25, 0.000_5, 0.001, 0.002_5, 0.005,
@@ -104,6 +127,7 @@ pub struct Metrics {
     heartbeats_rejected: [[IntCounter; REJECT_REASONS.len()]; 2],
     heartbeat_duration: [Histogram; 2],
     worker_transitions: [IntCounter; WORKER_TRANSITIONS.len()],
+    offlines: [IntCounter; OFFLINES.len()],
     machine_transitions: [IntCounter; 2],
     registrations: [IntCounter; 2],
     detection_lag: Histogram,
@@ -246,6 +270,12 @@ impl Metrics {
             "rollcall_worker_transitions_total",
             "Committed worker status transitions, by target status and reason.",
             &["status", "reason"],
+        );
+        let offlines = counter_vec(
+            &r,
+            "rollcall_worker_offlines_total",
+            "Committed worker offlines, by class (graceful, crash, administrative) and kind: the crash kind (stale, replaced, exited) for a crash, else the offline reason (shutdown, exited with code 0, revoked).",
+            &["class", "kind"],
         );
         let machine_transitions = counter_vec(
             &r,
@@ -421,6 +451,8 @@ impl Metrics {
                 worker_transitions
                     .with_label_values(&[status, reason.map_or("", EventReason::as_str)])
             }),
+            offlines: OFFLINES
+                .map(|(class, kind)| offlines.with_label_values(&[class.as_str(), kind.as_str()])),
             machine_transitions: ["online", "offline"]
                 .map(|s| machine_transitions.with_label_values(&[s])),
             registrations: ["new", "again"].map(|k| registrations.with_label_values(&[k])),
@@ -486,8 +518,8 @@ impl Metrics {
         self.commit_failures.inc();
     }
 
-    /// A committed event: counts its transition (or registration) and, for
-    /// a stale one, its detection lag.
+    /// A committed event: counts its transition (or registration), an
+    /// offline by its class and, for a stale one, its detection lag.
     pub fn event(&self, e: &EventRecord) {
         match e.kind {
             EventType::WorkerRegistered => {
@@ -505,12 +537,26 @@ impl Metrics {
                 {
                     self.worker_transitions[i].inc();
                 }
+                if kind == EventType::WorkerOffline {
+                    self.offline(e);
+                }
                 if e.reason == Some(EventReason::Stale) {
                     if let Some(ms) = e.detection_lag_ms {
                         self.detection_lag.observe(ms.max(0) as f64 / 1000.0);
                     }
                 }
             }
+        }
+    }
+
+    /// Counts a committed `worker.offline` by its class and kind.
+    fn offline(&self, e: &EventRecord) {
+        let Some(reason) = e.reason.and_then(offline_reason) else {
+            return;
+        };
+        let (class, _) = reason.classify(e.exit);
+        if let Some(i) = OFFLINES.iter().position(|t| *t == (class, reason)) {
+            self.offlines[i].inc();
         }
     }
 

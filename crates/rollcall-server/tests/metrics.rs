@@ -166,6 +166,10 @@ async fn a_workload_moves_every_series_and_promtool_accepts_the_scrape() {
         ),
         ("rollcall_detection_lag_seconds_count", vec![]),
         (
+            "rollcall_worker_offlines_total",
+            vec![("class", "crash"), ("kind", "stale")],
+        ),
+        (
             "rollcall_cleanup_runs_total",
             vec![("task", "run_all_cleanup_tasks"), ("result", "success")],
         ),
@@ -478,6 +482,154 @@ async fn a_workload_moves_every_series_and_promtool_accepts_the_scrape() {
     }
     assert_eq!(after.get("rollcall_machines", &[("status", "online")]), 1.0);
 
+    promtool_check(&after.text);
+}
+
+/// The series of `rollcall_worker_offlines_total`: (class, kind).
+const OFFLINE_SERIES: [(&str, &str); 6] = [
+    ("graceful", "shutdown"),
+    ("graceful", "exited"),
+    ("crash", "stale"),
+    ("crash", "replaced"),
+    ("crash", "exited"),
+    ("administrative", "revoked"),
+];
+
+/// The (class, kind) a `worker.offline` event of the log counts under,
+/// from its reason and exit status as the API shows them.
+fn offline_series(e: &Value) -> (&'static str, &'static str) {
+    match (e["reason"].as_str().unwrap(), e["exit_code"].as_u64()) {
+        ("shutdown", _) => ("graceful", "shutdown"),
+        ("exited", Some(0)) => ("graceful", "exited"),
+        ("exited", _) => ("crash", "exited"),
+        ("stale", _) => ("crash", "stale"),
+        ("replaced", _) => ("crash", "replaced"),
+        ("revoked", _) => ("administrative", "revoked"),
+        (other, _) => panic!("an offline reason the contract does not have: {other}"),
+    }
+}
+
+/// Every offline is counted once it is committed, by its class and kind:
+/// exit 0 graceful, a failure code, a signal or no status a crash, as are
+/// stale and replaced; revoked administrative. The series exist from the
+/// start, carry no per-worker label, and agree with the event log.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn offlines_are_counted_by_class_and_kind() {
+    let app = spawn_app().await;
+    let offlines = |s: &Scrape| -> Vec<(String, f64)> {
+        s.samples
+            .iter()
+            .filter(|((n, _), _)| n == "rollcall_worker_offlines_total")
+            .map(|((_, l), v)| {
+                let keys: Vec<&str> = l.keys().map(String::as_str).collect();
+                assert_eq!(keys, ["class", "kind"], "labels {l:?}");
+                (format!("{}/{}", l["class"], l["kind"]), *v)
+            })
+            .collect()
+    };
+    let before = scrape(&app).await;
+    let mut names: Vec<String> = offlines(&before).into_iter().map(|(n, _)| n).collect();
+    names.sort();
+    let mut want: Vec<String> = OFFLINE_SERIES
+        .iter()
+        .map(|(c, k)| format!("{c}/{k}"))
+        .collect();
+    want.sort();
+    assert_eq!(names, want, "exactly these series, present from the start");
+    assert!(offlines(&before).iter().all(|(_, v)| *v == 0.0));
+    promtool_check(&before.text);
+
+    const LONG: u64 = 60_000;
+    let reg = |name: &'static str, stale_after: u64| {
+        let app = &app;
+        async move { app.register_stale(name, "host-a", stale_after).await }
+    };
+    let exit = |w: Reg, body: Value| {
+        let app = &app;
+        async move {
+            app.post(&format!("/v1/workers/{}/offline", w.id), &w.token, body)
+                .await
+                .expect(200);
+        }
+    };
+    exit(
+        reg("zero", LONG).await,
+        json!({"reason": "exited", "exit_code": 0}),
+    )
+    .await;
+    exit(
+        reg("three", LONG).await,
+        json!({"reason": "exited", "exit_code": 3}),
+    )
+    .await;
+    exit(
+        reg("nine", LONG).await,
+        json!({"reason": "exited", "signal": 9}),
+    )
+    .await;
+    exit(reg("unknown", LONG).await, json!({"reason": "exited"})).await;
+    exit(reg("bye", LONG).await, json!({"reason": "shutdown"})).await;
+    let bye_again = app.register_stale("bye2", "host-a", LONG).await;
+    exit(bye_again.clone(), json!({})).await;
+    // A repeat changes nothing, and counts nothing.
+    exit(bye_again, json!({"reason": "shutdown"})).await;
+    // Refused: counted nowhere.
+    let refused = reg("refused", LONG).await;
+    let r = app
+        .post(
+            &format!("/v1/workers/{}/offline", refused.id),
+            &refused.token,
+            json!({"reason": "shutdown", "exit_code": 1}),
+        )
+        .await;
+    assert_error(&r, 400, "invalid_request");
+    // Registered again while online: the old session is replaced. Then an
+    // admin deletes it while online: revoked.
+    let again = reg("refused", LONG).await;
+    app.delete(&format!("/v1/workers/{}", again.id), &app.admin)
+        .await
+        .expect(204);
+    let quiet = reg("quiet", 300).await;
+    wait_until(
+        "quiet to be marked stale",
+        Duration::from_secs(10),
+        || async { app.worker(&quiet.id).await["offline_reason"] == "stale" },
+    )
+    .await;
+
+    let events = app.events().await;
+    let after = scrape(&app).await;
+    let mut from_log: BTreeMap<(&str, &str), f64> = BTreeMap::new();
+    for e in events.iter().filter(|e| e["type"] == "worker.offline") {
+        *from_log.entry(offline_series(e)).or_default() += 1.0;
+    }
+    for ((class, kind), expected) in OFFLINE_SERIES
+        .into_iter()
+        .zip([2.0, 1.0, 1.0, 1.0, 3.0, 1.0])
+    {
+        let got = after.get(
+            "rollcall_worker_offlines_total",
+            &[("class", class), ("kind", kind)],
+        );
+        assert_eq!(
+            got,
+            from_log.get(&(class, kind)).copied().unwrap_or(0.0),
+            "{class}/{kind} vs the event log"
+        );
+        assert_eq!(got, expected, "{class}/{kind}");
+    }
+    // Every offline transition is counted in exactly one class.
+    let total: f64 = offlines(&after).iter().map(|(_, v)| v).sum();
+    let transitions: f64 = ["shutdown", "exited", "stale", "replaced", "revoked"]
+        .iter()
+        .map(|r| {
+            after.get(
+                "rollcall_worker_transitions_total",
+                &[("status", "offline"), ("reason", r)],
+            )
+        })
+        .sum();
+    assert_eq!(total, transitions);
     promtool_check(&after.text);
 }
 

@@ -698,6 +698,15 @@ pub async fn events(client: Client, conn: Conn, cmd: EventsCommand) -> Result<()
                 if let Some(l) = e.detection_lag_ms {
                     line.push_str(&format!("  lag={l}ms"));
                 }
+                if let Some(c) = e.exit_code {
+                    line.push_str(&format!("  exit_code={c}"));
+                }
+                if let Some(s) = e.signal {
+                    line.push_str(&format!("  signal={s}"));
+                }
+                if let Some(class) = e.offline_class() {
+                    line.push_str(&format!("  class={class}"));
+                }
                 line
             };
             if writeln!(out, "{line}").is_err() {

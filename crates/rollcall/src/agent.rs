@@ -4,10 +4,23 @@
 //! [`WorkerHandle`] registers in the background (retrying with backoff and
 //! jitter), heartbeats while the child lives and registers again after a
 //! 401. SIGINT/SIGTERM are forwarded to the child; when the child ends the
-//! worker is marked offline (`exited`, or `shutdown` when the agent was told
-//! to stop) and the agent exits with the child's code (128 + N for signal N).
-//! The child gets a parent-death signal (SIGKILL), so it never outlives the
-//! agent unsupervised.
+//! worker is marked offline and the agent exits with the child's code
+//! (128 + N for signal N). The child gets a parent-death signal (SIGKILL),
+//! so it never outlives the agent unsupervised.
+//!
+//! What the offline says (and so how rollcall classifies it):
+//!
+//! - The child ended on its own: `exited` with its exit code, or with the
+//!   signal that killed it. Exit code 0 is a graceful end; any other code
+//!   or a signal is a crash.
+//! - The agent was told to stop (SIGINT/SIGTERM, forwarded to the child)
+//!   before the child ended: `shutdown`, a graceful end, whatever the
+//!   child's status — a child that dies of the forwarded SIGTERM (status
+//!   143) did what it was asked. The status is in the agent's log.
+//! - The agent itself dies (`kill -9`): it sends nothing, the child dies
+//!   with it, and rollcall marks the worker `stale` at its deadline; an
+//!   agent started again under the same name before that ends the old
+//!   session as `replaced`. Both are crashes.
 
 use std::ffi::OsString;
 use std::os::unix::process::ExitStatusExt;
@@ -15,9 +28,7 @@ use std::process::{ExitCode, ExitStatus};
 use std::time::Duration;
 
 use clap::{Args, Subcommand};
-use rollcall_client::{
-    Client, Labels, MachineId, OfflineReason, WorkerHandle, WorkerName, WorkerOptions,
-};
+use rollcall_client::{Client, Labels, MachineId, WorkerHandle, WorkerName, WorkerOptions};
 use tokio::signal::unix::{signal, SignalKind};
 use tracing_subscriber::EnvFilter;
 
@@ -32,10 +43,14 @@ pub enum AgentCommand {
     ///
     /// CMD starts at once, even when the server is unreachable (registration
     /// retries in the background). SIGINT/SIGTERM are forwarded to CMD; when
-    /// CMD ends the worker is marked offline ("exited", or "shutdown" if the
-    /// agent was told to stop) and the agent exits with CMD's exit code
-    /// (128 + N when CMD was killed by signal N). If the agent dies, CMD is
-    /// killed with it.
+    /// CMD ends the worker is marked offline and the agent exits with CMD's
+    /// exit code (128 + N when CMD was killed by signal N). If the agent
+    /// dies, CMD is killed with it.
+    ///
+    /// The offline is "exited" with CMD's exit code or signal when CMD ended
+    /// on its own (exit code 0 counts as a graceful end, anything else as a
+    /// crash), or "shutdown" (graceful) when the agent was told to stop
+    /// first.
     ///
     /// Exit codes: CMD's own; 126 if CMD could not be started, 127 if it was
     /// not found; 2 for a usage error.
@@ -183,15 +198,13 @@ async fn supervise(command: Vec<OsString>, client: Client, options: WorkerOption
     let worker = WorkerHandle::spawn_registering(&client, options);
 
     let mut stopping = false;
-    let status: ExitStatus = loop {
+    // `None` when the child could not be waited for: its status is unknown.
+    let status: Option<ExitStatus> = loop {
         tokio::select! {
-            status = child.wait() => match status {
-                Ok(s) => break s,
-                Err(e) => {
-                    eprintln!("rollcall agent: waiting for the child failed: {e}");
-                    break ExitStatus::from_raw(1 << 8);
-                }
-            },
+            // Signals first: when a stop request and the child's end are
+            // both ready (a service manager signals the whole group), the
+            // end is the stop's doing and is reported as a shutdown.
+            biased;
             _ = sigint.recv() => {
                 stopping = true;
                 if let Some(pid) = pid { sys::forward(pid, sys::SIGINT); }
@@ -200,17 +213,21 @@ async fn supervise(command: Vec<OsString>, client: Client, options: WorkerOption
                 stopping = true;
                 if let Some(pid) = pid { sys::forward(pid, sys::SIGTERM); }
             }
+            status = child.wait() => match status {
+                Ok(s) => break Some(s),
+                Err(e) => {
+                    eprintln!("rollcall agent: waiting for the child failed: {e}");
+                    break None;
+                }
+            },
         }
     };
 
-    let reason = if stopping {
-        OfflineReason::Shutdown
-    } else {
-        OfflineReason::Exited
-    };
-    match tokio::time::timeout(OFFLINE_TIMEOUT, worker.offline(reason)).await {
+    let goodbye = Goodbye::of(stopping, status);
+    tracing::info!(child = %describe(status), "the child ended");
+    match tokio::time::timeout(OFFLINE_TIMEOUT, goodbye.send(worker)).await {
         Ok(Ok(Some(w))) => {
-            tracing::info!(worker_id = %w.id, reason = %reason, "marked the worker offline")
+            tracing::info!(worker_id = %w.id, offline = %goodbye, "marked the worker offline")
         }
         Ok(Ok(None)) => tracing::info!("the worker was not registered; nothing to mark offline"),
         Ok(Err(e)) => {
@@ -220,7 +237,79 @@ async fn supervise(command: Vec<OsString>, client: Client, options: WorkerOption
             tracing::warn!("marking the worker offline timed out; rollcall will mark it stale")
         }
     }
-    ExitCode::from(exit_code(status))
+    ExitCode::from(status.map_or(1, exit_code))
+}
+
+/// The offline the agent sends when its child has ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Goodbye {
+    /// The agent was told to stop: a graceful `shutdown`.
+    Shutdown,
+    /// The child ended on its own: `exited`, with its status when known.
+    Exited(Option<rollcall_client::ExitStatus>),
+}
+
+impl Goodbye {
+    fn of(stopping: bool, status: Option<ExitStatus>) -> Goodbye {
+        if stopping {
+            Goodbye::Shutdown
+        } else {
+            Goodbye::Exited(status.and_then(reported))
+        }
+    }
+
+    async fn send(
+        self,
+        worker: WorkerHandle,
+    ) -> Result<Option<rollcall_client::Worker>, rollcall_client::Error> {
+        match self {
+            Goodbye::Shutdown => worker.shutdown().await,
+            Goodbye::Exited(Some(status)) => worker.exited(status).await,
+            Goodbye::Exited(None) => worker.offline(rollcall_client::OfflineReason::Exited).await,
+        }
+    }
+}
+
+impl std::fmt::Display for Goodbye {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Goodbye::Shutdown => f.write_str("shutdown"),
+            Goodbye::Exited(Some(rollcall_client::ExitStatus::Code(c))) => {
+                write!(f, "exited (exit code {c})")
+            }
+            Goodbye::Exited(Some(rollcall_client::ExitStatus::Signal(s))) => {
+                write!(f, "exited (signal {s})")
+            }
+            Goodbye::Exited(None) => f.write_str("exited (status unknown)"),
+        }
+    }
+}
+
+/// The child's status as rollcall records it: its exit code, or the signal
+/// that killed it. `None` for what a wait never returns (a stopped child)
+/// or a signal number outside 1–64.
+fn reported(status: ExitStatus) -> Option<rollcall_client::ExitStatus> {
+    if let Some(code) = status.code() {
+        return u8::try_from(code & 0xff)
+            .ok()
+            .map(rollcall_client::ExitStatus::Code);
+    }
+    let sig = u8::try_from(status.signal()?).ok()?;
+    (1..=rollcall_client::ExitStatus::MAX_SIGNAL)
+        .contains(&sig)
+        .then_some(rollcall_client::ExitStatus::Signal(sig))
+}
+
+/// The child's status for the log.
+fn describe(status: Option<ExitStatus>) -> String {
+    match status {
+        None => "status unknown".to_owned(),
+        Some(s) => match (s.code(), s.signal()) {
+            (Some(c), _) => format!("exit code {c}"),
+            (None, Some(sig)) => format!("killed by signal {sig}"),
+            (None, None) => format!("{s}"),
+        },
+    }
 }
 
 /// The child's exit code, or 128 + N when it was killed by signal N.
@@ -284,6 +373,32 @@ mod tests {
         assert_eq!(exit_code(ExitStatus::from_raw(7 << 8)), 7);
         assert_eq!(exit_code(ExitStatus::from_raw(9)), 137);
         assert_eq!(exit_code(ExitStatus::from_raw(15)), 143);
+    }
+
+    #[test]
+    fn the_goodbye_follows_how_the_child_ended() {
+        use rollcall_client::ExitStatus as Reported;
+        let exited = |raw| Goodbye::of(false, Some(ExitStatus::from_raw(raw)));
+        assert_eq!(exited(0), Goodbye::Exited(Some(Reported::Code(0))));
+        assert_eq!(exited(3 << 8), Goodbye::Exited(Some(Reported::Code(3))));
+        assert_eq!(exited(255 << 8), Goodbye::Exited(Some(Reported::Code(255))));
+        assert_eq!(exited(9), Goodbye::Exited(Some(Reported::Signal(9))));
+        // A core dump flag does not change the signal.
+        assert_eq!(
+            exited(11 | 0x80),
+            Goodbye::Exited(Some(Reported::Signal(11)))
+        );
+        assert_eq!(Goodbye::of(false, None), Goodbye::Exited(None));
+        // Told to stop: a shutdown, however the child ended.
+        for raw in [0, 3 << 8, 15, 9] {
+            assert_eq!(
+                Goodbye::of(true, Some(ExitStatus::from_raw(raw))),
+                Goodbye::Shutdown
+            );
+        }
+        assert_eq!(Goodbye::of(true, None), Goodbye::Shutdown);
+        assert_eq!(exited(9).to_string(), "exited (signal 9)");
+        assert_eq!(exited(3 << 8).to_string(), "exited (exit code 3)");
     }
 
     #[test]

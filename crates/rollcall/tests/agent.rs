@@ -791,3 +791,246 @@ fn worker_commands_accept_names() {
     let shown = cli_json(&url, &["workers", "show", "render-1"]);
     assert_eq!(shown["id"], b["id"], "{shown}");
 }
+
+/// The `worker.offline` events of worker `id`, decoded by the Rust client
+/// (so its classification is the one under test too).
+fn offline_events(server: &str, id: &str) -> Vec<rollcall_client::Event> {
+    events(server)
+        .into_iter()
+        .filter(|e| e["type"] == "worker.offline" && e["worker_id"] == id)
+        .map(|e| serde_json::from_value(e.clone()).unwrap_or_else(|err| panic!("{err}: {e}")))
+        .collect()
+}
+
+/// `GET path` over plain HTTP/1.0: the body.
+fn http_get(server: &str, path: &str) -> String {
+    use std::io::{Read, Write};
+    let addr = server.strip_prefix("http://").expect("an http:// URL");
+    let mut conn = std::net::TcpStream::connect(addr).expect("the server accepts");
+    conn.set_read_timeout(Some(SOON)).unwrap();
+    write!(conn, "GET {path} HTTP/1.0\r\nHost: {addr}\r\n\r\n").unwrap();
+    let mut answer = String::new();
+    conn.read_to_string(&mut answer).unwrap();
+    let (head, body) = answer.split_once("\r\n\r\n").expect("a head and a body");
+    assert!(
+        head.starts_with("HTTP/1.0 200") || head.starts_with("HTTP/1.1 200"),
+        "{head}"
+    );
+    body.to_owned()
+}
+
+/// Crash classification end to end, with real agents and real children:
+/// exit 0 (graceful), exit 3 and `kill -9` of the child (crashes of kind
+/// `exited`, with the code or the signal on the event), SIGTERM to the
+/// agent (a graceful `shutdown`), `kill -9` of the agent (`stale` by the
+/// deadline) and an agent started again under the same name while its
+/// worker still looked live (the old session ends `replaced`). The offline
+/// counters of `/metrics` agree.
+#[test]
+fn every_end_of_an_agent_is_classified() {
+    use rollcall_client::{CrashKind, EventReason, ExitStatus, OfflineClass};
+
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(dir.path());
+    let url = server.url.clone();
+    let token = enroll_token(&url);
+    let host = "host-crashes";
+
+    // The one offline of a worker, once it is there.
+    let the_offline = |id: &str| -> rollcall_client::Event {
+        let mut offlines = wait_for(&format!("the offline of {id}"), SOON, || {
+            let offlines = offline_events(&url, id);
+            (!offlines.is_empty()).then_some(offlines)
+        });
+        assert_eq!(offlines.len(), 1, "{offlines:?}");
+        offlines.remove(0)
+    };
+    // A child that waits until its worker is online, then exits with `code`.
+    let exits_with = |name: &str, code: u8| -> (String, std::process::ExitStatus) {
+        let flag = dir.path().join(format!("go-{name}"));
+        let script = format!(
+            "while [ ! -e '{}' ]; do sleep 0.05; done; exit {code}",
+            flag.display()
+        );
+        let mut a = agent(&url, &token, name, host, &["sh", "-c", &script]);
+        let w = wait_online(&url, name, host);
+        std::fs::write(&flag, b"").unwrap();
+        let status = a.wait_for_exit(SOON);
+        (w["id"].as_str().unwrap().to_owned(), status)
+    };
+
+    // exit 0: graceful.
+    let (id, status) = exits_with("exit-zero", 0);
+    assert_eq!(status.code(), Some(0));
+    let e = the_offline(&id);
+    assert_eq!(e.reason, Some(EventReason::Exited), "{e:?}");
+    assert_eq!((e.exit_code, e.signal), (Some(0), None));
+    assert_eq!(e.exit_status(), Some(ExitStatus::Code(0)));
+    assert_eq!(
+        (e.offline_class(), e.crash_kind()),
+        (Some(OfflineClass::Graceful), None)
+    );
+
+    // exit 3: a crash, with its code.
+    let (id, status) = exits_with("exit-three", 3);
+    assert_eq!(status.code(), Some(3));
+    let e = the_offline(&id);
+    assert_eq!(e.reason, Some(EventReason::Exited), "{e:?}");
+    assert_eq!((e.exit_code, e.signal), (Some(3), None));
+    assert_eq!(
+        (e.offline_class(), e.crash_kind()),
+        (Some(OfflineClass::Crash), Some(CrashKind::Exited))
+    );
+
+    // The CLI's event lines say it too.
+    let (code, text, err) = cli(&url, ADMIN, &["events", "tail"]);
+    assert_eq!(code, 0, "{err}");
+    let line = text
+        .lines()
+        .find(|l| l.contains("worker.offline") && l.contains(id.as_str()))
+        .unwrap_or_else(|| panic!("no offline line for {id} in:\n{text}"));
+    for part in ["reason=exited", "exit_code=3", "class=crash"] {
+        assert!(line.contains(part), "{part:?} not in {line:?}");
+    }
+
+    // kill -9 of the child: a crash, with its signal.
+    let mut a = agent(&url, &token, "child-killed", host, &["sleep", "600"]);
+    let w = wait_online(&url, "child-killed", host);
+    let child = wait_for("the agent's child", SOON, || {
+        children(a.pid()).first().copied()
+    });
+    assert!(Command::new("kill")
+        .args(["-KILL", &child.to_string()])
+        .status()
+        .unwrap()
+        .success());
+    assert_eq!(a.wait_for_exit(SOON).code(), Some(137), "128 + SIGKILL");
+    let e = the_offline(w["id"].as_str().unwrap());
+    assert_eq!(e.reason, Some(EventReason::Exited), "{e:?}");
+    assert_eq!((e.exit_code, e.signal), (None, Some(9)));
+    assert_eq!(e.exit_status(), Some(ExitStatus::Signal(9)));
+    assert_eq!(
+        (e.offline_class(), e.crash_kind()),
+        (Some(OfflineClass::Crash), Some(CrashKind::Exited))
+    );
+
+    // SIGTERM to the agent: forwarded, the child dies of it (143), and the
+    // stop it was asked for is a graceful shutdown, with no exit status.
+    let mut a = agent(&url, &token, "agent-termed", host, &["sleep", "600"]);
+    let w = wait_online(&url, "agent-termed", host);
+    wait_for("the agent's child", SOON, || {
+        children(a.pid()).first().copied()
+    });
+    a.signal("TERM");
+    assert_eq!(a.wait_for_exit(SOON).code(), Some(143));
+    let e = the_offline(w["id"].as_str().unwrap());
+    assert_eq!(e.reason, Some(EventReason::Shutdown), "{e:?}");
+    assert_eq!(e.exit_status(), None);
+    assert_eq!(
+        (e.offline_class(), e.crash_kind()),
+        (Some(OfflineClass::Graceful), None)
+    );
+
+    // kill -9 of the agent: nothing is sent, the child dies with it, and
+    // the worker is marked stale at its deadline.
+    let mut a = agent(&url, &token, "agent-lost", host, &["sleep", "600"]);
+    let w = wait_online(&url, "agent-lost", host);
+    let id = w["id"].as_str().unwrap().to_owned();
+    let stale_after = Duration::from_millis(w["stale_after_ms"].as_u64().unwrap());
+    let child = wait_for("the agent's child", SOON, || {
+        children(a.pid()).first().copied()
+    });
+    a.signal("KILL");
+    a.wait_for_exit(SOON);
+    wait_for("the child to die with its agent", SOON, || {
+        (!alive(child)).then_some(())
+    });
+    wait_offline(&url, &id, "stale", stale_after + SOON);
+    let e = the_offline(&id);
+    assert_eq!(e.reason, Some(EventReason::Stale), "{e:?}");
+    assert!(e.detection_lag_ms.is_some(), "{e:?}");
+    assert_eq!(e.exit_status(), None);
+    assert_eq!(
+        (e.offline_class(), e.crash_kind()),
+        (Some(OfflineClass::Crash), Some(CrashKind::Stale))
+    );
+
+    // kill -9 of an agent, then the same agent again before the worker's
+    // deadline (a minute: heartbeat every 20 s): the server ends the old
+    // session as replaced.
+    let slow = ["--heartbeat-interval", "20s"];
+    let mut a = agent_with(
+        &url,
+        &token,
+        "agent-restarted",
+        host,
+        &slow,
+        &["sleep", "600"],
+    );
+    let w = wait_online(&url, "agent-restarted", host);
+    let id = w["id"].as_str().unwrap().to_owned();
+    let session = w["session"].as_u64().unwrap();
+    assert_eq!(w["stale_after_ms"], 60_000, "{w}");
+    let child = wait_for("the agent's child", SOON, || {
+        children(a.pid()).first().copied()
+    });
+    a.signal("KILL");
+    a.wait_for_exit(SOON);
+    wait_for("the child to die with its agent", SOON, || {
+        (!alive(child)).then_some(())
+    });
+    let before = worker(&url, &id).expect("the worker");
+    assert_eq!(
+        (before["status"].as_str(), before["session"].as_u64()),
+        (Some("online"), Some(session)),
+        "still live when its agent comes back: {before}"
+    );
+    let mut b = agent_with(
+        &url,
+        &token,
+        "agent-restarted",
+        host,
+        &slow,
+        &["sleep", "600"],
+    );
+    let again = wait_for("the restarted agent's session", SOON, || {
+        worker(&url, &id)
+            .filter(|w| w["status"] == "online" && w["session"].as_u64() > Some(session))
+    });
+    assert_eq!(again["session"].as_u64(), Some(session + 1), "{again}");
+    let e = the_offline(&id);
+    assert_eq!(e.reason, Some(EventReason::Replaced), "{e:?}");
+    assert_eq!(e.session, Some(session), "the old session ended: {e:?}");
+    assert_eq!(
+        (e.offline_class(), e.crash_kind()),
+        (Some(OfflineClass::Crash), Some(CrashKind::Replaced))
+    );
+    // The restarted agent stops cleanly.
+    b.signal("TERM");
+    assert_eq!(b.wait_for_exit(SOON).code(), Some(143));
+    wait_offline(&url, &id, "shutdown", SOON);
+
+    // The counters saw the same ends (each once the offline was committed).
+    let metrics = http_get(&url, "/metrics");
+    for (class, kind, n) in [
+        ("graceful", "shutdown", 2),
+        ("graceful", "exited", 1),
+        ("crash", "exited", 2),
+        ("crash", "stale", 1),
+        ("crash", "replaced", 1),
+        ("administrative", "revoked", 0),
+    ] {
+        let series =
+            format!("rollcall_worker_offlines_total{{class=\"{class}\",kind=\"{kind}\"}} {n}");
+        assert!(
+            metrics.lines().any(|l| l == series),
+            "no line {series:?} in:\n{}",
+            metrics
+                .lines()
+                .filter(|l| l.contains("offlines"))
+                .collect::<Vec<_>>()
+                .join("\n")
+        );
+    }
+    drop(server);
+}

@@ -11,16 +11,20 @@ from ._client import AsyncRollcall, Rollcall
 from ._errors import ApiError, ErrorCode, RollcallError, StoppedError, TransportError
 from ._types import (
     BatchResult,
+    CrashKind,
     CreatedToken,
     Event,
     EventType,
     HeartbeatAck,
     Machine,
     MachineWithWorkers,
+    OfflineClass,
     Page,
     Registration,
     Token,
     Worker as WorkerRecord,
+    crash_kind,
+    offline_class,
 )
 from ._worker import AsyncWorker, Worker
 
@@ -31,6 +35,7 @@ __all__ = [
     "AsyncRollcall",
     "AsyncWorker",
     "BatchResult",
+    "CrashKind",
     "CreatedToken",
     "ErrorCode",
     "Event",
@@ -38,6 +43,7 @@ __all__ = [
     "HeartbeatAck",
     "Machine",
     "MachineWithWorkers",
+    "OfflineClass",
     "Page",
     "Registration",
     "Rollcall",
@@ -47,4 +53,6 @@ __all__ = [
     "TransportError",
     "Worker",
     "WorkerRecord",
+    "crash_kind",
+    "offline_class",
 ]

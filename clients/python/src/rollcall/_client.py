@@ -123,6 +123,15 @@ def _segment(value: str) -> str:
     return quote(value, safe="")
 
 
+def _offline_body(reason: str, exit_code: Optional[int], signal: Optional[int]) -> Dict[str, Any]:
+    body: Dict[str, Any] = {"reason": reason}
+    if exit_code is not None:
+        body["exit_code"] = exit_code
+    if signal is not None:
+        body["signal"] = signal
+    return body
+
+
 def _machine_spec(
     machine: Union[str, Mapping[str, Any]],
     hostname: Optional[str],
@@ -368,9 +377,21 @@ class Rollcall(_Base):
     def drain(self, worker_id: str, *, token: Optional[str] = None) -> Worker:
         return cast(Worker, self._json(_Call("POST", f"/v1/workers/{_segment(worker_id)}/drain", safe=True, token=token)))
 
-    def offline(self, worker_id: str, reason: str = "shutdown", *, token: Optional[str] = None) -> Worker:
-        """``POST /v1/workers/{id}/offline``: idempotent; ``reason`` is ``shutdown`` or ``exited``."""
-        call = _Call("POST", f"/v1/workers/{_segment(worker_id)}/offline", body={"reason": reason}, safe=True, token=token)
+    def offline(
+        self,
+        worker_id: str,
+        reason: str = "shutdown",
+        *,
+        exit_code: Optional[int] = None,
+        signal: Optional[int] = None,
+        token: Optional[str] = None,
+    ) -> Worker:
+        """``POST /v1/workers/{id}/offline``: idempotent; ``reason`` is ``shutdown`` or ``exited``.
+
+        With ``exited``, a supervisor says how its process ended: ``exit_code``
+        (0–255; 0 is a graceful end, anything else a crash) or ``signal``
+        (1–64, a crash), at most one of them."""
+        call = _Call("POST", f"/v1/workers/{_segment(worker_id)}/offline", body=_offline_body(reason, exit_code, signal), safe=True, token=token)
         return cast(Worker, self._json(call))
 
     def delete_worker(self, worker_id: str) -> None:
@@ -607,8 +628,16 @@ class AsyncRollcall(_Base):
     async def drain(self, worker_id: str, *, token: Optional[str] = None) -> Worker:
         return cast(Worker, await self._json(_Call("POST", f"/v1/workers/{_segment(worker_id)}/drain", safe=True, token=token)))
 
-    async def offline(self, worker_id: str, reason: str = "shutdown", *, token: Optional[str] = None) -> Worker:
-        call = _Call("POST", f"/v1/workers/{_segment(worker_id)}/offline", body={"reason": reason}, safe=True, token=token)
+    async def offline(
+        self,
+        worker_id: str,
+        reason: str = "shutdown",
+        *,
+        exit_code: Optional[int] = None,
+        signal: Optional[int] = None,
+        token: Optional[str] = None,
+    ) -> Worker:
+        call = _Call("POST", f"/v1/workers/{_segment(worker_id)}/offline", body=_offline_body(reason, exit_code, signal), safe=True, token=token)
         return cast(Worker, await self._json(call))
 
     async def delete_worker(self, worker_id: str) -> None:

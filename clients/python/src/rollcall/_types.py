@@ -25,6 +25,10 @@ EventType = Literal[
     "machine.offline",
 ]
 TokenKind = Literal["admin", "enroll", "read", "worker"]
+#: What kind of end a ``worker.offline`` was (see :func:`offline_class`).
+OfflineClass = Literal["graceful", "crash", "administrative"]
+#: The kinds of crash, by the offline reason that recorded it.
+CrashKind = Literal["stale", "replaced", "exited"]
 Labels = Dict[str, str]
 
 T = TypeVar("T")
@@ -71,6 +75,10 @@ class Event(TypedDict):
     reason: Optional[EventReason]
     session: Optional[int]
     detection_lag_ms: Optional[int]
+    #: ``exited`` offlines whose process exited: its exit code (0–255).
+    exit_code: Optional[int]
+    #: ``exited`` offlines whose process a signal ended: the signal (1–64).
+    signal: Optional[int]
 
 
 class Registration(TypedDict):
@@ -146,3 +154,35 @@ class FullCleanup(TypedDict):
     pruned_events: int
     expired_tokens: int
     duration_ms: int
+
+
+def offline_class(event: Event) -> Optional[OfflineClass]:
+    """The class of a ``worker.offline`` event; None for every other event.
+
+    ``graceful``: ``shutdown``, or ``exited`` with exit code 0. ``crash``:
+    ``stale``, ``replaced``, or ``exited`` with another code, a signal or
+    neither (nothing says the process meant to end). ``administrative``:
+    ``revoked``.
+    """
+    if event["type"] != "worker.offline":
+        return None
+    reason = event["reason"]
+    if reason == "shutdown":
+        return "graceful"
+    if reason == "exited":
+        return "graceful" if event.get("exit_code") == 0 else "crash"
+    if reason in ("stale", "replaced"):
+        return "crash"
+    if reason == "revoked":
+        return "administrative"
+    return None
+
+
+def crash_kind(event: Event) -> Optional[CrashKind]:
+    """For a crash, its kind (``stale``, ``replaced`` or ``exited``); None otherwise."""
+    if offline_class(event) != "crash":
+        return None
+    reason = event["reason"]
+    if reason == "stale" or reason == "replaced" or reason == "exited":
+        return reason
+    return None

@@ -54,12 +54,21 @@ ASSUMED_HEARTBEAT_INTERVAL = 30.0
 FATAL_REGISTRATION = {400, 401, 403, 404, 409, 413}
 
 
-def _exit_reason(exc_type: Optional[Type[BaseException]], exc: Optional[BaseException]) -> str:
+def _exit_reason(exc_type: Optional[Type[BaseException]], exc: Optional[BaseException]) -> Tuple[str, Optional[int]]:
+    """The goodbye for a ``with`` block that ends: ``shutdown``, or ``exited``
+    with the exit code when ``sys.exit(n)`` ends the process with a failure
+    (a message instead of a number exits 1). Any other exception is
+    ``exited`` without a code: a crash, but the process may live on."""
     if exc_type is None or issubclass(exc_type, (KeyboardInterrupt, asyncio.CancelledError)):
-        return "shutdown"
-    if isinstance(exc, SystemExit) and exc.code in (0, None):
-        return "shutdown"
-    return "exited"
+        return "shutdown", None
+    if isinstance(exc, SystemExit):
+        if exc.code in (0, None):
+            return "shutdown", None
+        if isinstance(exc.code, int):  # bool included: sys.exit(True) exits 1
+            code = int(exc.code)
+            return "exited", code if 0 <= code <= 255 else None
+        return "exited", 1
+    return "exited", None
 
 
 class _Core:
@@ -108,6 +117,8 @@ class _Core:
         self._want_draining = False
         self._drain_pending = False
         self._stop_reason = "shutdown"
+        #: With ``exited``: how the process ended, as (``exit_code``, ``signal``).
+        self._stop_exit: Tuple[Optional[int], Optional[int]] = (None, None)
         #: Where the handle is: ``registering``, ``registered`` or ``stopped``.
         self.phase = "registering"
         #: The worker's id once registered (kept while registering again and after stopping).
@@ -252,7 +263,8 @@ class Worker(_Core):
         self, exc_type: Optional[Type[BaseException]], exc: Optional[BaseException], tb: Optional[TracebackType]
     ) -> None:
         try:
-            self.stop(_exit_reason(exc_type, exc))
+            reason, code = _exit_reason(exc_type, exc)
+            self.stop(reason, exit_code=code)
         except RollcallError as e:
             # The block's own exception matters more; the server will mark the worker stale.
             log.warning("rollcall goodbye failed: %s", e)
@@ -274,13 +286,25 @@ class Worker(_Core):
         self._wake.set()
         return future.result(timeout)
 
-    def stop(self, reason: str = "shutdown", timeout: Optional[float] = None) -> Optional[WorkerRecord]:
+    def stop(
+        self,
+        reason: str = "shutdown",
+        timeout: Optional[float] = None,
+        *,
+        exit_code: Optional[int] = None,
+        signal: Optional[int] = None,
+    ) -> Optional[WorkerRecord]:
         """Says goodbye (offline with ``reason``) and stops heartbeating.
         Idempotent. Returns the worker's record, or None when there was no
-        session to end; raises if the goodbye failed (the handle stops anyway)."""
+        session to end; raises if the goodbye failed (the handle stops anyway).
+
+        A handle that supervises a process says how it ended with
+        ``stop("exited", exit_code=n)`` or ``stop("exited", signal=n)``: exit
+        code 0 is a graceful end, any other code or a signal a crash."""
         with self._lock:
             if not self.stopping.is_set():
                 self._stop_reason = reason
+                self._stop_exit = (exit_code, signal)
                 self.stopping.set()
                 self._wake.set()
             thread = self._thread
@@ -310,7 +334,8 @@ class Worker(_Core):
             result: Optional[WorkerRecord] = None
             if self._session is not None:
                 worker_id, token = self._session
-                result = self._enroll.offline(worker_id, self._stop_reason, token=token)
+                code, sig = self._stop_exit
+                result = self._enroll.offline(worker_id, self._stop_reason, exit_code=code, signal=sig, token=token)
                 self._publish(result)
             self._done.set_result(result)
         except BaseException as e:  # noqa: BLE001 - handed to stop()'s caller
@@ -423,7 +448,8 @@ class AsyncWorker(_Core):
         self, exc_type: Optional[Type[BaseException]], exc: Optional[BaseException], tb: Optional[TracebackType]
     ) -> None:
         try:
-            await self.stop(_exit_reason(exc_type, exc))
+            reason, code = _exit_reason(exc_type, exc)
+            await self.stop(reason, exit_code=code)
         except RollcallError as e:
             log.warning("rollcall goodbye failed: %s", e)
 
@@ -449,10 +475,13 @@ class AsyncWorker(_Core):
                     self._wake_up()
                 raise
 
-    async def stop(self, reason: str = "shutdown") -> Optional[WorkerRecord]:
+    async def stop(
+        self, reason: str = "shutdown", *, exit_code: Optional[int] = None, signal: Optional[int] = None
+    ) -> Optional[WorkerRecord]:
         """Says goodbye and stops heartbeating (see :meth:`Worker.stop`)."""
         if not self.stopping.is_set():
             self._stop_reason = reason
+            self._stop_exit = (exit_code, signal)
             self.stopping.set()
             self._wake_up()
         if self._task is None:
@@ -490,7 +519,8 @@ class AsyncWorker(_Core):
                 if self._session is None:
                     return None
                 worker_id, token = self._session
-                result = await self._enroll.offline(worker_id, self._stop_reason, token=token)
+                code, sig = self._stop_exit
+                result = await self._enroll.offline(worker_id, self._stop_reason, exit_code=code, signal=sig, token=token)
                 self._publish(result)
                 return result
         finally:
