@@ -68,6 +68,10 @@ export interface Event {
   session: number | null;
   /** Stale transitions only: milliseconds from the deadline to the marking. */
   detection_lag_ms: number | null;
+  /** `exited` offlines an agent reported a status for: the exit code. */
+  exit_code: number | null;
+  /** `exited` offlines ended by a signal: its number. */
+  signal: number | null;
 }
 
 export interface MachineSpec {
