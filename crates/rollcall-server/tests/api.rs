@@ -3532,6 +3532,9 @@ async fn the_openapi_document_has_the_running_servers_interval_bounds() {
     let app = spawn_app_with(|c| {
         c.min_heartbeat_interval = Some("250ms".into());
         c.max_stale_after = Some("2h".into());
+        // The server's own defaults must respect its bounds too.
+        c.heartbeat_interval = Some("300ms".into());
+        c.stale_after = Some("900ms".into());
     })
     .await;
     let doc = app
