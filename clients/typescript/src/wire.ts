@@ -121,6 +121,17 @@ export interface paths {
                         "application/json": components["schemas"]["ErrorBody"];
                     };
                 };
+                /** @description Too many failed authentications from this client address; retry after `Retry-After` seconds with a valid token */
+                429: {
+                    headers: {
+                        /** @description Seconds to wait */
+                        "Retry-After"?: number;
+                        [name: string]: unknown;
+                    };
+                    content: {
+                        "application/json": components["schemas"]["ErrorBody"];
+                    };
+                };
             };
         };
         put?: never;
@@ -227,6 +238,17 @@ export interface paths {
                         "application/json": components["schemas"]["ErrorBody"];
                     };
                 };
+                /** @description Too many failed authentications from this client address; retry after `Retry-After` seconds with a valid token */
+                429: {
+                    headers: {
+                        /** @description Seconds to wait */
+                        "Retry-After"?: number;
+                        [name: string]: unknown;
+                    };
+                    content: {
+                        "application/json": components["schemas"]["ErrorBody"];
+                    };
+                };
             };
         };
         delete?: never;
@@ -272,6 +294,17 @@ export interface paths {
                 };
                 403: {
                     headers: {
+                        [name: string]: unknown;
+                    };
+                    content: {
+                        "application/json": components["schemas"]["ErrorBody"];
+                    };
+                };
+                /** @description Too many failed authentications from this client address; retry after `Retry-After` seconds with a valid token */
+                429: {
+                    headers: {
+                        /** @description Seconds to wait */
+                        "Retry-After"?: number;
                         [name: string]: unknown;
                     };
                     content: {
@@ -344,6 +377,17 @@ export interface paths {
                         "application/json": components["schemas"]["ErrorBody"];
                     };
                 };
+                /** @description Too many failed authentications from this client address; retry after `Retry-After` seconds with a valid token */
+                429: {
+                    headers: {
+                        /** @description Seconds to wait */
+                        "Retry-After"?: number;
+                        [name: string]: unknown;
+                    };
+                    content: {
+                        "application/json": components["schemas"]["ErrorBody"];
+                    };
+                };
             };
         };
         put?: never;
@@ -384,8 +428,8 @@ export interface paths {
                     type?: components["schemas"]["EventType"];
                 };
                 header?: {
-                    /** @description Resume after this seq (the `id` of the last message received) */
-                    "Last-Event-ID"?: string | null;
+                    /** @description Resume after this seq (the `id` of the last message received); empty: no position yet */
+                    "Last-Event-ID"?: string;
                 };
                 path?: never;
                 cookie?: never;
@@ -398,7 +442,11 @@ export interface paths {
                         [name: string]: unknown;
                     };
                     content: {
-                        "text/event-stream": string;
+                        "text/event-stream": {
+                            data: string;
+                            event: components["schemas"]["EventType"];
+                            id: string;
+                        };
                     };
                 };
                 400: {
@@ -516,6 +564,17 @@ export interface paths {
                         "application/json": components["schemas"]["ErrorBody"];
                     };
                 };
+                /** @description Too many failed authentications from this client address; retry after `Retry-After` seconds with a valid token */
+                429: {
+                    headers: {
+                        /** @description Seconds to wait */
+                        "Retry-After"?: number;
+                        [name: string]: unknown;
+                    };
+                    content: {
+                        "application/json": components["schemas"]["ErrorBody"];
+                    };
+                };
             };
         };
         delete?: never;
@@ -580,6 +639,17 @@ export interface paths {
                         "application/json": components["schemas"]["ErrorBody"];
                     };
                 };
+                /** @description Too many failed authentications from this client address; retry after `Retry-After` seconds with a valid token */
+                429: {
+                    headers: {
+                        /** @description Seconds to wait */
+                        "Retry-After"?: number;
+                        [name: string]: unknown;
+                    };
+                    content: {
+                        "application/json": components["schemas"]["ErrorBody"];
+                    };
+                };
             };
         };
         put?: never;
@@ -636,6 +706,17 @@ export interface paths {
                 };
                 404: {
                     headers: {
+                        [name: string]: unknown;
+                    };
+                    content: {
+                        "application/json": components["schemas"]["ErrorBody"];
+                    };
+                };
+                /** @description Too many failed authentications from this client address; retry after `Retry-After` seconds with a valid token */
+                429: {
+                    headers: {
+                        /** @description Seconds to wait */
+                        "Retry-After"?: number;
                         [name: string]: unknown;
                     };
                     content: {
@@ -706,6 +787,17 @@ export interface paths {
                         "application/json": components["schemas"]["ErrorBody"];
                     };
                 };
+                /** @description Too many failed authentications from this client address; retry after `Retry-After` seconds with a valid token */
+                429: {
+                    headers: {
+                        /** @description Seconds to wait */
+                        "Retry-After"?: number;
+                        [name: string]: unknown;
+                    };
+                    content: {
+                        "application/json": components["schemas"]["ErrorBody"];
+                    };
+                };
             };
         };
         put?: never;
@@ -757,6 +849,17 @@ export interface paths {
                 };
                 413: {
                     headers: {
+                        [name: string]: unknown;
+                    };
+                    content: {
+                        "application/json": components["schemas"]["ErrorBody"];
+                    };
+                };
+                /** @description Too many failed authentications from this client address; retry after `Retry-After` seconds with a valid token */
+                429: {
+                    headers: {
+                        /** @description Seconds to wait */
+                        "Retry-After"?: number;
                         [name: string]: unknown;
                     };
                     content: {
@@ -819,6 +922,17 @@ export interface paths {
                 };
                 404: {
                     headers: {
+                        [name: string]: unknown;
+                    };
+                    content: {
+                        "application/json": components["schemas"]["ErrorBody"];
+                    };
+                };
+                /** @description Too many failed authentications from this client address; retry after `Retry-After` seconds with a valid token */
+                429: {
+                    headers: {
+                        /** @description Seconds to wait */
+                        "Retry-After"?: number;
                         [name: string]: unknown;
                     };
                     content: {
@@ -889,6 +1003,17 @@ export interface paths {
                         "application/json": components["schemas"]["ErrorBody"];
                     };
                 };
+                /** @description Too many failed authentications from this client address; retry after `Retry-After` seconds with a valid token */
+                429: {
+                    headers: {
+                        /** @description Seconds to wait */
+                        "Retry-After"?: number;
+                        [name: string]: unknown;
+                    };
+                    content: {
+                        "application/json": components["schemas"]["ErrorBody"];
+                    };
+                };
             };
         };
         put?: never;
@@ -898,7 +1023,7 @@ export interface paths {
                 query?: never;
                 header?: {
                     /** @description The live worker's current token, when registering its name again under `re_register = own_token` */
-                    "X-Rollcall-Worker-Token"?: string | null;
+                    "X-Rollcall-Worker-Token"?: string;
                 };
                 path?: never;
                 cookie?: never;
@@ -968,6 +1093,17 @@ export interface paths {
                         "application/json": components["schemas"]["ErrorBody"];
                     };
                 };
+                /** @description Too many failed authentications from this client address; retry after `Retry-After` seconds with a valid token */
+                429: {
+                    headers: {
+                        /** @description Seconds to wait */
+                        "Retry-After"?: number;
+                        [name: string]: unknown;
+                    };
+                    content: {
+                        "application/json": components["schemas"]["ErrorBody"];
+                    };
+                };
             };
         };
         delete?: never;
@@ -1028,6 +1164,17 @@ export interface paths {
                         "application/json": components["schemas"]["ErrorBody"];
                     };
                 };
+                /** @description Too many failed authentications from this client address; retry after `Retry-After` seconds with a valid token */
+                429: {
+                    headers: {
+                        /** @description Seconds to wait */
+                        "Retry-After"?: number;
+                        [name: string]: unknown;
+                    };
+                    content: {
+                        "application/json": components["schemas"]["ErrorBody"];
+                    };
+                };
             };
         };
         put?: never;
@@ -1076,6 +1223,17 @@ export interface paths {
                         "application/json": components["schemas"]["ErrorBody"];
                     };
                 };
+                /** @description Too many failed authentications from this client address; retry after `Retry-After` seconds with a valid token */
+                429: {
+                    headers: {
+                        /** @description Seconds to wait */
+                        "Retry-After"?: number;
+                        [name: string]: unknown;
+                    };
+                    content: {
+                        "application/json": components["schemas"]["ErrorBody"];
+                    };
+                };
             };
         };
         options?: never;
@@ -1113,6 +1271,15 @@ export interface paths {
                         "application/json": components["schemas"]["Worker"];
                     };
                 };
+                /** @description A body that is not a JSON object */
+                400: {
+                    headers: {
+                        [name: string]: unknown;
+                    };
+                    content: {
+                        "application/json": components["schemas"]["ErrorBody"];
+                    };
+                };
                 401: {
                     headers: {
                         [name: string]: unknown;
@@ -1140,6 +1307,17 @@ export interface paths {
                 /** @description The worker is offline */
                 409: {
                     headers: {
+                        [name: string]: unknown;
+                    };
+                    content: {
+                        "application/json": components["schemas"]["ErrorBody"];
+                    };
+                };
+                /** @description Too many failed authentications from this client address; retry after `Retry-After` seconds with a valid token */
+                429: {
+                    headers: {
+                        /** @description Seconds to wait */
+                        "Retry-After"?: number;
                         [name: string]: unknown;
                     };
                     content: {
@@ -1175,7 +1353,7 @@ export interface paths {
                 cookie?: never;
             };
             /** @description Optional, may be empty or {} */
-            requestBody: {
+            requestBody?: {
                 content: {
                     "application/json": Record<string, never>;
                 };
@@ -1187,6 +1365,15 @@ export interface paths {
                     };
                     content: {
                         "application/json": components["schemas"]["HeartbeatResponse"];
+                    };
+                };
+                /** @description A body that is not a JSON object */
+                400: {
+                    headers: {
+                        [name: string]: unknown;
+                    };
+                    content: {
+                        "application/json": components["schemas"]["ErrorBody"];
                     };
                 };
                 401: {
@@ -1207,6 +1394,17 @@ export interface paths {
                 };
                 413: {
                     headers: {
+                        [name: string]: unknown;
+                    };
+                    content: {
+                        "application/json": components["schemas"]["ErrorBody"];
+                    };
+                };
+                /** @description Too many failed authentications from this client address; retry after `Retry-After` seconds with a valid token */
+                429: {
+                    headers: {
+                        /** @description Seconds to wait */
+                        "Retry-After"?: number;
                         [name: string]: unknown;
                     };
                     content: {
@@ -1242,7 +1440,7 @@ export interface paths {
                 cookie?: never;
             };
             /** @description Optional; reason defaults to shutdown */
-            requestBody: {
+            requestBody?: {
                 content: {
                     "application/json": components["schemas"]["OfflineRequest"];
                 };
@@ -1283,6 +1481,17 @@ export interface paths {
                 };
                 404: {
                     headers: {
+                        [name: string]: unknown;
+                    };
+                    content: {
+                        "application/json": components["schemas"]["ErrorBody"];
+                    };
+                };
+                /** @description Too many failed authentications from this client address; retry after `Retry-After` seconds with a valid token */
+                429: {
+                    headers: {
+                        /** @description Seconds to wait */
+                        "Retry-After"?: number;
                         [name: string]: unknown;
                     };
                     content: {
@@ -1353,8 +1562,11 @@ export interface components {
              * @description At most 100 years.
              */
             expires_in_ms?: number | null;
-            /** @description `enroll` or `read`. */
-            kind: string;
+            /**
+             * @description `enroll` or `read`.
+             * @enum {string}
+             */
+            kind: "enroll" | "read";
             /** @description No control or bidirectional formatting characters. */
             name: string;
         };
@@ -1375,8 +1587,8 @@ export interface components {
         ErrorDetail: {
             /**
              * @description One of `invalid_request`, `unauthorized`, `forbidden`, `not_found`,
-             *     `conflict`, `payload_too_large`, `request_timeout`, `rate_limited`,
-             *     `unavailable`, `internal`.
+             *     `conflict`, `payload_too_large`, `uri_too_long`, `headers_too_large`,
+             *     `request_timeout`, `rate_limited`, `unavailable`, `internal`.
              */
             code: string;
             message: string;
@@ -1485,8 +1697,11 @@ export interface components {
              *     graceful; any other code makes it a crash. Exclusive with `signal`.
              */
             exit_code?: number | null;
-            /** @description `shutdown` (default) or `exited`. */
-            reason?: string | null;
+            /**
+             * @description `shutdown` (default) or `exited`.
+             * @enum {string|null}
+             */
+            reason?: "shutdown" | "exited" | null;
             /**
              * Format: int64
              * @description With `exited`: the signal that ended the supervised process (a crash).
@@ -1621,14 +1836,14 @@ export interface components {
         };
         /** @description `POST /v1/workers`. */
         RegisterRequest: {
-            /** Format: int64 */
+            /** @description At least this server's min_heartbeat_interval (50 ms). Alone: at most a third of max_stale_after (28800000 ms); stale_after_ms defaults to 3 × it. */
             heartbeat_interval_ms?: number | null;
             labels?: {
                 [key: string]: string;
             } | null;
             machine: components["schemas"]["MachineSpec"];
             name: string;
-            /** Format: int64 */
+            /** @description At most this server's max_stale_after (86400000 ms), and at least twice heartbeat_interval_ms. Alone: at least 150 ms; heartbeat_interval_ms defaults to a third of it. */
             stale_after_ms?: number | null;
         };
         /** @description A registered worker and its token (shown once). */
@@ -1637,7 +1852,7 @@ export interface components {
             token: string;
             worker: components["schemas"]["Worker"];
         };
-        /** @description The result of a stale sweep. */
+        /** @description The seed's result of a stale sweep. */
         StaleReport: {
             affected_machine_ids: string[];
             /**

@@ -11,6 +11,9 @@
 //!   its head (answered 408 `request_timeout`, and the connection closed).
 //! - **Idle.** A keep-alive connection with no request in flight is closed
 //!   `idle_timeout` after its last response.
+//! - **Head size.** A request target over [`MAX_REQUEST_TARGET`] is answered
+//!   414 `uri_too_long`, header fields over [`MAX_HEADER_BYTES`] 431
+//!   `headers_too_large`, before any handler runs ([`oversized_head`]).
 //! - **Cap.** At most `max_connections` connections are open, fewer when the
 //!   file limit (`RLIMIT_NOFILE`, whose soft value is raised to the hard one
 //!   at start) would not leave room for the store and the rest
@@ -283,6 +286,41 @@ impl AsyncWrite for Watched {
     }
 }
 
+/// The longest request target (path and query) answered; a longer one is
+/// 414 `uri_too_long`.
+pub const MAX_REQUEST_TARGET: usize = 8 * 1024;
+/// The most bytes of header fields a request may carry (each field counted
+/// as `name: value` and its line end); more is 431 `headers_too_large`.
+pub const MAX_HEADER_BYTES: usize = 32 * 1024;
+/// What HTTP/2 may carry in a request's header list before h2 itself
+/// refuses it.
+const HTTP2_MAX_HEADER_LIST: usize = 2 * MAX_HEADER_BYTES;
+
+/// The refusal of a request whose head is over [`MAX_REQUEST_TARGET`] or
+/// [`MAX_HEADER_BYTES`], in the contract's error shape. Heads beyond what
+/// hyper itself parses (HTTP/1.1: a request line and headers over about
+/// 400 KiB, more than 100 header fields, a target over 64 KiB) never get
+/// here: hyper answers those 431 or 414 with an empty body.
+fn oversized_head<B>(req: &hyper::Request<B>) -> Option<crate::api::error::ApiError> {
+    use crate::api::error::ApiError;
+    let uri = req.uri();
+    let target = uri.path_and_query().map_or(0, |p| p.as_str().len())
+        + uri.authority().map_or(0, |a| a.as_str().len())
+        + uri.scheme_str().map_or(0, |s| s.len() + 3);
+    if target > MAX_REQUEST_TARGET {
+        return Some(ApiError::UriTooLong(MAX_REQUEST_TARGET));
+    }
+    let headers: usize = req
+        .headers()
+        .iter()
+        .map(|(name, value)| name.as_str().len() + value.len() + 4)
+        .sum();
+    if headers > MAX_HEADER_BYTES {
+        return Some(ApiError::HeadersTooLarge(MAX_HEADER_BYTES));
+    }
+    None
+}
+
 /// The error a request body gives once `body_read_timeout` has passed.
 #[derive(Debug, Clone, Copy, thiserror::Error)]
 #[error("the request body did not arrive within {0:?}")]
@@ -464,7 +502,15 @@ async fn connection(
             });
             req.extensions_mut().insert(ConnectInfo(peer));
             req.extensions_mut().insert(handle.clone());
-            let answer = app.clone().oneshot(req);
+            let answer = match oversized_head(&req) {
+                None => futures::future::Either::Left(app.clone().oneshot(req)),
+                Some(refusal) => futures::future::Either::Right(std::future::ready(Ok::<
+                    _,
+                    std::convert::Infallible,
+                >(
+                    axum::response::IntoResponse::into_response(refusal),
+                ))),
+            };
             async move {
                 let response = answer.await;
                 drop(busy);
@@ -472,7 +518,12 @@ async fn connection(
             }
         })
     };
-    let builder = auto::Builder::new(TokioExecutor::new());
+    let mut builder = auto::Builder::new(TokioExecutor::new());
+    // HTTP/2's own limit on a request's header list (16 KiB by default,
+    // answered by h2 itself) above rollcall's, so that rollcall answers.
+    builder
+        .http2()
+        .max_header_list_size(HTTP2_MAX_HEADER_LIST as u32);
     let mut conn = pin!(builder.serve_connection_with_upgrades(io, service));
     let mut timer = pin!(tokio::time::sleep(limits.header_read_timeout));
     let mut stopping = pin!(stop.cancelled());

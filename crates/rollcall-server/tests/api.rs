@@ -3532,3 +3532,107 @@ async fn re_register_own_token_keeps_a_live_worker_from_being_taken_over() {
     let (status, body) = take_over(fleet_b.clone(), None).await;
     assert_eq!(status, 200, "{body}");
 }
+
+#[tokio::test]
+async fn the_openapi_document_has_the_running_servers_interval_bounds() {
+    let app = spawn_app_with(|c| {
+        c.min_heartbeat_interval = Some("250ms".into());
+        c.max_stale_after = Some("2h".into());
+        // The server's own defaults must respect its bounds too.
+        c.heartbeat_interval = Some("300ms".into());
+        c.stale_after = Some("900ms".into());
+    })
+    .await;
+    let doc = app
+        .send(Method::GET, "/openapi.json", None, None)
+        .await
+        .expect(200)
+        .clone();
+    let register = &doc["components"]["schemas"]["RegisterRequest"];
+    let (min, max) = (250u64, 7_200_000u64);
+    assert_eq!(
+        register["properties"]["heartbeat_interval_ms"]["minimum"],
+        min
+    );
+    assert_eq!(register["properties"]["stale_after_ms"]["maximum"], max);
+    // Alone, an interval's bounds follow the x3 / third rule.
+    let shapes = register["anyOf"].as_array().expect("anyOf");
+    let alone = |field: &str| {
+        shapes
+            .iter()
+            .find(|s| s["required"] == json!([field]))
+            .map(|s| &s["properties"][field])
+            .unwrap_or_else(|| panic!("no shape with {field} alone"))
+            .clone()
+    };
+    assert_eq!(alone("heartbeat_interval_ms")["maximum"], max / 3);
+    assert_eq!(alone("stale_after_ms")["minimum"], 3 * min);
+
+    // The published bounds are the server's: on them accepted, past them 400.
+    let enroll = app.token("enroll").await;
+    for (i, (body, status)) in [
+        (json!({"heartbeat_interval_ms": min}), 201),
+        (json!({"heartbeat_interval_ms": min - 1}), 400),
+        (json!({"heartbeat_interval_ms": max / 3}), 201),
+        (json!({"heartbeat_interval_ms": max / 3 + 1}), 400),
+        (json!({"stale_after_ms": 3 * min}), 201),
+        (json!({"stale_after_ms": 3 * min - 1}), 400),
+        (
+            json!({"stale_after_ms": max, "heartbeat_interval_ms": max / 2}),
+            201,
+        ),
+        (
+            json!({"stale_after_ms": max + 1, "heartbeat_interval_ms": min}),
+            400,
+        ),
+        // Whole numbers in any JSON spelling.
+        (json!({"heartbeat_interval_ms": 1000.0}), 201),
+        (json!({"heartbeat_interval_ms": 1000.5}), 400),
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        let mut body = body;
+        body["name"] = json!(format!("w{i}"));
+        body["machine"] = json!({"id": "m"});
+        let r = app.post("/v1/workers", &enroll, body.clone()).await;
+        assert_eq!(r.status, status, "{body}: {}", r.text);
+    }
+}
+
+#[tokio::test]
+async fn the_event_streams_resume_position_is_checked_as_documented() {
+    let app = spawn_app().await;
+    let read = app.token("read").await;
+    let open = |last_event_id: Option<&'static str>, query: &'static str| {
+        let mut req = app
+            .client
+            .get(app.url(&format!("/v1/events/stream{query}")))
+            .bearer_auth(&read);
+        if let Some(id) = last_event_id {
+            req = req.header("last-event-id", id);
+        }
+        req.send()
+    };
+    // Refused: not digits, too many digits, and a bad ?after= even when
+    // Last-Event-ID (which wins) is given.
+    for (id, query) in [
+        (Some("null"), ""),
+        (Some("+5"), ""),
+        (Some("12345678901234567890"), ""),
+        (Some(""), "?after=9223372036854775808"),
+        (Some("3"), "?after=-1"),
+    ] {
+        let r = open(id, query).await.unwrap();
+        assert_eq!(r.status(), 400, "{id:?} {query}");
+    }
+    // Accepted: empty (no position), and a seq past any that can exist.
+    for id in ["", "9999999999999999999"] {
+        let r = open(Some(id), "").await.unwrap();
+        assert_eq!(r.status(), 200, "{id:?}");
+        assert_eq!(
+            r.headers()["content-type"].to_str().unwrap(),
+            "text/event-stream"
+        );
+    }
+}

@@ -390,3 +390,148 @@ async fn failed_scrapes_are_throttled_like_any_failed_authentication() {
     assert_eq!(r.status, 200, "{}", r.text);
     app.get("/metrics", &app.admin).await.expect(200);
 }
+
+/// Sends `head` (a whole request head) and returns the status and body of
+/// the answer, read until the server closes the connection.
+async fn raw_request(app: &TestApp, head: &[u8]) -> (u16, Vec<u8>) {
+    let mut tcp = connect(app).await;
+    tcp.write_all(head).await.expect("sends the head");
+    let got = read_to_close(&mut tcp).await;
+    let text = String::from_utf8_lossy(&got);
+    let status = text
+        .split(' ')
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| panic!("no status line in {text:?}"));
+    let body = match got.windows(4).position(|w| w == b"\r\n\r\n") {
+        Some(i) => got[i + 4..].to_vec(),
+        None => Vec::new(),
+    };
+    (status, body)
+}
+
+fn error_code(body: &[u8]) -> String {
+    let v: Value = serde_json::from_slice(body).unwrap_or_else(|e| {
+        panic!(
+            "not the JSON error shape ({e}): {:?}",
+            String::from_utf8_lossy(body)
+        )
+    });
+    assert!(v["error"]["message"]
+        .as_str()
+        .is_some_and(|m| !m.is_empty()));
+    v["error"]["code"].as_str().expect("error.code").to_owned()
+}
+
+/// `GET /healthz?pad=…` whose request target is exactly `len` bytes.
+fn target_of(len: usize) -> String {
+    let base = "/healthz?pad=";
+    format!("{base}{}", "a".repeat(len - base.len()))
+}
+
+#[tokio::test]
+async fn a_request_target_over_8_kib_is_414_in_the_error_shape() {
+    let app = spawn_app().await;
+    let at_limit = target_of(8 * 1024);
+    let (status, body) = raw_request(
+        &app,
+        format!("GET {at_limit} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").as_bytes(),
+    )
+    .await;
+    assert_eq!(status, 200, "{:?}", String::from_utf8_lossy(&body));
+    assert_eq!(body, b"ok");
+
+    let over = target_of(8 * 1024 + 1);
+    let (status, body) = raw_request(
+        &app,
+        format!("GET {over} HTTP/1.1\r\nHost: x\r\n\r\n").as_bytes(),
+    )
+    .await;
+    assert_eq!(status, 414);
+    assert_eq!(error_code(&body), "uri_too_long");
+
+    // An authenticated endpoint too, before any token is looked at.
+    let over = format!("/v1/workers?cursor={}", "w".repeat(9000));
+    let (status, body) = raw_request(
+        &app,
+        format!("GET {over} HTTP/1.1\r\nHost: x\r\n\r\n").as_bytes(),
+    )
+    .await;
+    assert_eq!(status, 414);
+    assert_eq!(error_code(&body), "uri_too_long");
+}
+
+#[tokio::test]
+async fn header_fields_over_32_kib_are_431_in_the_error_shape() {
+    let app = spawn_app().await;
+    // Each field counts `name: value\r\n`; "Host: x" and "Connection: close"
+    // come on top of the padding.
+    let fixed = "Host: x\r\n".len() + "Connection: close\r\n".len();
+    let pad = |total: usize| {
+        let name = "X-Pad";
+        let value_len = total - fixed - (name.len() + 4);
+        format!("{name}: {}\r\n", "p".repeat(value_len))
+    };
+    let (status, body) = raw_request(
+        &app,
+        format!(
+            "GET /healthz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n{}\r\n",
+            pad(32 * 1024)
+        )
+        .as_bytes(),
+    )
+    .await;
+    assert_eq!(status, 200, "{:?}", String::from_utf8_lossy(&body));
+
+    let (status, body) = raw_request(
+        &app,
+        format!(
+            "GET /healthz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n{}\r\n",
+            pad(32 * 1024 + 1)
+        )
+        .as_bytes(),
+    )
+    .await;
+    assert_eq!(status, 431);
+    assert_eq!(error_code(&body), "headers_too_large");
+
+    // Many small fields add up the same way; a body that was never read
+    // does not keep the answer from the client.
+    let many: String = (0..90)
+        .map(|i| format!("X-Field-{i}: {}\r\n", "v".repeat(400)))
+        .collect();
+    let (status, body) = raw_request(
+        &app,
+        format!(
+            "POST /v1/heartbeats HTTP/1.1\r\nHost: x\r\ncontent-type: application/json\r\n\
+             content-length: 2\r\n{many}\r\n{{}}"
+        )
+        .as_bytes(),
+    )
+    .await;
+    assert_eq!(status, 431);
+    assert_eq!(error_code(&body), "headers_too_large");
+}
+
+#[tokio::test]
+async fn heads_beyond_what_hyper_parses_are_refused_by_hyper_itself() {
+    // Documented in README: these never reach rollcall, and hyper's
+    // answers carry no body.
+    let app = spawn_app().await;
+    let (status, body) = raw_request(
+        &app,
+        format!("GET {} HTTP/1.1\r\nHost: x\r\n\r\n", target_of(70 * 1024)).as_bytes(),
+    )
+    .await;
+    assert_eq!(status, 414);
+    assert!(body.is_empty(), "{:?}", String::from_utf8_lossy(&body));
+
+    let fields: String = (0..101).map(|i| format!("X-F{i}: v\r\n")).collect();
+    let (status, body) = raw_request(
+        &app,
+        format!("GET /healthz HTTP/1.1\r\nHost: x\r\n{fields}\r\n").as_bytes(),
+    )
+    .await;
+    assert_eq!(status, 431);
+    assert!(body.is_empty(), "{:?}", String::from_utf8_lossy(&body));
+}

@@ -189,7 +189,9 @@ pub struct RegisterRequest {
     pub name: String,
     pub machine: MachineSpec,
     pub labels: Option<BTreeMap<String, String>>,
+    #[serde(default, deserialize_with = "whole::u64")]
     pub heartbeat_interval_ms: Option<u64>,
+    #[serde(default, deserialize_with = "whole::u64")]
     pub stale_after_ms: Option<u64>,
 }
 
@@ -266,10 +268,12 @@ pub struct OfflineRequest {
     /// With `exited`: the supervised process's exit code. 0 makes the offline
     /// graceful; any other code makes it a crash. Exclusive with `signal`.
     #[schema(minimum = 0, maximum = 255)]
+    #[serde(default, deserialize_with = "whole::i64")]
     pub exit_code: Option<i64>,
     /// With `exited`: the signal that ended the supervised process (a crash).
     /// Exclusive with `exit_code`.
     #[schema(minimum = 1, maximum = 64)]
+    #[serde(default, deserialize_with = "whole::i64")]
     pub signal: Option<i64>,
 }
 
@@ -288,6 +292,7 @@ pub struct CreateTokenRequest {
     pub name: String,
     /// At most 100 years.
     #[schema(minimum = 1, maximum = 3_153_600_000_000_u64)]
+    #[serde(default, deserialize_with = "whole::u64")]
     pub expires_in_ms: Option<u64>,
 }
 
@@ -330,3 +335,100 @@ impl From<&TokenRecord> for TokenInfo {
 }
 
 pub use crate::cleanup::{CleanupReport, StaleReport};
+
+/// Integer fields of request bodies. JSON has one number type, and JSON
+/// Schema's `integer` is any number without a fraction: `1000.0` is the
+/// integer 1000, as `1000` is.
+mod whole {
+    use serde::{Deserialize, Deserializer};
+
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum Number {
+        U(u64),
+        I(i64),
+        F(f64),
+    }
+
+    /// 2^64, the first whole number a `u64` cannot hold.
+    const U64_END: f64 = 18_446_744_073_709_551_616.0;
+    /// 2^63.
+    const I64_END: f64 = 9_223_372_036_854_775_808.0;
+
+    pub fn u64<'de, D: Deserializer<'de>>(d: D) -> Result<Option<u64>, D::Error> {
+        match Option::<Number>::deserialize(d)? {
+            None => Ok(None),
+            Some(Number::U(n)) => Ok(Some(n)),
+            Some(Number::F(f)) if f.fract() == 0.0 && (0.0..U64_END).contains(&f) => {
+                Ok(Some(f as u64))
+            }
+            Some(_) => Err(serde::de::Error::custom(
+                "expected a whole number from 0 to 18446744073709551615",
+            )),
+        }
+    }
+
+    pub fn i64<'de, D: Deserializer<'de>>(d: D) -> Result<Option<i64>, D::Error> {
+        match Option::<Number>::deserialize(d)? {
+            None => Ok(None),
+            Some(Number::U(n)) => i64::try_from(n)
+                .map(Some)
+                .map_err(|_| serde::de::Error::custom("number out of range")),
+            Some(Number::I(n)) => Ok(Some(n)),
+            Some(Number::F(f)) if f.fract() == 0.0 && (-I64_END..I64_END).contains(&f) => {
+                Ok(Some(f as i64))
+            }
+            Some(_) => Err(serde::de::Error::custom("expected a whole number")),
+        }
+    }
+
+    #[cfg(test)]
+    mod tests {
+        #[derive(Debug, serde::Deserialize)]
+        struct T {
+            #[serde(default, deserialize_with = "super::u64")]
+            u: Option<u64>,
+            #[serde(default, deserialize_with = "super::i64")]
+            i: Option<i64>,
+        }
+
+        fn parse(s: &str) -> Result<(Option<u64>, Option<i64>), serde_json::Error> {
+            serde_json::from_str::<T>(s).map(|t| (t.u, t.i))
+        }
+
+        #[test]
+        fn whole_numbers_in_any_spelling() {
+            assert_eq!(parse(r#"{}"#).unwrap(), (None, None));
+            assert_eq!(parse(r#"{"u": null, "i": null}"#).unwrap(), (None, None));
+            assert_eq!(
+                parse(r#"{"u": 1000, "i": -3}"#).unwrap(),
+                (Some(1000), Some(-3))
+            );
+            assert_eq!(
+                parse(r#"{"u": 1000.0, "i": 3e2}"#).unwrap(),
+                (Some(1000), Some(300))
+            );
+            assert_eq!(
+                parse(r#"{"u": 18446744073709551615}"#).unwrap(),
+                (Some(u64::MAX), None)
+            );
+        }
+
+        #[test]
+        fn fractions_negatives_and_out_of_range_are_refused() {
+            for body in [
+                r#"{"u": 1.5}"#,
+                r#"{"u": -1}"#,
+                r#"{"u": -1.0}"#,
+                r#"{"u": 1e20}"#,
+                r#"{"u": "5"}"#,
+                r#"{"u": true}"#,
+                r#"{"i": 0.25}"#,
+                r#"{"i": 9223372036854775808}"#,
+                r#"{"i": 1e19}"#,
+            ] {
+                assert!(parse(body).is_err(), "{body} was accepted");
+            }
+        }
+    }
+}

@@ -23,6 +23,11 @@ pub enum ApiError {
     MethodNotAllowed,
     Conflict(String),
     PayloadTooLarge(usize),
+    /// The request target (path and query) is longer than the limit, in
+    /// bytes.
+    UriTooLong(usize),
+    /// The request's header fields add up to more than the limit, in bytes.
+    HeadersTooLarge(usize),
     /// The body did not arrive within `body_read_timeout`.
     RequestTimeout(std::time::Duration),
     /// Too many attempts or open resources; retry after the given seconds.
@@ -50,8 +55,8 @@ pub struct ErrorBody {
 #[derive(Debug, Serialize, ToSchema)]
 pub struct ErrorDetail {
     /// One of `invalid_request`, `unauthorized`, `forbidden`, `not_found`,
-    /// `conflict`, `payload_too_large`, `request_timeout`, `rate_limited`,
-    /// `unavailable`, `internal`.
+    /// `conflict`, `payload_too_large`, `uri_too_long`, `headers_too_large`,
+    /// `request_timeout`, `rate_limited`, `unavailable`, `internal`.
     pub code: &'static str,
     pub message: String,
 }
@@ -79,6 +84,8 @@ impl ApiError {
             ApiError::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
             ApiError::Conflict(_) => StatusCode::CONFLICT,
             ApiError::PayloadTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
+            ApiError::UriTooLong(_) => StatusCode::URI_TOO_LONG,
+            ApiError::HeadersTooLarge(_) => StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
             ApiError::RequestTimeout(_) => StatusCode::REQUEST_TIMEOUT,
             ApiError::RateLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
             ApiError::Unavailable(_) | ApiError::NotReady(_) | ApiError::Busy(_) => {
@@ -97,6 +104,8 @@ impl ApiError {
             ApiError::NotFound(_) => "not_found",
             ApiError::Conflict(_) => "conflict",
             ApiError::PayloadTooLarge(_) => "payload_too_large",
+            ApiError::UriTooLong(_) => "uri_too_long",
+            ApiError::HeadersTooLarge(_) => "headers_too_large",
             ApiError::RequestTimeout(_) => "request_timeout",
             ApiError::RateLimited { .. } => "rate_limited",
             ApiError::Unavailable(_) | ApiError::NotReady(_) | ApiError::Busy(_) => "unavailable",
@@ -122,6 +131,16 @@ impl ApiError {
             ApiError::MethodNotAllowed => "method not allowed on this path".into(),
             ApiError::PayloadTooLarge(limit) => {
                 format!("request body is larger than the limit of {limit} bytes")
+            }
+            ApiError::UriTooLong(limit) => {
+                format!(
+                    "the request target (path and query) is longer than the limit of {limit} bytes"
+                )
+            }
+            ApiError::HeadersTooLarge(limit) => {
+                format!(
+                    "the request's header fields add up to more than the limit of {limit} bytes"
+                )
             }
             ApiError::Unavailable(_) => {
                 "the server cannot reach its database right now; retry shortly".into()
@@ -162,9 +181,12 @@ impl IntoResponse for ApiError {
                 axum::http::HeaderValue::from(secs),
             );
         }
-        if matches!(self, ApiError::RequestTimeout(_)) {
-            // The rest of the body may still come: the connection is not
-            // reused.
+        if matches!(
+            self,
+            ApiError::RequestTimeout(_) | ApiError::UriTooLong(_) | ApiError::HeadersTooLarge(_)
+        ) {
+            // The rest of the body may still come (a refused head's body is
+            // never read): the connection is not reused.
             response.headers_mut().insert(
                 axum::http::header::CONNECTION,
                 axum::http::HeaderValue::from_static("close"),

@@ -1,5 +1,7 @@
 //! The OpenAPI document, generated from the handlers' annotations.
 
+use rollcall_core::{ExitStatus, Labels, LivenessPolicy};
+use serde_json::{json, Value};
 use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa::{Modify, OpenApi};
 
@@ -32,6 +34,33 @@ fn wire_enum(
         .schema_type(SchemaType::Type(Type::String))
         .description(Some(description))
         .enum_values(Some(values.iter().copied()))
+        .into()
+}
+
+/// The answer of any operation that takes a token once its client address
+/// has failed authentication too often (`failed_auth_burst`).
+fn throttled() -> utoipa::openapi::RefOr<utoipa::openapi::Response> {
+    use utoipa::openapi::schema::{ObjectBuilder, SchemaType, Type};
+    use utoipa::openapi::{header::HeaderBuilder, ContentBuilder, Ref, ResponseBuilder};
+    ResponseBuilder::new()
+        .description(
+            "Too many failed authentications from this client address; retry after \
+             `Retry-After` seconds with a valid token",
+        )
+        .header(
+            "Retry-After",
+            HeaderBuilder::new()
+                .schema(ObjectBuilder::new().schema_type(SchemaType::Type(Type::Integer)))
+                .description(Some("Seconds to wait"))
+                .build(),
+        )
+        .content(
+            "application/json",
+            ContentBuilder::new()
+                .schema(Some(Ref::from_schema_name("ErrorBody")))
+                .build(),
+        )
+        .build()
         .into()
 }
 
@@ -87,6 +116,12 @@ impl Modify for Wire {
                 {
                     op.operation_id = Some(format!("{tag}_{id}"));
                 }
+                if op.security.as_ref().is_some_and(|s| !s.is_empty()) {
+                    op.responses
+                        .responses
+                        .entry("429".to_owned())
+                        .or_insert_with(throttled);
+                }
             }
         }
     }
@@ -114,7 +149,154 @@ impl Modify for Wire {
 )]
 struct ApiDoc;
 
-/// The document served at `/openapi.json`.
-pub fn document() -> utoipa::openapi::OpenApi {
-    ApiDoc::openapi()
+/// The document served at `/openapi.json`, with the bounds of the running
+/// server's `policy`.
+pub fn document(policy: &LivenessPolicy) -> Value {
+    let mut doc = serde_json::to_value(ApiDoc::openapi()).unwrap_or(Value::Null);
+    exact(&mut doc, policy);
+    doc
+}
+
+/// Free text (hostnames, label keys and values, token names): no control or
+/// bidirectional formatting characters (`rollcall_core::forbidden_char`).
+const TEXT: &str = r"^[^\u0000-\u001F\u007F-\u009F\u061C\u200E\u200F\u2028-\u202E\u2066-\u2069]*$";
+
+/// Says in the document what the handlers check that the annotations
+/// cannot: the bounds a server's configuration sets, labels, the rules
+/// between fields of one body, and optional parameters that are absent
+/// rather than null.
+fn exact(doc: &mut Value, policy: &LivenessPolicy) {
+    // An optional query or header parameter is left out, never `null` (a
+    // literal "null" is just a wrong value).
+    if let Some(paths) = doc.get_mut("paths").and_then(Value::as_object_mut) {
+        for item in paths.values_mut().filter_map(Value::as_object_mut) {
+            for op in item.values_mut() {
+                let Some(params) = op.get_mut("parameters").and_then(Value::as_array_mut) else {
+                    continue;
+                };
+                for param in params {
+                    if let Some(Value::Array(types)) = param.pointer_mut("/schema/type") {
+                        types.retain(|t| t != "null");
+                        if types.len() == 1 {
+                            let only = types[0].clone();
+                            param["schema"]["type"] = only;
+                        }
+                    }
+                }
+            }
+        }
+    }
+    // Bodies the handlers read as optional: none, or a JSON object.
+    for path in ["/v1/workers/{id}/heartbeat", "/v1/workers/{id}/offline"] {
+        if let Some(body) = doc
+            .pointer_mut(&format!(
+                "/paths/{}/post/requestBody",
+                path.replace('/', "~1")
+            ))
+            .and_then(Value::as_object_mut)
+        {
+            body.insert("required".into(), Value::Bool(false));
+        }
+    }
+    // Open API 3.1 has an event stream's schema describe one message.
+    if let Some(stream) =
+        doc.pointer_mut("/paths/~1v1~1events~1stream/get/responses/200/content/text~1event-stream")
+    {
+        stream["schema"] = json!({
+            "type": "object",
+            "description": "One message: `id` is the event's seq, `event` its type, `data` the Event as JSON.",
+            "required": ["id", "event", "data"],
+            "properties": {
+                "id": {"type": "string", "pattern": "^[0-9]+$"},
+                "event": {"$ref": "#/components/schemas/EventType"},
+                "data": {"type": "string", "contentMediaType": "application/json",
+                         "contentSchema": {"$ref": "#/components/schemas/Event"}},
+            },
+        });
+    }
+    let Some(schemas) = doc
+        .pointer_mut("/components/schemas")
+        .and_then(Value::as_object_mut)
+    else {
+        return;
+    };
+    let labels = json!({
+        "type": ["object", "null"],
+        "maxProperties": Labels::MAX_PAIRS,
+        "propertyNames": {"minLength": 1, "maxLength": Labels::MAX_KEY, "pattern": TEXT},
+        "additionalProperties": {"type": "string", "maxLength": Labels::MAX_VALUE, "pattern": TEXT},
+    });
+    if let Some(machine) = schemas.get_mut("MachineSpec") {
+        machine["properties"]["labels"] = labels.clone();
+    }
+    if let Some(register) = schemas.get_mut("RegisterRequest") {
+        register["properties"]["labels"] = labels;
+        register_intervals(register, policy);
+    }
+    if let Some(batch) = schemas.get_mut("BatchRequest") {
+        batch["properties"]["heartbeats"]["maxItems"] = json!(super::workers::MAX_BATCH_HEARTBEATS);
+    }
+    if let Some(token) = schemas.get_mut("CreateTokenRequest") {
+        token["properties"]["kind"] = json!({
+            "type": "string", "enum": ["enroll", "read"],
+            "description": "`enroll` or `read`.",
+        });
+    }
+    if let Some(offline) = schemas.get_mut("OfflineRequest") {
+        offline_rules(offline);
+    }
+}
+
+/// `heartbeat_interval_ms` and `stale_after_ms` of a registration, as the
+/// server's `min_heartbeat_interval` and `max_stale_after` bound them. What
+/// is allowed depends on which of the two are given (the other follows by
+/// the ×3 / ⅓ rule), so the body is one of four shapes. With both given,
+/// `stale_after_ms` must also be at least twice `heartbeat_interval_ms`,
+/// which JSON Schema cannot say.
+fn register_intervals(register: &mut Value, policy: &LivenessPolicy) {
+    let min = policy.min_heartbeat_interval.as_millis() as u64;
+    let max = policy.max_stale_after.as_millis() as u64;
+    let absent = json!({"type": "null"});
+    let hb = |lo: u64, hi: u64| json!({"type": "integer", "minimum": lo, "maximum": hi});
+    register["properties"]["heartbeat_interval_ms"] = json!({
+        "type": ["integer", "null"], "minimum": min, "maximum": max / 2,
+        "description": format!(
+            "At least this server's min_heartbeat_interval ({min} ms). Alone: at most a third \
+             of max_stale_after ({} ms); stale_after_ms defaults to 3 × it.", max / 3),
+    });
+    register["properties"]["stale_after_ms"] = json!({
+        "type": ["integer", "null"], "minimum": 2 * min, "maximum": max,
+        "description": format!(
+            "At most this server's max_stale_after ({max} ms), and at least twice \
+             heartbeat_interval_ms. Alone: at least {} ms; heartbeat_interval_ms defaults \
+             to a third of it.", 3 * min),
+    });
+    register["anyOf"] = json!([
+        {"properties": {"heartbeat_interval_ms": absent, "stale_after_ms": absent}},
+        {"required": ["heartbeat_interval_ms"],
+         "properties": {"heartbeat_interval_ms": hb(min, max / 3), "stale_after_ms": absent}},
+        {"required": ["stale_after_ms"],
+         "properties": {"heartbeat_interval_ms": absent, "stale_after_ms": hb(3 * min, max)}},
+        {"required": ["heartbeat_interval_ms", "stale_after_ms"],
+         "properties": {"heartbeat_interval_ms": hb(min, max / 2), "stale_after_ms": hb(2 * min, max)}},
+    ]);
+}
+
+/// An offline's `exit_code` or `signal` (one at most) goes only with
+/// `reason: "exited"`.
+fn offline_rules(offline: &mut Value) {
+    let absent = json!({"type": "null"});
+    offline["properties"]["reason"] = json!({
+        "type": ["string", "null"], "enum": ["shutdown", "exited", null],
+        "description": "`shutdown` (default) or `exited`.",
+    });
+    let exited = json!({"const": "exited"});
+    let code = json!({"type": "integer", "minimum": 0, "maximum": 255});
+    let signal = json!({"type": "integer", "minimum": 1, "maximum": ExitStatus::MAX_SIGNAL});
+    offline["anyOf"] = json!([
+        {"properties": {"reason": {"enum": ["shutdown", null]}, "exit_code": absent, "signal": absent}},
+        {"required": ["reason"], "properties": {"reason": exited, "exit_code": absent, "signal": absent}},
+        {"required": ["reason", "exit_code"], "properties": {"reason": exited, "exit_code": code, "signal": absent}},
+        {"required": ["reason", "signal"], "properties": {"reason": exited, "exit_code": absent, "signal": signal}},
+    ]);
 }

@@ -134,7 +134,7 @@ pub async fn cleanup_all(
     Ok(Json(report))
 }
 
-/// The HTTP contract as OpenAPI 3.
-pub async fn openapi() -> impl IntoResponse {
-    (StatusCode::OK, Json(super::openapi::document()))
+/// The HTTP contract as OpenAPI 3, with this server's bounds.
+pub async fn openapi(State(s): State<AppState>) -> impl IntoResponse {
+    (StatusCode::OK, Json(super::openapi::document(&s.policy)))
 }

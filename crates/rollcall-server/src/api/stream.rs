@@ -127,6 +127,28 @@ pub struct StreamQuery {
     pub kind: Option<String>,
 }
 
+/// Parses `Last-Event-ID`: empty (the client has no position yet) or a
+/// `seq` of up to 19 digits. A value past the largest `seq` there can be
+/// resumes after it: live from now.
+fn parse_last_event_id(v: &[u8]) -> Result<Option<i64>, ApiError> {
+    let v = v.trim_ascii();
+    if v.is_empty() {
+        return Ok(None);
+    }
+    if v.len() > 19 || !v.iter().all(u8::is_ascii_digit) {
+        return Err(ApiError::invalid(format!(
+            "Last-Event-ID must be empty or an event seq (at most 19 digits), got {:?}",
+            String::from_utf8_lossy(v)
+        )));
+    }
+    // 19 digits fit in a u64.
+    let seq: u64 = std::str::from_utf8(v)
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .ok_or(ApiError::Internal)?;
+    Ok(Some(i64::try_from(seq).unwrap_or(i64::MAX)))
+}
+
 /// Stream events as they are committed (server-sent events).
 ///
 /// `text/event-stream`; each message has `id: <seq>`, `event: <type>` and
@@ -138,8 +160,8 @@ pub struct StreamQuery {
     get, path = "/v1/events/stream", tag = "events",
     params(
         StreamQuery,
-        ("Last-Event-ID" = Option<String>, Header,
-            description = "Resume after this seq (the `id` of the last message received)"),
+        ("Last-Event-ID" = Option<String>, Header, pattern = r"^[0-9]{0,19}$",
+            description = "Resume after this seq (the `id` of the last message received); empty: no position yet"),
     ),
     responses(
         (status = 200, description = "A stream of events", content_type = "text/event-stream", body = String),
@@ -165,28 +187,17 @@ pub async fn stream(
         machine_id: q.machine_id,
         kind: q.kind,
     })?;
-    // An empty Last-Event-ID means the client has no position yet: it counts
-    // as absent, and `?after=` applies.
-    let last_event_id = headers
-        .get("last-event-id")
-        .map(|v| {
-            v.to_str().map(str::trim).map_err(|_| {
-                ApiError::invalid("Last-Event-ID must be a non-negative integer (an event seq)")
-            })
-        })
-        .transpose()?
-        .filter(|v| !v.is_empty());
-    let resume = match last_event_id {
-        Some(v) => Some(parse_after(Some(v)).map_err(|_| {
-            ApiError::invalid(format!(
-                "Last-Event-ID must be a non-negative integer (an event seq), got {v:?}"
-            ))
-        })?),
-        None => q
-            .after
-            .as_deref()
-            .map(|a| parse_after(Some(a)))
-            .transpose()?,
+    // `after` is checked even when Last-Event-ID wins over it. An empty
+    // Last-Event-ID means the client has no position yet: it counts as
+    // absent, and `?after=` applies.
+    let after = q
+        .after
+        .as_deref()
+        .map(|a| parse_after(Some(a)))
+        .transpose()?;
+    let resume = match headers.get("last-event-id") {
+        Some(v) => parse_last_event_id(v.as_bytes())?.or(after),
+        None => after,
     };
     // The authorization header was valid a moment ago; the stream checks it
     // again as it runs, so a revoked or expired token ends it.

@@ -203,6 +203,7 @@ async fn beat(s: &AppState, id: &WorkerId, now: Timestamp) -> Result<HeartbeatRe
     request_body(content = Object, description = "Optional, may be empty or {}"),
     responses(
         (status = 200, body = HeartbeatResponse),
+        (status = 400, description = "A body that is not a JSON object", body = ErrorBody),
         (status = 401, body = ErrorBody), (status = 403, body = ErrorBody), (status = 413, body = ErrorBody),
     ),
     security(("bearer" = []))
@@ -340,6 +341,7 @@ fn worker_reply(reply: Reply) -> Result<Json<Worker>, ApiError> {
     params(("id" = String, Path, description = "Worker id")),
     responses(
         (status = 200, body = Worker),
+        (status = 400, description = "A body that is not a JSON object", body = ErrorBody),
         (status = 401, body = ErrorBody), (status = 403, body = ErrorBody), (status = 404, body = ErrorBody),
         (status = 409, description = "The worker is offline", body = ErrorBody),
     ),

@@ -1,0 +1,40 @@
+"""schemathesis hooks for rollcall (loaded by schemathesis.toml).
+
+One rule of a registration cannot be written in JSON Schema: with both
+intervals given, stale_after_ms must be at least twice
+heartbeat_interval_ms (the document says so in words). Bodies that break
+only that rule are schema-valid yet refused with 400: they are not
+generated where hooks apply (fuzzing, stateful), and the coverage phase's
+refusal of them, which names that rule, is not a failure.
+"""
+
+import schemathesis
+
+
+def _too_tight(case) -> bool:  # type: ignore[no-untyped-def]
+    op = case.operation
+    body = case.body
+    if op is None or op.method.upper() != "POST" or op.path != "/v1/workers":
+        return False
+    if not isinstance(body, dict):
+        return False
+    hb, stale = body.get("heartbeat_interval_ms"), body.get("stale_after_ms")
+    whole = (int, float)
+    if isinstance(hb, bool) or isinstance(stale, bool):
+        return False
+    return isinstance(hb, whole) and isinstance(stale, whole) and stale < 2 * hb
+
+
+@schemathesis.hook
+def filter_case(ctx, case):  # type: ignore[no-untyped-def]
+    return not _too_tight(case)
+
+
+@schemathesis.hook
+def filter_failure(ctx, failure, case, response):  # type: ignore[no-untyped-def]
+    refused_for_the_rule = (
+        response is not None
+        and response.status_code == 400
+        and "must be at least 2 × heartbeat_interval_ms" in response.text
+    )
+    return not (_too_tight(case) and refused_for_the_rule)
