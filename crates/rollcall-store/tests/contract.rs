@@ -21,7 +21,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use common::*;
-use rollcall_core::health::{Observation, Observations, Window};
+use rollcall_core::health::{Observation, Observations, Span, Window};
 use rollcall_core::{
     Command, CrashKind, EventReason, EventType, ExitStatus, MachineStatus, OfflineClass,
     OfflineReason, Status, TokenHash, TokenKind,
@@ -2100,6 +2100,77 @@ mod sqlite_only {
 
     fn db_path(dir: &tempfile::TempDir) -> String {
         dir.path().join("rollcall.db").to_str().unwrap().to_owned()
+    }
+
+    /// The migration's backfill rebuilds, from the event log, the history
+    /// the commits wrote (but the names of deleted workers, which no event
+    /// carries).
+    #[tokio::test]
+    async fn the_migration_backfills_history_from_the_event_log() {
+        let dir = tempfile::TempDir::new().unwrap();
+        let path = db_path(&dir);
+        let store = SqliteStore::open(&path).await.unwrap();
+        let s: &dyn Store = &store;
+        let (w1, _) = register(s, 1, "m1", at(1_000)).await;
+        let (w2, _) = register(s, 2, "m1", at(2_000)).await;
+        let (w3, _) = register(s, 3, "m2", at(2_000)).await;
+        let (gone, _) = apply(s, &w2, Command::Delete, at(3_000)).await;
+        assert!(gone.is_none());
+        let (w1, _) = step(s, &w1, Command::Expire { session: 1 }, at(5_000)).await;
+        let (_w1, _) = step(s, &w1, Command::Heartbeat, at(6_000)).await;
+        let (_w3, _) = step(s, &w3, Command::Offline(OfflineReason::Shutdown), at(7_000)).await;
+        async fn spans(
+            s: &SqliteStore,
+        ) -> Vec<(
+            Option<rollcall_core::WorkerId>,
+            rollcall_core::MachineId,
+            Span,
+        )> {
+            let mut v = s
+                .health_spans(
+                    SpansOf::Machines(&[mid("m1"), mid("m2")]),
+                    window(0, 100_000),
+                )
+                .await
+                .unwrap();
+            v.sort_by_key(|x| {
+                (
+                    x.worker_id.clone(),
+                    x.machine_id.clone(),
+                    x.span.start,
+                    x.span.end,
+                )
+            });
+            v.into_iter()
+                .map(|x| (x.worker_id, x.machine_id, x.span))
+                .collect()
+        }
+        let written = spans(&store).await;
+        assert_eq!(written.len(), 12, "{written:?}");
+        store.close().await.unwrap();
+        drop(store);
+
+        let migration = include_str!("../migrations/sqlite/0005_health_history.sql");
+        let backfill = &migration[migration.find("-- Backfill").unwrap()..];
+        let raw = SqlitePool::connect_with(SqliteConnectOptions::new().filename(&path))
+            .await
+            .unwrap();
+        sqlx::query("DELETE FROM health_spans")
+            .execute(&raw)
+            .await
+            .unwrap();
+        sqlx::query("DELETE FROM health_observations")
+            .execute(&raw)
+            .await
+            .unwrap();
+        sqlx::raw_sql(backfill).execute(&raw).await.unwrap();
+        raw.close().await;
+
+        let store = SqliteStore::open(&path).await.unwrap();
+        assert_eq!(spans(&store).await, written);
+        let obs = store.observations().await.unwrap();
+        assert_eq!(obs.len(), 1);
+        assert_eq!((obs[0].start, obs[0].no_data_before_ms), (at(1_000), 0));
     }
 
     #[tokio::test]
