@@ -93,6 +93,7 @@
 pub mod backoff;
 pub mod client;
 pub mod error;
+pub mod health;
 pub mod host;
 pub mod model;
 pub mod query;
@@ -102,6 +103,10 @@ pub mod worker;
 
 pub use client::{Client, ClientBuilder};
 pub use error::{ApiError, Error, ErrorBody, ErrorCode};
+pub use health::{
+    Bucket, Crashes, FleetHealth, HealthQuery, LastCrash, MachineHealth, RankedMachine,
+    RankedWorker, WorkerHealth,
+};
 pub use model::{
     BatchHeartbeat, BatchHeartbeatOk, BatchHeartbeatResult, CreatedToken, Event, FullCleanup,
     HeartbeatAck, Labels, Machine, MachineSpec, MachineWithWorkers, NewToken, Page,

@@ -68,6 +68,7 @@ pub enum CleanupError {
 pub struct Retention {
     pub forget_offline_after: Duration,
     pub event_retention: Duration,
+    pub health_retention: Duration,
 }
 
 /// See the module docs.
@@ -238,6 +239,16 @@ impl Cleaner {
             .store
             .prune_events(now.minus(self.retention.event_retention))
             .await?;
+        let pruned_health_spans = self
+            .store
+            .prune_health(now.minus(self.retention.health_retention))
+            .await?;
+        if pruned_health_spans > 0 {
+            info!(
+                pruned_health_spans,
+                "pruned health history older than health_retention"
+            );
+        }
         let expired = self.store.delete_expired_tokens(now).await?;
         self.tokens.remove(&expired);
 

@@ -5,7 +5,7 @@ use serde_json::{json, Value};
 use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa::{Modify, OpenApi};
 
-use super::{dashboard, dto, error, events, machines, ops, stream, tokens, workers};
+use super::{dashboard, dto, error, events, health, machines, ops, stream, tokens, workers};
 
 struct Bearer;
 
@@ -66,9 +66,11 @@ fn throttled() -> utoipa::openapi::RefOr<utoipa::openapi::Response> {
 
 impl Modify for Wire {
     fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
-        use rollcall_core::{EventReason, EventType, MachineStatus, OfflineReason, Status};
+        use rollcall_core::{
+            CrashKind, EventReason, EventType, MachineStatus, OfflineReason, Status,
+        };
         let components = openapi.components.get_or_insert_with(Default::default);
-        let enums: [(&str, &str, Vec<&'static str>); 5] = [
+        let enums: [(&str, &str, Vec<&'static str>); 6] = [
             (
                 "Status",
                 "A worker's status.",
@@ -93,6 +95,11 @@ impl Modify for Wire {
                 "OfflineReason",
                 "Why a worker is offline.",
                 OfflineReason::ALL.iter().map(|s| s.as_str()).collect(),
+            ),
+            (
+                "CrashKind",
+                "The kind of a crash, by the offline reason that recorded it.",
+                CrashKind::ALL.iter().map(|s| s.as_str()).collect(),
             ),
         ];
         for (name, description, values) in enums {
@@ -140,6 +147,7 @@ impl Modify for Wire {
         workers::register, workers::heartbeat, workers::batch_heartbeats, workers::drain,
         workers::offline, workers::delete, workers::list, workers::get,
         machines::list, machines::get,
+        health::fleet, health::machine, health::worker,
         events::list, stream::stream,
         ops::cleanup_stale, ops::cleanup_all, ops::healthz, ops::readyz, ops::metrics,
         dashboard::page,
