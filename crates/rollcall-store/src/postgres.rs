@@ -47,6 +47,8 @@ const WRITER_LOCK: i32 = 1;
 const LEADER_LOCK: i32 = 2;
 /// Serialises the multi-row writes to tokens.
 const TOKENS_LOCK: i32 = 3;
+/// Serialises the beginnings of observations (each reads the latest one).
+const OBSERVATIONS_LOCK: i32 = 4;
 
 /// How long a call waits for a pooled connection.
 const ACQUIRE_TIMEOUT: Duration = Duration::from_secs(3);
@@ -113,9 +115,13 @@ impl PgStore {
     pub async fn connect(url: &str) -> Result<Self> {
         let options = PgConnectOptions::from_str(url)?
             .application_name("rollcall")
-            // A transaction left open by a stuck process would hold the
-            // writer lock; the server ends it.
-            .options([("idle_in_transaction_session_timeout", "60s")]);
+            // A transaction left open by a stuck or frozen process (SIGSTOP,
+            // a paused VM) would hold the writer lock and the share lock on
+            // the leader row that a takeover waits for; the server ends it.
+            // rollcall's transactions run their statements back to back, and
+            // a replica starved for this long has lost its lock connection
+            // (idle_session_timeout, see `cluster`) and its role anyway.
+            .options([("idle_in_transaction_session_timeout", "4s")]);
 
         // Migrations run on a connection of their own: the migrator's lock is
         // a session lock, and a connection whose migration failed must be
@@ -692,11 +698,10 @@ impl Store for PgStore {
     }
 
     async fn begin_observation(&self, at: Timestamp) -> Result<()> {
-        let mut tx = self.begin(true, None).await?;
-        // Serialised with every other writer of observations.
-        sqlx::query("LOCK TABLE health_observations IN EXCLUSIVE MODE")
-            .execute(&mut *tx)
-            .await?;
+        // Serialised with other beginnings by an advisory lock, not a table
+        // lock: a frozen replica's open extension of its own observation
+        // must not block a takeover's beginning.
+        let mut tx = self.begin(true, Some(OBSERVATIONS_LOCK)).await?;
         sqlx::query(
             "INSERT INTO health_observations (start_ms, end_ms, no_data_before_ms) \
              SELECT $1, $1, COALESCE((SELECT no_data_before_ms + GREATEST(0, $1 - end_ms) \
