@@ -11,6 +11,7 @@ pub mod machines;
 pub mod openapi;
 pub mod ops;
 pub mod stream;
+pub mod summary;
 pub mod tokens;
 pub mod workers;
 
@@ -121,6 +122,7 @@ pub fn router(state: AppState, with_metrics: bool) -> Router {
         .route("/v1/heartbeats", post(workers::batch_heartbeats))
         .route("/v1/machines", get(machines::list))
         .route("/v1/machines/{id}", get(machines::get))
+        .route("/v1/summary", get(summary::get))
         .route("/v1/events", get(events::list))
         .route("/v1/events/stream", get(stream::stream))
         .route("/v1/cleanup/stale", post(ops::cleanup_stale))

@@ -3,7 +3,7 @@
 use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa::{Modify, OpenApi};
 
-use super::{dashboard, dto, error, events, machines, ops, stream, tokens, workers};
+use super::{dashboard, dto, error, events, machines, ops, stream, summary, tokens, workers};
 
 struct Bearer;
 
@@ -104,7 +104,7 @@ impl Modify for Wire {
         tokens::create, tokens::list, tokens::delete,
         workers::register, workers::heartbeat, workers::batch_heartbeats, workers::drain,
         workers::offline, workers::delete, workers::list, workers::get,
-        machines::list, machines::get,
+        machines::list, machines::get, summary::get,
         events::list, stream::stream,
         ops::cleanup_stale, ops::cleanup_all, ops::healthz, ops::readyz, ops::metrics,
         dashboard::page,
