@@ -652,6 +652,94 @@ export interface paths {
         patch?: never;
         trace?: never;
     };
+    "/v1/summary": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        /** The fleet at a glance, problems first. */
+        get: {
+            parameters: {
+                query?: {
+                    /** @description Only workers with this status (`online`, `draining`, `offline`). */
+                    status?: string;
+                    /**
+                     * @description Search terms separated by spaces, each of which must occur
+                     *     (case-insensitively) in the worker's name, id or labels (`k=v`), or
+                     *     its machine's id, hostname or labels. At most 256 characters.
+                     */
+                    q?: string;
+                    /**
+                     * @description `key=value`: only workers whose own labels or whose machine's labels
+                     *     hold this pair. May repeat (all must hold).
+                     */
+                    label?: string[];
+                    /** @description Only this machine and its workers. */
+                    machine_id?: string;
+                    /** @description Machines per page, 1–1000, default 100. */
+                    limit?: number;
+                    /** @description The machine page's `next_cursor`. */
+                    cursor?: string;
+                    /** @description Workers per page, 0–1000, default 100. */
+                    workers_limit?: number;
+                    /** @description The worker page's `next_cursor`. */
+                    workers_cursor?: string;
+                    /**
+                     * @description Up to this many of each listed machine's matching workers in its
+                     *     `workers` (problems first), 0–1000, default 0.
+                     */
+                    machine_workers?: number;
+                };
+                header?: never;
+                path?: never;
+                cookie?: never;
+            };
+            requestBody?: never;
+            responses: {
+                200: {
+                    headers: {
+                        [name: string]: unknown;
+                    };
+                    content: {
+                        "application/json": components["schemas"]["Summary"];
+                    };
+                };
+                400: {
+                    headers: {
+                        [name: string]: unknown;
+                    };
+                    content: {
+                        "application/json": components["schemas"]["ErrorBody"];
+                    };
+                };
+                401: {
+                    headers: {
+                        [name: string]: unknown;
+                    };
+                    content: {
+                        "application/json": components["schemas"]["ErrorBody"];
+                    };
+                };
+                403: {
+                    headers: {
+                        [name: string]: unknown;
+                    };
+                    content: {
+                        "application/json": components["schemas"]["ErrorBody"];
+                    };
+                };
+            };
+        };
+        put?: never;
+        post?: never;
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
     "/v1/tokens": {
         parameters: {
             query?: never;
@@ -1390,12 +1478,22 @@ export interface components {
              * @description Stale transitions only: milliseconds from the deadline to marking.
              */
             detection_lag_ms?: number | null;
+            /**
+             * Format: int32
+             * @description `exited` offlines an agent reported a status for: the exit code.
+             */
+            exit_code?: number | null;
             machine_id: string;
             reason?: null | components["schemas"]["EventReason"];
             /** Format: int64 */
             seq: number;
             /** Format: int64 */
             session?: number | null;
+            /**
+             * Format: int32
+             * @description `exited` offlines ended by a signal: its number.
+             */
+            signal?: number | null;
             type: components["schemas"]["EventType"];
             worker_id?: string | null;
         };
@@ -1409,6 +1507,15 @@ export interface components {
          * @enum {string}
          */
         EventType: "worker.registered" | "worker.online" | "worker.draining" | "worker.offline" | "worker.deleted" | "machine.online" | "machine.offline";
+        /** @description Counts over the whole fleet (filters do not apply). */
+        FleetCounts: {
+            machines: components["schemas"]["MachineCounts"];
+            /** @description Offline workers by reason (every reason is present). */
+            offline_reasons: {
+                [key: string]: number;
+            };
+            workers: components["schemas"]["WorkerCounts"];
+        };
         /** @description The answer to a heartbeat. */
         HeartbeatResponse: {
             /** Format: date-time */
@@ -1444,6 +1551,23 @@ export interface components {
             /** Format: int64 */
             workers_total: number;
         };
+        /** @description Machines by derived status. */
+        MachineCounts: {
+            /**
+             * Format: int64
+             * @description Online machines with a failed or draining worker.
+             */
+            degraded: number;
+            /** Format: int64 */
+            offline: number;
+            /** Format: int64 */
+            online: number;
+            /**
+             * Format: int64
+             * @description Machines with at least one worker.
+             */
+            total: number;
+        };
         /** @description A machine with its workers. */
         MachineDetail: components["schemas"]["Machine"] & {
             workers: components["schemas"]["Worker"][];
@@ -1462,6 +1586,16 @@ export interface components {
          * @enum {string}
          */
         MachineStatus: "online" | "offline";
+        /** @description How many workers and machines the filters match. */
+        Matching: {
+            /**
+             * Format: int64
+             * @description Machines with at least one matching worker.
+             */
+            machines: number;
+            /** Format: int64 */
+            workers: number;
+        };
         /**
          * @description Why a worker is offline.
          * @enum {string}
@@ -1469,8 +1603,20 @@ export interface components {
         OfflineReason: "shutdown" | "stale" | "exited" | "replaced" | "revoked";
         /** @description `POST /v1/workers/{id}/offline`. */
         OfflineRequest: {
+            /**
+             * Format: int64
+             * @description With `exited`: the supervised process's exit code. 0 makes the offline
+             *     graceful; any other code makes it a crash. Exclusive with `signal`.
+             */
+            exit_code?: number | null;
             /** @description `shutdown` (default) or `exited`. */
             reason?: string | null;
+            /**
+             * Format: int64
+             * @description With `exited`: the signal that ended the supervised process (a crash).
+             *     Exclusive with `exit_code`.
+             */
+            signal?: number | null;
         };
         /** @description A page of a list. */
         Page_Event: {
@@ -1482,12 +1628,22 @@ export interface components {
                  * @description Stale transitions only: milliseconds from the deadline to marking.
                  */
                 detection_lag_ms?: number | null;
+                /**
+                 * Format: int32
+                 * @description `exited` offlines an agent reported a status for: the exit code.
+                 */
+                exit_code?: number | null;
                 machine_id: string;
                 reason?: null | components["schemas"]["EventReason"];
                 /** Format: int64 */
                 seq: number;
                 /** Format: int64 */
                 session?: number | null;
+                /**
+                 * Format: int32
+                 * @description `exited` offlines ended by a signal: its number.
+                 */
+                signal?: number | null;
                 type: components["schemas"]["EventType"];
                 worker_id?: string | null;
             }[];
@@ -1622,6 +1778,101 @@ export interface components {
          * @enum {string}
          */
         Status: "online" | "draining" | "offline";
+        /** @description `GET /v1/summary`. */
+        Summary: {
+            /** Format: date-time */
+            at: string;
+            counts: components["schemas"]["FleetCounts"];
+            machines: components["schemas"]["SummaryPage_MachineSummary"];
+            matching: components["schemas"]["Matching"];
+            /**
+             * Format: int64
+             * @description The last event published when the summary was taken: it reflects
+             *     every event up to this `seq` (and possibly some just after).
+             */
+            seq: number;
+            workers: components["schemas"]["SummaryPage_Worker"];
+        };
+        /** @description A page of a summary list. */
+        SummaryPage_MachineSummary: {
+            items: {
+                /**
+                 * @description `offline`, `degraded` (online, with a failed or draining worker) or
+                 *     `ok`.
+                 */
+                condition: string;
+                hostname?: string | null;
+                id: string;
+                labels: {
+                    [key: string]: string;
+                };
+                /**
+                 * Format: date-time
+                 * @description The latest status change of any of its workers.
+                 */
+                last_change_at: string;
+                status: components["schemas"]["MachineStatus"];
+                /** @description Its first matching workers, problems first (`machine_workers`). */
+                workers: components["schemas"]["Worker"][];
+                /** Format: int64 */
+                workers_draining: number;
+                /** Format: int64 */
+                workers_failed: number;
+                /**
+                 * Format: int64
+                 * @description Its workers that the filters match.
+                 */
+                workers_matching: number;
+                /** @description Whether it has more matching workers than `workers` holds. */
+                workers_more: boolean;
+                /** Format: int64 */
+                workers_offline: number;
+                /** Format: int64 */
+                workers_online: number;
+                /** Format: int64 */
+                workers_total: number;
+            }[];
+            /** @description Pass back as the page's cursor for the next page; null on the last. */
+            next_cursor?: string | null;
+        };
+        /** @description A page of a summary list. */
+        SummaryPage_Worker: {
+            items: {
+                /**
+                 * Format: date-time
+                 * @description When the worker goes stale unless it beats; null while offline.
+                 */
+                deadline_at?: string | null;
+                /** Format: int64 */
+                heartbeat_interval_ms: number;
+                /** @example wkr_01JDQ5ZK3M8Y2W0N4T6R9B7C5A */
+                id: string;
+                labels: {
+                    [key: string]: string;
+                };
+                /** Format: date-time */
+                last_heartbeat_at?: string | null;
+                /** @example host-a */
+                machine_id: string;
+                /** @example render-1 */
+                name: string;
+                offline_reason?: null | components["schemas"]["OfflineReason"];
+                /** Format: date-time */
+                registered_at: string;
+                /**
+                 * Format: int64
+                 * @description +1 on every offline → online transition and every registration.
+                 */
+                session: number;
+                /** Format: int64 */
+                stale_after_ms: number;
+                status: components["schemas"]["Status"];
+                /** Format: date-time */
+                status_changed_at: string;
+            }[];
+            /** @description Pass back as the page's cursor for the next page; null on the last. */
+            next_cursor?: string | null;
+        };
         /** @description A token as listed: never the secret. */
         TokenInfo: {
             /** Format: date-time */
@@ -1672,6 +1923,23 @@ export interface components {
             status: components["schemas"]["Status"];
             /** Format: date-time */
             status_changed_at: string;
+        };
+        /** @description Workers by status. */
+        WorkerCounts: {
+            /** Format: int64 */
+            draining: number;
+            /**
+             * Format: int64
+             * @description Offline with reason `stale`, `replaced` or `exited`: it did not say
+             *     goodbye, or its supervised process ended.
+             */
+            failed: number;
+            /** Format: int64 */
+            offline: number;
+            /** Format: int64 */
+            online: number;
+            /** Format: int64 */
+            total: number;
         };
     };
     responses: never;
