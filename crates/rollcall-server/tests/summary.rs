@@ -77,13 +77,13 @@ async fn fleet() -> Fleet {
     let c1 = reg("c1", json!({"id": "m-fail"}), json!({}), 600_000).await;
     let c2 = reg("c2", json!({"id": "m-fail"}), json!({}), 600_000).await;
     let d1 = reg("d1", json!({"id": "m-off"}), json!({}), 600_000).await;
-    app.post(
-        &format!("/v1/workers/{}/drain", b2.id),
-        &b2.token,
-        json!({}),
-    )
-    .await
-    .expect(200);
+    let drained = app
+        .post(&format!("/v1/workers/{}/drain", b2.id), &b2.token, json!({}))
+        .await
+        .expect(200)
+        .clone();
+    // Distinct instants, so that the order by recency is known.
+    sleep_until_ms(ts(&drained["status_changed_at"]) + 2).await;
     app.offline(&c2, "exited").await;
     app.offline(&d1, "shutdown").await;
     // Registered last, so that its stale transition is the newest change.
@@ -100,8 +100,13 @@ async fn fleet() -> Fleet {
     ] {
         names.push((n.to_owned(), r.id.clone()));
     }
+    // The summary reads the engine, which installs a stale transition just
+    // after the store has it, and publishes its event just after that:
+    // wait for the summary itself to show both.
     wait_until("e1 is marked stale", Duration::from_secs(10), || async {
-        app.worker(&e1.id).await["offline_reason"] == "stale"
+        let s = app.get("/v1/summary?machine_id=m-stale", &app.admin).await;
+        let last = app.events().await.last().unwrap()["seq"].clone();
+        s.body["workers"]["items"][0]["offline_reason"] == "stale" && s.body["seq"] == last
     })
     .await;
     Fleet { app, names }
