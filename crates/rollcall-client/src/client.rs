@@ -29,6 +29,7 @@ use serde::de::DeserializeOwned;
 use serde::Serialize;
 
 use crate::error::{ApiError, Error};
+use crate::health::{FleetHealth, HealthQuery, MachineHealth, WorkerHealth};
 use crate::model::{
     BatchHeartbeat, BatchHeartbeatResult, BatchRequest, BatchResponse, CreatedToken, Event,
     FullCleanup, HeartbeatAck, Machine, MachineWithWorkers, NewToken, OfflineRequest, Page,
@@ -670,6 +671,40 @@ impl Client {
     /// as a path segment; they give [`Error::InvalidArgument`].
     pub async fn get_machine(&self, id: &MachineId) -> Result<MachineWithWorkers, Error> {
         self.json(Call::get(&["v1", "machines", id.as_str()])).await
+    }
+
+    // ------------------------------------------------------------------
+    // Health
+
+    /// `GET /v1/health`: availability, crashes and downtime of the fleet
+    /// over a window, with the machines and workers that crashed most and
+    /// were down longest.
+    pub async fn fleet_health(&self, query: &HealthQuery) -> Result<FleetHealth, Error> {
+        self.json(Call::get(&["v1", "health"]).params(query.params()))
+            .await
+    }
+
+    /// `GET /v1/machines/{id}/health`: a machine's figures over a window,
+    /// its buckets, and its workers'.
+    pub async fn machine_health(
+        &self,
+        id: &MachineId,
+        query: &HealthQuery,
+    ) -> Result<MachineHealth, Error> {
+        self.json(Call::get(&["v1", "machines", id.as_str(), "health"]).params(query.params()))
+            .await
+    }
+
+    /// `GET /v1/workers/{id}/health`: a worker's figures over a window and
+    /// its buckets (also for a deleted worker, within the history's
+    /// retention).
+    pub async fn worker_health(
+        &self,
+        id: &WorkerId,
+        query: &HealthQuery,
+    ) -> Result<WorkerHealth, Error> {
+        self.json(Call::get(&["v1", "workers", id.as_str(), "health"]).params(query.params()))
+            .await
     }
 
     // ------------------------------------------------------------------

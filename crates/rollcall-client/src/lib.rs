@@ -89,6 +89,7 @@
 pub mod backoff;
 pub mod client;
 pub mod error;
+pub mod health;
 pub mod host;
 pub mod model;
 pub mod query;
@@ -98,6 +99,10 @@ pub mod worker;
 
 pub use client::{Client, ClientBuilder};
 pub use error::{ApiError, Error, ErrorBody, ErrorCode};
+pub use health::{
+    Bucket, Crashes, FleetHealth, HealthQuery, LastCrash, MachineHealth, RankedMachine,
+    RankedWorker, WorkerHealth,
+};
 pub use model::{
     BatchHeartbeat, BatchHeartbeatOk, BatchHeartbeatResult, CreatedToken, Event, FullCleanup,
     HeartbeatAck, Labels, Machine, MachineSpec, MachineWithWorkers, NewToken, Page,
@@ -110,6 +115,6 @@ pub use worker::{Phase, WorkerHandle, WorkerOptions, WorkerState};
 
 pub use reqwest::{StatusCode, Url};
 pub use rollcall_core::{
-    EventReason, EventType, MachineId, MachineStatus, OfflineReason, Status, Timestamp, TokenId,
-    TokenKind, WorkerId, WorkerName,
+    CrashKind, EventReason, EventType, MachineId, MachineStatus, OfflineReason, Status, Timestamp,
+    TokenId, TokenKind, WorkerId, WorkerName,
 };

@@ -18,6 +18,7 @@
 //! - [`token`]: token kinds, prefixes, hashing and constant-time comparison.
 
 pub mod fsm;
+pub mod health;
 pub mod id;
 pub mod model;
 pub mod policy;

@@ -50,6 +50,9 @@ pub struct CleanupReport {
     pub forgotten_workers: u64,
     pub forgotten_machines: u64,
     pub pruned_events: u64,
+    /// Spans of health history that ended before `health_retention`.
+    #[serde(default)]
+    pub pruned_health_spans: u64,
     pub expired_tokens: u64,
     pub duration_ms: u64,
 }
@@ -68,6 +71,7 @@ pub enum CleanupError {
 pub struct Retention {
     pub forget_offline_after: Duration,
     pub event_retention: Duration,
+    pub health_retention: Duration,
 }
 
 /// See the module docs.
@@ -238,6 +242,10 @@ impl Cleaner {
             .store
             .prune_events(now.minus(self.retention.event_retention))
             .await?;
+        let pruned_health_spans = self
+            .store
+            .prune_health(now.minus(self.retention.health_retention))
+            .await?;
         let expired = self.store.delete_expired_tokens(now).await?;
         self.tokens.remove(&expired);
 
@@ -247,6 +255,7 @@ impl Cleaner {
             forgotten_workers,
             forgotten_machines,
             pruned_events,
+            pruned_health_spans,
             expired_tokens: expired.len() as u64,
             duration_ms: started.elapsed().as_millis() as u64,
         })

@@ -34,6 +34,8 @@ pub struct RawConfig {
     pub metrics_token: Option<String>,
     pub forget_offline_after: Option<String>,
     pub event_retention: Option<String>,
+    pub health_retention: Option<String>,
+    pub flapping_crashes_per_hour: Option<String>,
     pub admin_token: Option<String>,
     pub admin_token_file: Option<String>,
     pub advertise_url: Option<String>,
@@ -78,6 +80,10 @@ pub struct Config {
     pub metrics_token: Option<String>,
     pub forget_offline_after: Duration,
     pub event_retention: Duration,
+    /// How long the health history is kept (longer than the event log).
+    pub health_retention: Duration,
+    /// Crashes within an hour that make a worker or machine `flapping`.
+    pub flapping_crashes_per_hour: u32,
     pub admin_token: Option<String>,
     pub admin_token_file: Option<PathBuf>,
     /// How the other replicas reach this one (PostgreSQL mode); `None`
@@ -171,6 +177,8 @@ impl fmt::Debug for Config {
             )
             .field("forget_offline_after", &self.forget_offline_after)
             .field("event_retention", &self.event_retention)
+            .field("health_retention", &self.health_retention)
+            .field("flapping_crashes_per_hour", &self.flapping_crashes_per_hour)
             .field("admin_token", &self.admin_token.as_ref().map(|_| "<set>"))
             .field("admin_token_file", &self.admin_token_file)
             .field("advertise_url", &self.advertise_url)
@@ -311,6 +319,8 @@ impl RawConfig {
             metrics_token,
             forget_offline_after,
             event_retention,
+            health_retention,
+            flapping_crashes_per_hour,
             admin_token,
             admin_token_file,
             advertise_url,
@@ -456,6 +466,27 @@ impl RawConfig {
             ));
         }
 
+        let event_retention = opt_duration("event_retention", &self.event_retention)?
+            .unwrap_or(Duration::from_secs(30 * 86_400));
+        let health_retention = opt_duration("health_retention", &self.health_retention)?
+            .unwrap_or(Duration::from_secs(400 * 86_400));
+        if health_retention <= event_retention {
+            return Err(invalid(
+                "health_retention",
+                format!(
+                    "{health_retention:?} must be longer than event_retention \
+                     ({event_retention:?}): the health history outlives the event log"
+                ),
+            ));
+        }
+        let flapping_crashes_per_hour =
+            match opt_count("flapping_crashes_per_hour", &self.flapping_crashes_per_hour)? {
+                None => 3,
+                Some(n) => u32::try_from(n).map_err(|_| {
+                    invalid("flapping_crashes_per_hour", "must be at most 4294967295")
+                })?,
+            };
+
         Ok(Config {
             listen,
             database_url,
@@ -475,8 +506,9 @@ impl RawConfig {
             metrics_token,
             forget_offline_after: opt_duration("forget_offline_after", &self.forget_offline_after)?
                 .unwrap_or(Duration::from_secs(7 * 86_400)),
-            event_retention: opt_duration("event_retention", &self.event_retention)?
-                .unwrap_or(Duration::from_secs(30 * 86_400)),
+            event_retention,
+            health_retention,
+            flapping_crashes_per_hour,
             admin_token,
             admin_token_file: self.admin_token_file.map(PathBuf::from),
             advertise_url,

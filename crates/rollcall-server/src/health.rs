@@ -284,4 +284,38 @@ impl Store for Watched {
         let r = self.inner.prune_events(before).await;
         self.record("prune events", r)
     }
+
+    async fn begin_observation(&self, at: Timestamp) -> Result<()> {
+        let r = self.inner.begin_observation(at).await;
+        self.record("begin observation", r)
+    }
+
+    async fn extend_observation(&self, start: Timestamp, at: Timestamp) -> Result<()> {
+        let r = self.inner.extend_observation(start, at).await;
+        self.record("extend observation", r)
+    }
+
+    async fn observations(&self) -> Result<Vec<rollcall_core::health::Observation>> {
+        self.inner.observations().await
+    }
+
+    async fn health_spans(
+        &self,
+        of: rollcall_store::SpansOf<'_>,
+        window: rollcall_core::health::Window,
+    ) -> Result<Vec<rollcall_store::HealthSpan>> {
+        self.inner.health_spans(of, window).await
+    }
+
+    async fn fleet_health(
+        &self,
+        query: &rollcall_store::FleetQuery,
+    ) -> Result<rollcall_store::FleetSummary> {
+        self.inner.fleet_health(query).await
+    }
+
+    async fn prune_health(&self, before: Timestamp) -> Result<u64> {
+        let r = self.inner.prune_health(before).await;
+        self.record("prune health history", r)
+    }
 }

@@ -255,6 +255,10 @@ impl Shared {
             streams: self.streams.clone(),
             throttle: self.throttle.clone(),
             re_register: self.config.re_register,
+            health: api::health::HealthSettings {
+                retention: self.config.health_retention,
+                flapping_crashes_per_hour: self.config.flapping_crashes_per_hour,
+            },
             shutdown: self.shutdown.child_token(),
             active_reach: None,
         }
@@ -270,6 +274,7 @@ impl Shared {
             retention: cleanup::Retention {
                 forget_offline_after: self.config.forget_offline_after,
                 event_retention: self.config.event_retention,
+                health_retention: self.config.health_retention,
             },
             metrics: self.metrics.clone(),
             pause: None,
@@ -308,6 +313,11 @@ impl Core {
     /// from now, the moment this core starts taking traffic) and starts the
     /// background tasks.
     pub(crate) async fn start(shared: &Shared) -> anyhow::Result<Core> {
+        // From here on this server observes: before it loads or changes
+        // anything, so every transition it commits is within its
+        // observation.
+        let observing_since = shared.clock.now();
+        shared.store.begin_observation(observing_since).await?;
         let engine = Arc::new(engine::Engine::new());
         let workers = shared.store.load_workers().await?;
         let loaded = workers.len();
@@ -361,6 +371,12 @@ impl Core {
             tokio::spawn(cleaner.clone().run(
                 config.sweep_interval,
                 config.cleanup_interval,
+                stop.child_token(),
+            )),
+            tokio::spawn(observe(
+                shared.store.clone(),
+                shared.clock.clone(),
+                observing_since,
                 stop.child_token(),
             )),
         ];
@@ -422,6 +438,33 @@ impl Core {
         let _ = self.flush_task.await;
         for t in self.background {
             let _ = t.await;
+        }
+    }
+}
+
+/// Extends this server's observation every
+/// [`OBSERVE_INTERVAL`](rollcall_core::health::OBSERVE_INTERVAL) while it
+/// runs, and once more when it stops: time it did not extend over is no data
+/// in the health history. A failed extension is retried at the next tick.
+async fn observe(
+    store: Arc<dyn Store>,
+    clock: Arc<dyn Clock>,
+    since: rollcall_core::Timestamp,
+    stop: CancellationToken,
+) {
+    let mut tick = tokio::time::interval(rollcall_core::health::OBSERVE_INTERVAL);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = stop.cancelled() => {
+                let _ = store.extend_observation(since, clock.now()).await;
+                return;
+            }
+            _ = tick.tick() => {
+                if let Err(e) = store.extend_observation(since, clock.now()).await {
+                    tracing::debug!(error = %e, "extending the health observation failed");
+                }
+            }
         }
     }
 }

@@ -31,6 +31,7 @@
 //! - `last_heartbeat_at` is only ever moved forward, and only within the
 //!   session it was measured in.
 
+pub mod history;
 pub mod postgres;
 pub mod records;
 mod rows;
@@ -44,7 +45,10 @@ use async_trait::async_trait;
 use rollcall_core::{MachineId, MachineStatus, Timestamp, TokenId, WorkerId};
 use thiserror::Error;
 
+pub use history::{FleetQuery, FleetSummary, HealthSpan};
 pub use records::*;
+
+use rollcall_core::health::{Observation, Window};
 
 /// Errors from the store.
 #[derive(Debug, Error)]
@@ -145,4 +149,31 @@ pub trait Store: Send + Sync + std::fmt::Debug + 'static {
     async fn forget_empty_machines(&self) -> Result<u64>;
     /// Deletes events at or before `before`; returns how many.
     async fn prune_events(&self, before: Timestamp) -> Result<u64>;
+
+    // Health history (see [`history`]). Every commit and reconciliation
+    // records the spans its events end and begin, in its transaction.
+
+    /// Begins an observation at `at` (a server's start, a replica's
+    /// takeover): the time since the latest one ended is no data.
+    async fn begin_observation(&self, at: Timestamp) -> Result<()>;
+    /// Extends the observation that began at `start` to `at` (never back).
+    async fn extend_observation(&self, start: Timestamp, at: Timestamp) -> Result<()>;
+    /// Every observation, ordered by start.
+    async fn observations(&self) -> Result<Vec<Observation>>;
+    /// The spans that overlap `window` (ending at or after its start) of
+    /// these workers, or of these machines and their workers.
+    async fn health_spans(&self, of: SpansOf<'_>, window: Window) -> Result<Vec<HealthSpan>>;
+    /// The fleet's sums and rankings over a window, by SQL aggregates.
+    async fn fleet_health(&self, query: &FleetQuery) -> Result<FleetSummary>;
+    /// Deletes spans that ended, and observations that ended, at or before
+    /// `before`; returns how many spans.
+    async fn prune_health(&self, before: Timestamp) -> Result<u64>;
+}
+
+/// Whose spans [`Store::health_spans`] reads.
+#[derive(Debug, Clone, Copy)]
+pub enum SpansOf<'a> {
+    Workers(&'a [WorkerId]),
+    /// The machines' own spans and their workers'.
+    Machines(&'a [MachineId]),
 }

@@ -19,21 +19,23 @@
 mod batch;
 pub mod ha;
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::str::FromStr;
 use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
-use rollcall_core::{MachineId, MachineStatus, Timestamp, TokenId, WorkerId};
+use rollcall_core::health::{Observation, Window};
+use rollcall_core::{MachineId, MachineStatus, Timestamp, TokenId, WorkerId, WorkerName};
 use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions};
 use sqlx::{Connection, PgConnection, Postgres, QueryBuilder, Transaction};
 
 pub use self::ha::{LeaderInfo, Leadership, Notification, Notifications};
+use crate::history::{self, Dialect, FleetQuery, FleetSummary, HealthSpan, SpanRow, SPAN_COLUMNS};
 use crate::records::*;
 use crate::rows::*;
-use crate::{Result, Store, StoreError};
+use crate::{Result, SpansOf, Store, StoreError};
 
 /// The first half of every advisory-lock key rollcall takes ("rllc"). The
 /// two-part keys live apart from single-`bigint` keys, such as the one the
@@ -263,6 +265,71 @@ async fn append_events(
     batch::insert_events(tx, events).await
 }
 
+/// Ends and begins the health spans of committed events, in their
+/// transaction.
+async fn record_history(
+    tx: &mut Transaction<'static, Postgres>,
+    events: &[EventRecord],
+    names: &HashMap<WorkerId, WorkerName>,
+) -> Result<()> {
+    let plan = history::plan(events, names);
+    if plan.closes.is_empty() {
+        return Ok(());
+    }
+    let n: i64 = sqlx::query_scalar(
+        "SELECT COALESCE((SELECT no_data_before_ms FROM health_observations \
+         ORDER BY start_ms DESC LIMIT 1), 0)",
+    )
+    .fetch_one(&mut **tx)
+    .await?;
+    let entity: Vec<&str> = plan.closes.iter().map(|c| c.0).collect();
+    let id: Vec<&str> = plan.closes.iter().map(|c| c.1.as_str()).collect();
+    let at: Vec<i64> = plan.closes.iter().map(|c| c.2).collect();
+    sqlx::query(
+        "UPDATE health_spans s SET end_ms = GREATEST(s.start_ms, v.at), n_end = $4 \
+         FROM UNNEST($1::text[], $2::text[], $3::bigint[]) AS v (entity, id, at) \
+         WHERE s.entity = v.entity AND s.id = v.id AND s.end_ms IS NULL",
+    )
+    .bind(&entity)
+    .bind(&id)
+    .bind(&at)
+    .bind(n)
+    .execute(&mut **tx)
+    .await?;
+    let p = &plan.inserts;
+    let entity: Vec<&str> = p.iter().map(|s| s.entity).collect();
+    let id: Vec<&str> = p.iter().map(|s| s.id.as_str()).collect();
+    let machine: Vec<&str> = p.iter().map(|s| s.machine_id.as_str()).collect();
+    let name: Vec<Option<&str>> = p.iter().map(|s| s.name.as_deref()).collect();
+    let start: Vec<i64> = p.iter().map(|s| s.start).collect();
+    let end: Vec<Option<i64>> = p.iter().map(|s| s.end).collect();
+    let live: Vec<bool> = p.iter().map(|s| s.live).collect();
+    let class: Vec<Option<&str>> = p.iter().map(|s| s.class).collect();
+    let kind: Vec<Option<&str>> = p.iter().map(|s| s.kind).collect();
+    sqlx::query(
+        "INSERT INTO health_spans (entity, id, machine_id, name, start_ms, end_ms, live, class, \
+           crash_kind, n_start, n_end) \
+         SELECT v.entity, v.id, v.machine_id, v.name, v.start_ms, v.end_ms, v.live, v.class, \
+           v.crash_kind, $10, CASE WHEN v.end_ms IS NULL THEN NULL ELSE $10 END \
+         FROM UNNEST($1::text[], $2::text[], $3::text[], $4::text[], $5::bigint[], $6::bigint[], \
+           $7::boolean[], $8::text[], $9::text[]) \
+           AS v (entity, id, machine_id, name, start_ms, end_ms, live, class, crash_kind)",
+    )
+    .bind(&entity)
+    .bind(&id)
+    .bind(&machine)
+    .bind(&name)
+    .bind(&start)
+    .bind(&end)
+    .bind(&live)
+    .bind(&class)
+    .bind(&kind)
+    .bind(n)
+    .execute(&mut **tx)
+    .await?;
+    Ok(())
+}
+
 /// The worker, machine and events of a write.
 fn parts(w: &WorkerWrite) -> (&WorkerId, &MachineId, &[NewEvent]) {
     match w {
@@ -326,6 +393,7 @@ impl Store for PgStore {
             events.push(machine_event(0, id, status, at));
         }
         append_events(&mut tx, &mut events).await?;
+        record_history(&mut tx, &events, &history::names(&writes)).await?;
         tx.commit().await?;
         Ok(CommitResult { applied, events })
     }
@@ -345,6 +413,7 @@ impl Store for PgStore {
             .map(|(id, status, at)| machine_event(0, id, status, at))
             .collect();
         append_events(&mut tx, &mut events).await?;
+        record_history(&mut tx, &events, &HashMap::new()).await?;
         tx.commit().await?;
         Ok(events)
     }
@@ -607,6 +676,136 @@ impl Store for PgStore {
             .execute(&mut *tx)
             .await?
             .rows_affected();
+        tx.commit().await?;
+        Ok(n)
+    }
+
+    async fn begin_observation(&self, at: Timestamp) -> Result<()> {
+        let mut tx = self.begin(true, None).await?;
+        // Serialised with every other writer of observations.
+        sqlx::query("LOCK TABLE health_observations IN EXCLUSIVE MODE")
+            .execute(&mut *tx)
+            .await?;
+        sqlx::query(
+            "INSERT INTO health_observations (start_ms, end_ms, no_data_before_ms) \
+             SELECT $1, $1, COALESCE((SELECT no_data_before_ms + GREATEST(0, $1 - end_ms) \
+             FROM health_observations ORDER BY start_ms DESC LIMIT 1), 0) \
+             ON CONFLICT (start_ms) DO NOTHING",
+        )
+        .bind(at.as_millis())
+        .execute(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    async fn extend_observation(&self, start: Timestamp, at: Timestamp) -> Result<()> {
+        let mut tx = self.begin(true, None).await?;
+        sqlx::query(
+            "UPDATE health_observations SET end_ms = GREATEST(end_ms, $1) WHERE start_ms = $2",
+        )
+        .bind(at.as_millis())
+        .bind(start.as_millis())
+        .execute(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    async fn observations(&self) -> Result<Vec<Observation>> {
+        let rows: Vec<(i64, i64, i64)> = sqlx::query_as(
+            "SELECT start_ms, end_ms, no_data_before_ms FROM health_observations ORDER BY start_ms",
+        )
+        .fetch_all(&self.pool)
+        .await?;
+        Ok(rows
+            .into_iter()
+            .map(|(s, e, n)| Observation {
+                start: Timestamp::from_millis(s),
+                end: Timestamp::from_millis(e),
+                no_data_before_ms: n,
+            })
+            .collect())
+    }
+
+    async fn health_spans(&self, of: SpansOf<'_>, window: Window) -> Result<Vec<HealthSpan>> {
+        let (cond, ids): (&str, Vec<&str>) = match of {
+            SpansOf::Workers(ids) => (
+                "entity = 'worker' AND id = ANY($1)",
+                ids.iter().map(|i| i.as_str()).collect(),
+            ),
+            SpansOf::Machines(ids) => (
+                "machine_id = ANY($1)",
+                ids.iter().map(|i| i.as_str()).collect(),
+            ),
+        };
+        let rows: Vec<SpanRow> = sqlx::query_as(&format!(
+            "SELECT {SPAN_COLUMNS} FROM health_spans WHERE {cond} AND start_ms < $2 \
+             AND (end_ms IS NULL OR end_ms >= $3) ORDER BY start_ms"
+        ))
+        .bind(&ids)
+        .bind(window.to.as_millis())
+        .bind(window.from.as_millis())
+        .fetch_all(&self.pool)
+        .await?;
+        rows.into_iter().map(history::span_from).collect()
+    }
+
+    async fn fleet_health(&self, query: &FleetQuery) -> Result<FleetSummary> {
+        let sql = history::fleet_sql(Dialect::Postgres, query);
+        let mut tx = self.pool.begin().await?;
+        // One snapshot: every statement sees the same history.
+        sqlx::query("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ READ ONLY")
+            .execute(&mut *tx)
+            .await?;
+        let (workers, machines, existed, live, down): (i64, i64, i64, i64, i64) =
+            sqlx::query_as(&sql.time).fetch_one(&mut *tx).await?;
+        let offlines: Vec<(String, Option<String>, i64)> =
+            sqlx::query_as(&sql.offlines).fetch_all(&mut *tx).await?;
+        let ranked =
+            |rows: Vec<(String, i64)>| rows.into_iter().map(|(id, _)| id).collect::<Vec<_>>();
+        let mbc = ranked(
+            sqlx::query_as(&sql.machines_by_crashes)
+                .fetch_all(&mut *tx)
+                .await?,
+        );
+        let mbd = ranked(
+            sqlx::query_as(&sql.machines_by_downtime)
+                .fetch_all(&mut *tx)
+                .await?,
+        );
+        let wbc = ranked(
+            sqlx::query_as(&sql.workers_by_crashes)
+                .fetch_all(&mut *tx)
+                .await?,
+        );
+        let wbd = ranked(
+            sqlx::query_as(&sql.workers_by_downtime)
+                .fetch_all(&mut *tx)
+                .await?,
+        );
+        tx.rollback().await?;
+        history::summary(
+            (workers, machines, existed, live, down),
+            offlines,
+            [mbc, mbd, wbc, wbd],
+        )
+    }
+
+    async fn prune_health(&self, before: Timestamp) -> Result<u64> {
+        let mut tx = self.begin(true, None).await?;
+        let n = sqlx::query("DELETE FROM health_spans WHERE end_ms IS NOT NULL AND end_ms <= $1")
+            .bind(before.as_millis())
+            .execute(&mut *tx)
+            .await?
+            .rows_affected();
+        sqlx::query(
+            "DELETE FROM health_observations WHERE end_ms <= $1 AND start_ms < \
+             (SELECT MAX(start_ms) FROM health_observations WHERE end_ms <= $1)",
+        )
+        .bind(before.as_millis())
+        .execute(&mut *tx)
+        .await?;
         tx.commit().await?;
         Ok(n)
     }

@@ -14,23 +14,25 @@
 //! - One process per database file: [`SqliteStore::open`] takes an exclusive
 //!   lock on `<file>.lock` and refuses to open while another process holds it.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::fs::File;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use async_trait::async_trait;
-use rollcall_core::{MachineId, MachineStatus, Timestamp, TokenId, WorkerId};
+use rollcall_core::health::{Observation, Window};
+use rollcall_core::{MachineId, MachineStatus, Timestamp, TokenId, WorkerId, WorkerName};
 use sqlx::pool::PoolConnection;
 use sqlx::sqlite::{
     SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous,
 };
 use sqlx::{Connection, QueryBuilder, Sqlite, SqliteConnection, Transaction};
 
+use crate::history::{self, Dialect, FleetQuery, FleetSummary, HealthSpan, SpanRow, SPAN_COLUMNS};
 use crate::records::*;
 use crate::rows::*;
 use crate::sqlite_batch::{self, Outcome};
-use crate::{Result, Store, StoreError};
+use crate::{Result, SpansOf, Store, StoreError};
 
 pub use crate::sqlite_backup::{backup, BackupError, BackupSummary};
 
@@ -279,6 +281,59 @@ async fn insert_events(tx: &mut Transaction<'_, Sqlite>, events: &[EventRecord])
     Ok(())
 }
 
+/// Ends and begins the health spans of committed events, in their
+/// transaction.
+async fn record_history(
+    tx: &mut Transaction<'_, Sqlite>,
+    events: &[EventRecord],
+    names: &HashMap<WorkerId, WorkerName>,
+) -> Result<()> {
+    let plan = history::plan(events, names);
+    if plan.closes.is_empty() {
+        return Ok(());
+    }
+    let n: i64 = sqlx::query_scalar(
+        "SELECT COALESCE((SELECT no_data_before_ms FROM health_observations \
+         ORDER BY start_ms DESC LIMIT 1), 0)",
+    )
+    .fetch_one(&mut **tx)
+    .await?;
+    for chunk in plan.closes.chunks(300) {
+        let mut qb: QueryBuilder<Sqlite> = QueryBuilder::new("WITH v (entity, id, at) AS (");
+        qb.push_values(chunk, |mut b, (entity, id, at)| {
+            b.push_bind(*entity).push_bind(id.clone()).push_bind(*at);
+        });
+        qb.push(") UPDATE health_spans SET end_ms = MAX(health_spans.start_ms, v.at), n_end = ");
+        qb.push_bind(n);
+        qb.push(
+            " FROM v WHERE health_spans.entity = v.entity AND health_spans.id = v.id \
+             AND health_spans.end_ms IS NULL",
+        );
+        qb.build().execute(&mut **tx).await?;
+    }
+    for chunk in plan.inserts.chunks(300) {
+        let mut qb: QueryBuilder<Sqlite> = QueryBuilder::new(
+            "INSERT INTO health_spans (entity, id, machine_id, name, start_ms, end_ms, live, \
+             class, crash_kind, n_start, n_end) ",
+        );
+        qb.push_values(chunk, |mut b, s| {
+            b.push_bind(s.entity)
+                .push_bind(s.id.clone())
+                .push_bind(s.machine_id.clone())
+                .push_bind(s.name.clone())
+                .push_bind(s.start)
+                .push_bind(s.end)
+                .push_bind(s.live)
+                .push_bind(s.class)
+                .push_bind(s.kind)
+                .push_bind(n)
+                .push_bind(s.end.map(|_| n));
+        });
+        qb.build().execute(&mut **tx).await?;
+    }
+    Ok(())
+}
+
 /// Sets each machine's status from its workers; returns the machine events.
 async fn derive_machines(
     tx: &mut Transaction<'_, Sqlite>,
@@ -376,6 +431,7 @@ async fn put_worker(
 
 /// [`Store::commit`] on the write connection.
 async fn commit_on(conn: &mut SqliteConnection, writes: Vec<WorkerWrite>) -> Result<CommitResult> {
+    let names = history::names(&writes);
     let mut tx = conn.begin().await?;
     if let Outcome::Applied = sqlite_batch::apply_writes(&mut tx, &writes).await? {
         let mut seq = current_seq(&mut tx).await?;
@@ -403,6 +459,7 @@ async fn commit_on(conn: &mut SqliteConnection, writes: Vec<WorkerWrite>) -> Res
         let machine_events = sqlite_batch::derive_machines(&mut tx, &machines, &mut seq).await?;
         events.extend(machine_events);
         insert_events(&mut tx, &events).await?;
+        record_history(&mut tx, &events, &names).await?;
         tx.commit().await?;
         return Ok(CommitResult {
             applied: vec![true; writes.len()],
@@ -477,6 +534,7 @@ async fn commit_on(conn: &mut SqliteConnection, writes: Vec<WorkerWrite>) -> Res
     let machine_events = derive_machines(&mut tx, machines, &mut seq).await?;
     events.extend(machine_events);
     insert_events(&mut tx, &events).await?;
+    record_history(&mut tx, &events, &names).await?;
     tx.commit().await?;
     Ok(CommitResult { applied, events })
 }
@@ -542,6 +600,7 @@ impl Store for SqliteStore {
             let mut seq = current_seq(&mut tx).await?;
             let events = derive_machines(&mut tx, ids, &mut seq).await?;
             insert_events(&mut tx, &events).await?;
+            record_history(&mut tx, &events, &HashMap::new()).await?;
             tx.commit().await?;
             Ok(events)
         }
@@ -849,6 +908,151 @@ impl Store for SqliteStore {
                 .execute(&mut *conn)
                 .await?
                 .rows_affected();
+            Ok(n)
+        }
+        .await;
+        conn.done(result)
+    }
+
+    async fn begin_observation(&self, at: Timestamp) -> Result<()> {
+        let mut conn = WriteConn::acquire(&self.writer).await?;
+        let result = async {
+            sqlx::query(
+                "INSERT INTO health_observations (start_ms, end_ms, no_data_before_ms) \
+                 SELECT ?1, ?1, COALESCE((SELECT no_data_before_ms + MAX(0, ?1 - end_ms) \
+                 FROM health_observations ORDER BY start_ms DESC LIMIT 1), 0) WHERE true \
+                 ON CONFLICT (start_ms) DO NOTHING",
+            )
+            .bind(at.as_millis())
+            .execute(&mut *conn)
+            .await?;
+            Ok(())
+        }
+        .await;
+        conn.done(result)
+    }
+
+    async fn extend_observation(&self, start: Timestamp, at: Timestamp) -> Result<()> {
+        let mut conn = WriteConn::acquire(&self.writer).await?;
+        let result = async {
+            sqlx::query(
+                "UPDATE health_observations SET end_ms = MAX(end_ms, ?) WHERE start_ms = ?",
+            )
+            .bind(at.as_millis())
+            .bind(start.as_millis())
+            .execute(&mut *conn)
+            .await?;
+            Ok(())
+        }
+        .await;
+        conn.done(result)
+    }
+
+    async fn observations(&self) -> Result<Vec<Observation>> {
+        let rows: Vec<(i64, i64, i64)> = sqlx::query_as(
+            "SELECT start_ms, end_ms, no_data_before_ms FROM health_observations ORDER BY start_ms",
+        )
+        .fetch_all(&self.reader)
+        .await?;
+        Ok(rows
+            .into_iter()
+            .map(|(s, e, n)| Observation {
+                start: Timestamp::from_millis(s),
+                end: Timestamp::from_millis(e),
+                no_data_before_ms: n,
+            })
+            .collect())
+    }
+
+    async fn health_spans(&self, of: SpansOf<'_>, window: Window) -> Result<Vec<HealthSpan>> {
+        let mut out = Vec::new();
+        let ids: Vec<&str> = match of {
+            SpansOf::Workers(ids) => ids.iter().map(|i| i.as_str()).collect(),
+            SpansOf::Machines(ids) => ids.iter().map(|i| i.as_str()).collect(),
+        };
+        for chunk in ids.chunks(500) {
+            let mut qb: QueryBuilder<Sqlite> =
+                QueryBuilder::new(format!("SELECT {SPAN_COLUMNS} FROM health_spans WHERE "));
+            match of {
+                SpansOf::Workers(_) => qb.push("entity = 'worker' AND id IN ("),
+                SpansOf::Machines(_) => qb.push("machine_id IN ("),
+            };
+            let mut sep = qb.separated(", ");
+            for id in chunk {
+                sep.push_bind(id.to_string());
+            }
+            qb.push(") AND start_ms < ");
+            qb.push_bind(window.to.as_millis());
+            qb.push(" AND (end_ms IS NULL OR end_ms >= ");
+            qb.push_bind(window.from.as_millis());
+            qb.push(") ORDER BY start_ms");
+            let rows: Vec<SpanRow> = qb.build_query_as().fetch_all(&self.reader).await?;
+            for r in rows {
+                out.push(history::span_from(r)?);
+            }
+        }
+        Ok(out)
+    }
+
+    async fn fleet_health(&self, query: &FleetQuery) -> Result<FleetSummary> {
+        let sql = history::fleet_sql(Dialect::Sqlite, query);
+        let mut conn = self.reader.acquire().await?;
+        // One read transaction: every statement sees the same history.
+        let mut tx = conn.begin().await?;
+        let (workers, machines, existed, live, down): (i64, i64, i64, i64, i64) =
+            sqlx::query_as(&sql.time).fetch_one(&mut *tx).await?;
+        let offlines: Vec<(String, Option<String>, i64)> =
+            sqlx::query_as(&sql.offlines).fetch_all(&mut *tx).await?;
+        let ranked =
+            |rows: Vec<(String, i64)>| rows.into_iter().map(|(id, _)| id).collect::<Vec<_>>();
+        let mbc = ranked(
+            sqlx::query_as(&sql.machines_by_crashes)
+                .fetch_all(&mut *tx)
+                .await?,
+        );
+        let mbd = ranked(
+            sqlx::query_as(&sql.machines_by_downtime)
+                .fetch_all(&mut *tx)
+                .await?,
+        );
+        let wbc = ranked(
+            sqlx::query_as(&sql.workers_by_crashes)
+                .fetch_all(&mut *tx)
+                .await?,
+        );
+        let wbd = ranked(
+            sqlx::query_as(&sql.workers_by_downtime)
+                .fetch_all(&mut *tx)
+                .await?,
+        );
+        tx.rollback().await?;
+        history::summary(
+            (workers, machines, existed, live, down),
+            offlines,
+            [mbc, mbd, wbc, wbd],
+        )
+    }
+
+    async fn prune_health(&self, before: Timestamp) -> Result<u64> {
+        let mut conn = WriteConn::acquire(&self.writer).await?;
+        let result = async {
+            let mut tx = conn.begin().await?;
+            let n =
+                sqlx::query("DELETE FROM health_spans WHERE end_ms IS NOT NULL AND end_ms <= ?")
+                    .bind(before.as_millis())
+                    .execute(&mut *tx)
+                    .await?
+                    .rows_affected();
+            // The latest observation that ended by then stays: it gives the
+            // no-data time before every later instant.
+            sqlx::query(
+                "DELETE FROM health_observations WHERE end_ms <= ?1 AND start_ms < \
+                 (SELECT MAX(start_ms) FROM health_observations WHERE end_ms <= ?1)",
+            )
+            .bind(before.as_millis())
+            .execute(&mut *tx)
+            .await?;
+            tx.commit().await?;
             Ok(n)
         }
         .await;

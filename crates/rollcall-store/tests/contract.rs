@@ -21,12 +21,14 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use common::*;
+use rollcall_core::health::{Observation, Observations, Span, Window};
 use rollcall_core::{
-    Command, EventReason, EventType, MachineStatus, OfflineReason, Status, TokenHash, TokenKind,
+    Command, CrashKind, EventReason, EventType, ExitStatus, MachineStatus, OfflineClass,
+    OfflineReason, Status, TokenHash, TokenKind,
 };
 use rollcall_store::{
-    CommitResult, EventFilter, EventRecord, HeartbeatMark, MachineUpsert, Store, WorkerFilter,
-    WorkerRecord, WorkerWrite,
+    CommitResult, EventFilter, EventRecord, FleetQuery, HealthSpan, HeartbeatMark, MachineUpsert,
+    SpansOf, Store, WorkerFilter, WorkerRecord, WorkerWrite,
 };
 
 /// Instantiates every contract test for one backend: `$make` is an async
@@ -63,6 +65,11 @@ macro_rules! contract_suite {
             delete_expired_tokens_deletes_at_or_before_now,
             offline_workers_since_lists_long_offline_workers,
             forget_empty_machines_keeps_machines_with_workers,
+            health_spans_follow_every_commit,
+            health_history_survives_deletion,
+            fleet_health_sums_and_ranks,
+            observations_make_no_data,
+            prune_health_keeps_open_and_recent_spans,
         );
     };
     (@tests $backend:ident = $make:path; $($test:ident),+ $(,)?) => {
@@ -1712,6 +1719,376 @@ async fn forget_empty_machines_keeps_machines_with_workers(store: Arc<dyn Store>
 }
 
 // ===========================================================================
+// Health history
+// ===========================================================================
+
+fn window(from: i64, to: i64) -> Window {
+    Window::new(at(from), at(to)).unwrap()
+}
+
+/// (worker?, start, end, live, cause) of every span, in start order.
+fn span_list(
+    spans: &[HealthSpan],
+) -> Vec<(
+    bool,
+    i64,
+    Option<i64>,
+    bool,
+    Option<(OfflineClass, Option<CrashKind>)>,
+)> {
+    spans
+        .iter()
+        .map(|s| {
+            (
+                s.worker_id.is_some(),
+                s.span.start.diff_ms(at(0)),
+                s.span.end.map(|e| e.diff_ms(at(0))),
+                s.span.live,
+                s.span.cause,
+            )
+        })
+        .collect()
+}
+
+fn fleet_query(from: i64, to: i64, top: u32) -> FleetQuery {
+    FleetQuery {
+        window: window(from, to),
+        no_data_before_from: 0,
+        no_data_before_to: 0,
+        top,
+        labels: vec![],
+    }
+}
+
+async fn health_spans_follow_every_commit(store: Arc<dyn Store>) {
+    let s = &*store;
+    let (w, _) = register(s, 1, "m1", at(1_000)).await;
+    let (w, _) = step(s, &w, Command::Expire { session: 1 }, at(5_000)).await;
+    let (w, _) = step(s, &w, Command::Heartbeat, at(6_000)).await;
+    let (w, _) = step(s, &w, Command::Drain, at(7_000)).await;
+    let (w, _) = step(s, &w, Command::Offline(OfflineReason::Shutdown), at(8_000)).await;
+    let crash = Some((OfflineClass::Crash, Some(CrashKind::Stale)));
+    let graceful = Some((OfflineClass::Graceful, None));
+    let spans = s
+        .health_spans(
+            SpansOf::Workers(std::slice::from_ref(&w.id)),
+            window(0, 10_000),
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        span_list(&spans),
+        vec![
+            (true, 1_000, Some(5_000), true, None),
+            (true, 5_000, Some(6_000), false, crash),
+            // Draining is live: no new span.
+            (true, 6_000, Some(8_000), true, None),
+            (true, 8_000, None, false, graceful),
+        ]
+    );
+    assert_eq!(spans[0].name.as_ref().map(|n| n.as_str()), Some("worker-1"));
+    let machine = s
+        .health_spans(SpansOf::Machines(&[mid("m1")]), window(0, 10_000))
+        .await
+        .unwrap();
+    let own: Vec<_> = span_list(&machine).into_iter().filter(|s| !s.0).collect();
+    assert_eq!(
+        own,
+        vec![
+            (false, 1_000, Some(5_000), true, None),
+            (false, 5_000, Some(6_000), false, None),
+            (false, 6_000, Some(8_000), true, None),
+            (false, 8_000, None, false, None),
+        ]
+    );
+    // A window selects what overlaps it.
+    let later = s
+        .health_spans(
+            SpansOf::Workers(std::slice::from_ref(&w.id)),
+            window(6_500, 7_000),
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        span_list(&later),
+        vec![(true, 6_000, Some(8_000), true, None)]
+    );
+
+    // A re-registration of a live worker is a `replaced` crash and a new
+    // live span, at the same instant.
+    let (w, _) = step(s, &w, Command::Heartbeat, at(9_000)).await;
+    let (_, _) = step(s, &w, Command::Register, at(9_500)).await;
+    let spans = s
+        .health_spans(
+            SpansOf::Workers(std::slice::from_ref(&w.id)),
+            window(9_000, 10_000),
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        span_list(&spans),
+        vec![
+            // A span that ends where the window begins is read too (its
+            // part in the window is empty).
+            (
+                true,
+                8_000,
+                Some(9_000),
+                false,
+                Some((OfflineClass::Graceful, None))
+            ),
+            (true, 9_000, Some(9_500), true, None),
+            (
+                true,
+                9_500,
+                Some(9_500),
+                false,
+                Some((OfflineClass::Crash, Some(CrashKind::Replaced)))
+            ),
+            (true, 9_500, None, true, None),
+        ]
+    );
+}
+
+async fn health_history_survives_deletion(store: Arc<dyn Store>) {
+    let s = &*store;
+    let (w, _) = register(s, 1, "m1", at(1_000)).await;
+    let (next, _) = apply(s, &w, Command::Delete, at(3_000)).await;
+    assert!(next.is_none());
+    // Gone from the workers, kept in the history: live until it was
+    // revoked, then ended.
+    assert_eq!(s.get_worker(&w.id).await.unwrap(), None);
+    let spans = s
+        .health_spans(
+            SpansOf::Workers(std::slice::from_ref(&w.id)),
+            window(0, 10_000),
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        span_list(&spans),
+        vec![
+            (true, 1_000, Some(3_000), true, None),
+            (
+                true,
+                3_000,
+                Some(3_000),
+                false,
+                Some((OfflineClass::Administrative, None))
+            ),
+        ]
+    );
+    let f = s.fleet_health(&fleet_query(0, 10_000, 5)).await.unwrap();
+    assert_eq!(
+        (f.workers, f.existed_ms, f.live_ms, f.down_ms),
+        (1, 2_000, 2_000, 0)
+    );
+    assert_eq!(f.offlines, vec![(OfflineClass::Administrative, None, 1)]);
+    // The event log can be pruned entirely: the history stays.
+    s.prune_events(at(1_000_000)).await.unwrap();
+    let f2 = s.fleet_health(&fleet_query(0, 10_000, 5)).await.unwrap();
+    assert_eq!(f, f2);
+}
+
+async fn fleet_health_sums_and_ranks(store: Arc<dyn Store>) {
+    let s = &*store;
+    // m1: w1 crashes twice (stale, then exited 3); w2 is always up.
+    // m2: w3 shuts down gracefully and exits 0.
+    let (w1, _) = register(s, 1, "m1", at(0)).await;
+    let (w2, _) = register(s, 2, "m1", at(0)).await;
+    let (w3, _) = register(s, 3, "m2", at(0)).await;
+    let (w1, _) = step(s, &w1, Command::Expire { session: 1 }, at(1_000)).await;
+    let (w1, _) = step(s, &w1, Command::Heartbeat, at(2_000)).await;
+    let (next, mut write) = write_for(&w1, Command::Offline(OfflineReason::Exited), at(3_000));
+    if let WorkerWrite::Put { events, .. } = &mut write {
+        events[0].exit = Some(ExitStatus::Code(3));
+    }
+    assert_eq!(s.commit(vec![write]).await.unwrap().applied, [true]);
+    let _w1 = next.unwrap();
+    let (next, mut write) = write_for(&w3, Command::Offline(OfflineReason::Exited), at(4_000));
+    if let WorkerWrite::Put { events, .. } = &mut write {
+        events[0].exit = Some(ExitStatus::Code(0));
+    }
+    assert_eq!(s.commit(vec![write]).await.unwrap().applied, [true]);
+    let _ = (next, &w2);
+
+    let f = s.fleet_health(&fleet_query(0, 10_000, 10)).await.unwrap();
+    assert_eq!((f.workers, f.machines), (3, 2));
+    assert_eq!(f.existed_ms, 30_000);
+    assert_eq!(f.no_data_ms, 0);
+    // w1 live 1 s + 1 s, w2 10 s, w3 4 s.
+    assert_eq!(f.live_ms, 16_000);
+    assert_eq!(f.down_ms, 14_000);
+    let mut offlines = f.offlines.clone();
+    offlines.sort_by_key(|o| (o.0.as_str(), o.1.map(|k| k.as_str())));
+    assert_eq!(
+        offlines,
+        vec![
+            (OfflineClass::Crash, Some(CrashKind::Exited), 1),
+            (OfflineClass::Crash, Some(CrashKind::Stale), 1),
+            (OfflineClass::Graceful, None, 1),
+        ]
+    );
+    assert_eq!(f.machines_by_crashes, vec![mid("m1")]);
+    // m2 is down from 4 s (6 s); m1 never (w2 is up).
+    assert_eq!(f.machines_by_downtime, vec![mid("m2")]);
+    assert_eq!(f.workers_by_crashes, vec![w1.id.clone()]);
+    // w1 down 1 s + 7 s = 8 s, w3 6 s.
+    assert_eq!(f.workers_by_downtime, vec![w1.id.clone(), w3.id.clone()]);
+    // top cuts the rankings.
+    let f1 = s.fleet_health(&fleet_query(0, 10_000, 1)).await.unwrap();
+    assert_eq!(f1.workers_by_downtime, vec![w1.id.clone()]);
+    // A window clips spans: [2.5 s, 3.5 s): w1 live 0.5 s down 0.5 s, w2
+    // and w3 live 1 s each; the exited crash at 3 s is in it.
+    let f = s
+        .fleet_health(&fleet_query(2_500, 3_500, 10))
+        .await
+        .unwrap();
+    assert_eq!((f.existed_ms, f.live_ms, f.down_ms), (3_000, 2_500, 500));
+    assert_eq!(
+        f.offlines,
+        vec![(OfflineClass::Crash, Some(CrashKind::Exited), 1)]
+    );
+
+    // Label filters select workers by their current labels.
+    let (mut w4, write) = register_write(4, "m3", at(0));
+    w4.labels = labels(&[("queue", "gpu")]);
+    let write = match write {
+        WorkerWrite::Put {
+            machine,
+            events,
+            expect,
+            ..
+        } => WorkerWrite::Put {
+            record: w4.clone(),
+            expect,
+            machine,
+            events,
+        },
+        other => other,
+    };
+    assert_eq!(s.commit(vec![write]).await.unwrap().applied, [true]);
+    let mut q = fleet_query(0, 10_000, 10);
+    q.labels = vec![("queue".into(), "gpu".into())];
+    let f = s.fleet_health(&q).await.unwrap();
+    assert_eq!(
+        (f.workers, f.machines, f.existed_ms, f.live_ms),
+        (1, 1, 10_000, 10_000)
+    );
+    assert!(f.offlines.is_empty() && f.workers_by_downtime.is_empty());
+    q.labels = vec![("queue".into(), "it's".into())];
+    let f = s.fleet_health(&q).await.unwrap();
+    assert_eq!(f.workers, 0);
+}
+
+async fn observations_make_no_data(store: Arc<dyn Store>) {
+    let s = &*store;
+    assert!(s.observations().await.unwrap().is_empty());
+    s.begin_observation(at(0)).await.unwrap();
+    let (w, _) = register(s, 1, "m1", at(1_000)).await;
+    s.extend_observation(at(0), at(3_000)).await.unwrap();
+    // Never moves back.
+    s.extend_observation(at(0), at(2_000)).await.unwrap();
+    // The server was away for 2 s.
+    s.begin_observation(at(5_000)).await.unwrap();
+    s.extend_observation(at(5_000), at(9_000)).await.unwrap();
+    let (_w, _) = step(s, &w, Command::Expire { session: 1 }, at(7_000)).await;
+    let rows = s.observations().await.unwrap();
+    assert_eq!(
+        rows,
+        vec![
+            Observation {
+                start: at(0),
+                end: at(3_000),
+                no_data_before_ms: 0
+            },
+            Observation {
+                start: at(5_000),
+                end: at(9_000),
+                no_data_before_ms: 2_000
+            },
+        ]
+    );
+    let obs = Observations::new(rows, Some(at(10_000)));
+    let q = FleetQuery {
+        window: window(0, 10_000),
+        no_data_before_from: obs.no_data_before(at(0)),
+        no_data_before_to: obs.no_data_before(at(10_000)),
+        top: 10,
+        labels: vec![],
+    };
+    let f = s.fleet_health(&q).await.unwrap();
+    // Existed 9 s; 2 s no data; live 1–7 s but for the gap; down 7–10 s.
+    assert_eq!(
+        (f.existed_ms, f.no_data_ms, f.live_ms, f.down_ms),
+        (9_000, 2_000, 4_000, 3_000)
+    );
+    // The same from the spans and the core's arithmetic.
+    let spans = s
+        .health_spans(
+            SpansOf::Workers(std::slice::from_ref(&w.id)),
+            window(0, 10_000),
+        )
+        .await
+        .unwrap();
+    let time: Vec<_> = spans.iter().map(|s| s.span).collect();
+    let core = rollcall_core::health::figures(&time, &[], &obs, window(0, 10_000));
+    assert_eq!(
+        (core.existed_ms, core.no_data_ms, core.live_ms, core.down_ms),
+        (9_000, 2_000, 4_000, 3_000)
+    );
+    // A window inside the gap, and one that begins in it.
+    for (from, to) in [(3_500, 4_500), (4_000, 8_000)] {
+        let q = FleetQuery {
+            window: window(from, to),
+            no_data_before_from: obs.no_data_before(at(from)),
+            no_data_before_to: obs.no_data_before(at(to)),
+            top: 10,
+            labels: vec![],
+        };
+        let f = s.fleet_health(&q).await.unwrap();
+        let core = rollcall_core::health::figures(&time, &[], &obs, window(from, to));
+        assert_eq!(
+            (f.existed_ms, f.no_data_ms, f.live_ms, f.down_ms),
+            (core.existed_ms, core.no_data_ms, core.live_ms, core.down_ms),
+            "window {from}..{to}"
+        );
+    }
+}
+
+async fn prune_health_keeps_open_and_recent_spans(store: Arc<dyn Store>) {
+    let s = &*store;
+    s.begin_observation(at(0)).await.unwrap();
+    s.extend_observation(at(0), at(1_000)).await.unwrap();
+    s.begin_observation(at(2_000)).await.unwrap();
+    s.extend_observation(at(2_000), at(3_000)).await.unwrap();
+    s.begin_observation(at(4_000)).await.unwrap();
+    let (w, _) = register(s, 1, "m1", at(4_000)).await;
+    let (w, _) = step(s, &w, Command::Expire { session: 1 }, at(5_000)).await;
+    let (_w, _) = step(s, &w, Command::Heartbeat, at(6_000)).await;
+    s.extend_observation(at(4_000), at(9_000)).await.unwrap();
+    // Spans ended at or before 5 s go, with the observations that ended
+    // before the latest of those that ended by then.
+    let n = s.prune_health(at(5_000)).await.unwrap();
+    assert_eq!(n, 2, "the worker's and the machine's first live spans");
+    let spans = s
+        .health_spans(SpansOf::Machines(&[mid("m1")]), window(0, 10_000))
+        .await
+        .unwrap();
+    assert_eq!(spans.len(), 4);
+    assert!(spans.iter().all(|s| s.span.start >= at(5_000)));
+    let starts: Vec<_> = s
+        .observations()
+        .await
+        .unwrap()
+        .iter()
+        .map(|o| o.start)
+        .collect();
+    assert_eq!(starts, vec![at(2_000), at(4_000)]);
+    assert_eq!(s.prune_health(at(5_000)).await.unwrap(), 0);
+}
+
+// ===========================================================================
 // SQLite only: the file lock, reopening, rows edited from outside
 // ===========================================================================
 
@@ -1723,6 +2100,77 @@ mod sqlite_only {
 
     fn db_path(dir: &tempfile::TempDir) -> String {
         dir.path().join("rollcall.db").to_str().unwrap().to_owned()
+    }
+
+    /// The migration's backfill rebuilds, from the event log, the history
+    /// the commits wrote (but the names of deleted workers, which no event
+    /// carries).
+    #[tokio::test]
+    async fn the_migration_backfills_history_from_the_event_log() {
+        let dir = tempfile::TempDir::new().unwrap();
+        let path = db_path(&dir);
+        let store = SqliteStore::open(&path).await.unwrap();
+        let s: &dyn Store = &store;
+        let (w1, _) = register(s, 1, "m1", at(1_000)).await;
+        let (w2, _) = register(s, 2, "m1", at(2_000)).await;
+        let (w3, _) = register(s, 3, "m2", at(2_000)).await;
+        let (gone, _) = apply(s, &w2, Command::Delete, at(3_000)).await;
+        assert!(gone.is_none());
+        let (w1, _) = step(s, &w1, Command::Expire { session: 1 }, at(5_000)).await;
+        let (_w1, _) = step(s, &w1, Command::Heartbeat, at(6_000)).await;
+        let (_w3, _) = step(s, &w3, Command::Offline(OfflineReason::Shutdown), at(7_000)).await;
+        async fn spans(
+            s: &SqliteStore,
+        ) -> Vec<(
+            Option<rollcall_core::WorkerId>,
+            rollcall_core::MachineId,
+            Span,
+        )> {
+            let mut v = s
+                .health_spans(
+                    SpansOf::Machines(&[mid("m1"), mid("m2")]),
+                    window(0, 100_000),
+                )
+                .await
+                .unwrap();
+            v.sort_by_key(|x| {
+                (
+                    x.worker_id.clone(),
+                    x.machine_id.clone(),
+                    x.span.start,
+                    x.span.end,
+                )
+            });
+            v.into_iter()
+                .map(|x| (x.worker_id, x.machine_id, x.span))
+                .collect()
+        }
+        let written = spans(&store).await;
+        assert_eq!(written.len(), 12, "{written:?}");
+        store.close().await.unwrap();
+        drop(store);
+
+        let migration = include_str!("../migrations/sqlite/0005_health_history.sql");
+        let backfill = &migration[migration.find("-- Backfill").unwrap()..];
+        let raw = SqlitePool::connect_with(SqliteConnectOptions::new().filename(&path))
+            .await
+            .unwrap();
+        sqlx::query("DELETE FROM health_spans")
+            .execute(&raw)
+            .await
+            .unwrap();
+        sqlx::query("DELETE FROM health_observations")
+            .execute(&raw)
+            .await
+            .unwrap();
+        sqlx::raw_sql(backfill).execute(&raw).await.unwrap();
+        raw.close().await;
+
+        let store = SqliteStore::open(&path).await.unwrap();
+        assert_eq!(spans(&store).await, written);
+        let obs = store.observations().await.unwrap();
+        assert_eq!(obs.len(), 1);
+        assert_eq!((obs[0].start, obs[0].no_data_before_ms), (at(1_000), 0));
     }
 
     #[tokio::test]

@@ -7,6 +7,7 @@ pub mod dto;
 pub mod error;
 pub mod events;
 pub mod extract;
+pub mod health;
 pub mod machines;
 pub mod openapi;
 pub mod ops;
@@ -58,6 +59,8 @@ pub struct AppState {
     pub throttle: Arc<crate::auth::FailureThrottle>,
     /// Who may register a live worker's name again.
     pub re_register: crate::config::ReRegister,
+    /// Retention and flapping threshold of the health endpoints.
+    pub health: health::HealthSettings,
     /// Cancelled when the server shuts down, so that the responses that
     /// never end by themselves (event streams) end and shutdown completes.
     pub shutdown: CancellationToken,
@@ -123,6 +126,9 @@ pub fn router(state: AppState, with_metrics: bool) -> Router {
         .route("/v1/machines", get(machines::list))
         .route("/v1/machines/{id}", get(machines::get))
         .route("/v1/summary", get(summary::get))
+        .route("/v1/machines/{id}/health", get(health::machine))
+        .route("/v1/workers/{id}/health", get(health::worker))
+        .route("/v1/health", get(health::fleet))
         .route("/v1/events", get(events::list))
         .route("/v1/events/stream", get(stream::stream))
         .route("/v1/cleanup/stale", post(ops::cleanup_stale))

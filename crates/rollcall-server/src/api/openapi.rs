@@ -3,7 +3,9 @@
 use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa::{Modify, OpenApi};
 
-use super::{dashboard, dto, error, events, machines, ops, stream, summary, tokens, workers};
+use super::{
+    dashboard, dto, error, events, health, machines, ops, stream, summary, tokens, workers,
+};
 
 struct Bearer;
 
@@ -37,9 +39,11 @@ fn wire_enum(
 
 impl Modify for Wire {
     fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
-        use rollcall_core::{EventReason, EventType, MachineStatus, OfflineReason, Status};
+        use rollcall_core::{
+            CrashKind, EventReason, EventType, MachineStatus, OfflineReason, Status,
+        };
         let components = openapi.components.get_or_insert_with(Default::default);
-        let enums: [(&str, &str, Vec<&'static str>); 5] = [
+        let enums: [(&str, &str, Vec<&'static str>); 6] = [
             (
                 "Status",
                 "A worker's status.",
@@ -64,6 +68,11 @@ impl Modify for Wire {
                 "OfflineReason",
                 "Why a worker is offline.",
                 OfflineReason::ALL.iter().map(|s| s.as_str()).collect(),
+            ),
+            (
+                "CrashKind",
+                "The kind of a crash, by the offline reason that recorded it.",
+                CrashKind::ALL.iter().map(|s| s.as_str()).collect(),
             ),
         ];
         for (name, description, values) in enums {
@@ -105,6 +114,7 @@ impl Modify for Wire {
         workers::register, workers::heartbeat, workers::batch_heartbeats, workers::drain,
         workers::offline, workers::delete, workers::list, workers::get,
         machines::list, machines::get, summary::get,
+        health::fleet, health::machine, health::worker,
         events::list, stream::stream,
         ops::cleanup_stale, ops::cleanup_all, ops::healthz, ops::readyz, ops::metrics,
         dashboard::page,
