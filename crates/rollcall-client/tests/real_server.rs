@@ -293,3 +293,72 @@ async fn the_whole_contract_against_the_real_server() {
 
     server.running.shutdown().await.unwrap();
 }
+
+/// The typed health calls decode what the real server answers, with the
+/// figures the server computed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn health_against_the_real_server() {
+    use rollcall_client::{CrashKind, HealthQuery, RegisterRequest};
+    let server = start_server().await;
+    let admin = client(&server.url, ADMIN);
+    let mut req = RegisterRequest::new(
+        WorkerName::parse("h1").unwrap(),
+        MachineId::parse("host-h").unwrap(),
+    );
+    req.stale_after_ms = Some(60_000);
+    let reg = admin.register(&req).await.unwrap();
+    let id = reg.worker.id.clone();
+    let own = admin.with_token(reg.token.expose());
+    let off = own.offline(&id, OfflineReason::Exited).await.unwrap();
+    let crashed = off.status_changed_at;
+
+    let q = HealthQuery {
+        buckets: Some(4),
+        top: Some(3),
+        ..HealthQuery::window("1h")
+    };
+    let w = admin.worker_health(&id, &q).await.unwrap();
+    assert_eq!(w.worker_id, id);
+    assert_eq!(w.name.as_ref().map(|n| n.as_str()), Some("h1"));
+    assert_eq!(w.figures.crashes.exited, 1);
+    assert_eq!(w.figures.crashes.total, 1);
+    let last = w.figures.last_crash.unwrap();
+    assert_eq!((last.at, last.kind), (crashed, CrashKind::Exited));
+    assert_eq!(
+        w.figures.live_ms as i64,
+        crashed.diff_ms(reg.worker.registered_at)
+    );
+    assert_eq!(w.figures.observed_ms, w.figures.live_ms + w.figures.down_ms);
+    assert_eq!(w.buckets.len(), 4);
+    assert_eq!(w.buckets.iter().map(|b| b.crashes).sum::<u64>(), 1);
+
+    let m = admin
+        .machine_health(&MachineId::parse("host-h").unwrap(), &q)
+        .await
+        .unwrap();
+    assert_eq!(m.workers.len(), 1);
+    assert_eq!(m.figures.crashes.exited, 1);
+    assert_eq!(m.figures.live_ms, w.figures.live_ms);
+
+    let f = admin.fleet_health(&q).await.unwrap();
+    assert_eq!((f.workers, f.machines), (1, 1));
+    assert_eq!(f.crashes.exited, 1);
+    assert_eq!(f.top_machines_by_crashes[0].machine_id.as_str(), "host-h");
+    assert_eq!(f.top_workers_by_crashes[0].worker_id, id);
+    let labelled = HealthQuery {
+        labels: vec![("queue".into(), "none".into())],
+        ..HealthQuery::window("1h")
+    };
+    assert_eq!(admin.fleet_health(&labelled).await.unwrap().workers, 0);
+
+    let e = admin
+        .fleet_health(&HealthQuery::window("7w"))
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), Some(&ErrorCode::InvalidRequest));
+    let e = admin
+        .machine_health(&MachineId::parse("nowhere").unwrap(), &q)
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), Some(&ErrorCode::NotFound));
+}

@@ -540,6 +540,29 @@ mod tests {
     }
 
     #[test]
+    fn health_history_outlives_the_event_log() {
+        let c = raw(&[
+            ("health_retention", "2y"),
+            ("flapping_crashes_per_hour", "5"),
+        ])
+        .resolve()
+        .unwrap();
+        assert_eq!(c.flapping_crashes_per_hour, 5);
+        for bad in [
+            vec![("health_retention", "30d")],
+            vec![("health_retention", "10d")],
+            vec![("event_retention", "500d")],
+        ] {
+            let e = raw(&bad).resolve().unwrap_err();
+            assert!(e.to_string().contains("`health_retention`"), "{e}");
+        }
+        let e = raw(&[("flapping_crashes_per_hour", "0")])
+            .resolve()
+            .unwrap_err();
+        assert!(e.to_string().contains("`flapping_crashes_per_hour`"), "{e}");
+    }
+
+    #[test]
     fn defaults_match_the_contract() {
         let c = RawConfig::default().resolve().unwrap();
         assert_eq!(c.listen.to_string(), "127.0.0.1:7373");
@@ -556,6 +579,8 @@ mod tests {
         assert_eq!(c.policy.max_stale_after, Duration::from_secs(86_400));
         assert_eq!(c.forget_offline_after, Duration::from_secs(7 * 86_400));
         assert_eq!(c.event_retention, Duration::from_secs(30 * 86_400));
+        assert_eq!(c.health_retention, Duration::from_secs(400 * 86_400));
+        assert_eq!(c.flapping_crashes_per_hour, 3);
         assert_eq!(c.limits, Limits::default());
         assert_eq!(c.re_register, ReRegister::Any);
         let c = raw(&[("re_register", "own_token")]).resolve().unwrap();

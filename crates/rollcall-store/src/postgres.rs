@@ -659,6 +659,17 @@ impl Store for PgStore {
 
     async fn forget_empty_machines(&self) -> Result<u64> {
         let mut tx = self.begin(true, Some(WRITER_LOCK)).await?;
+        // A forgotten machine's history ends now (the database's clock).
+        sqlx::query(
+            "UPDATE health_spans SET \
+               end_ms = GREATEST(start_ms, FLOOR(EXTRACT(EPOCH FROM clock_timestamp()) * 1000)::BIGINT), \
+               n_end = COALESCE((SELECT no_data_before_ms FROM health_observations \
+                                 ORDER BY start_ms DESC LIMIT 1), 0) \
+             WHERE entity = 'machine' AND end_ms IS NULL AND id IN (SELECT m.id FROM machines m \
+               WHERE NOT EXISTS (SELECT 1 FROM workers w WHERE w.machine_id = m.id))",
+        )
+        .execute(&mut *tx)
+        .await?;
         let n = sqlx::query(
             "DELETE FROM machines m WHERE NOT EXISTS (SELECT 1 FROM workers w WHERE w.machine_id = m.id)",
         )

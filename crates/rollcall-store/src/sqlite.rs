@@ -888,12 +888,25 @@ impl Store for SqliteStore {
     async fn forget_empty_machines(&self) -> Result<u64> {
         let mut conn = WriteConn::acquire(&self.writer).await?;
         let result = async {
+            let mut tx = conn.begin().await?;
+            // A forgotten machine's history ends now.
+            sqlx::query(
+                "UPDATE health_spans SET \
+                   end_ms = MAX(start_ms, CAST((julianday('now') - 2440587.5) * 86400000 AS INTEGER)), \
+                   n_end = COALESCE((SELECT no_data_before_ms FROM health_observations \
+                                     ORDER BY start_ms DESC LIMIT 1), 0) \
+                 WHERE entity = 'machine' AND end_ms IS NULL AND id IN (SELECT m.id FROM machines m \
+                   WHERE NOT EXISTS (SELECT 1 FROM workers w WHERE w.machine_id = m.id))",
+            )
+            .execute(&mut *tx)
+            .await?;
             let n = sqlx::query(
                 "DELETE FROM machines WHERE NOT EXISTS (SELECT 1 FROM workers w WHERE w.machine_id = machines.id)",
             )
-            .execute(&mut *conn)
+            .execute(&mut *tx)
             .await?
             .rows_affected();
+            tx.commit().await?;
             Ok(n)
         }
         .await;

@@ -1702,6 +1702,24 @@ async fn forget_empty_machines_keeps_machines_with_workers(store: Arc<dyn Store>
         .map(|m| m.id.to_string())
         .collect();
     assert_eq!(left, ["m1", "m2"]);
+    // The forgotten machines' history ends (at the time they were
+    // forgotten); the others' open spans stay open.
+    let spans = s
+        .health_spans(
+            SpansOf::Machines(&[mid("m1"), mid("m2"), mid("m3"), mid("m4")]),
+            window(0, i64::MAX / 2),
+        )
+        .await
+        .unwrap();
+    for sp in spans.iter().filter(|sp| sp.worker_id.is_none()) {
+        let forgotten = ["m3", "m4"].contains(&sp.machine_id.as_str());
+        if sp.span.end.is_none() {
+            assert!(!forgotten, "{sp:?}");
+        }
+    }
+    assert!(spans.iter().any(|sp| sp.worker_id.is_none()
+        && sp.machine_id.as_str() == "m2"
+        && sp.span.end.is_none()));
     assert_eq!(s.forget_empty_machines().await.unwrap(), 0);
     assert_eq!(
         s.last_seq().await.unwrap(),

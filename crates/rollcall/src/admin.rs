@@ -1,4 +1,4 @@
-//! The admin CLI: `rollcall workers|machines|tokens|cleanup|events …`.
+//! The admin CLI: `rollcall workers|machines|tokens|cleanup|events|health …`.
 //!
 //! Human output is an aligned table (status coloured only when stdout is a
 //! terminal, times relative: "12s ago"); `--json` prints the contract's JSON
@@ -12,8 +12,8 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use clap::{Args, Subcommand, ValueEnum};
 use rollcall_client::{
-    Client, Error, ErrorCode, EventQuery, MachineId, MachineQuery, NewToken, OfflineReason,
-    Timestamp, TokenId, TokenKind, WorkerId, WorkerQuery,
+    Client, Crashes, Error, ErrorCode, EventQuery, HealthQuery, LastCrash, MachineId, MachineQuery,
+    NewToken, OfflineReason, Timestamp, TokenId, TokenKind, WorkerId, WorkerQuery,
 };
 use serde::Serialize;
 
@@ -442,6 +442,14 @@ pub async fn workers(client: Client, conn: Conn, cmd: WorkersCommand) -> Result<
                 return print_json(&w);
             }
             print_worker(&w);
+            let mut lines = Vec::new();
+            for window in ["24h", "30d"] {
+                let h = client
+                    .worker_health(&w.id, &HealthQuery::window(window))
+                    .await;
+                lines.push((window, h.ok().map(|h| health_line(&h.figures))));
+            }
+            print_health_lines(&lines);
         }
         WorkersCommand::Drain { id } => {
             let w = client.drain(&resolve_worker(&client, &id).await?).await?;
@@ -542,11 +550,238 @@ pub async fn machines(client: Client, conn: Conn, cmd: MachinesCommand) -> Resul
                 ("last seen", ago(now, mm.last_seen_at)),
                 ("status changed", ago(now, mm.status_changed_at)),
             ]);
+            let mut lines = Vec::new();
+            for window in ["24h", "30d"] {
+                let h = client
+                    .machine_health(&id, &HealthQuery::window(window))
+                    .await;
+                lines.push((window, h.ok().map(|h| health_line(&h.figures))));
+            }
+            print_health_lines(&lines);
             println!();
             print_workers(&m.workers);
         }
     }
     Ok(())
+}
+
+/// `rollcall health`.
+#[derive(Debug, Clone, Args)]
+pub struct HealthArgs {
+    /// The last `<n>m`, `<n>h` or `<n>d`: 1h, 24h, 7d, 30d…
+    #[arg(long, default_value = "7d")]
+    window: String,
+    /// How many machines and workers each ranking lists (1–1000).
+    #[arg(long, default_value_t = 20)]
+    top: u32,
+    /// Only workers with this label (and their machines); repeatable.
+    #[arg(long = "label", value_name = "KEY=VALUE")]
+    labels: Vec<String>,
+}
+
+/// `rollcall health`: the fleet's availability and crashes over a window,
+/// and the machines and workers that crash most and are down longest.
+pub async fn health(client: Client, conn: Conn, args: HealthArgs) -> Result<(), Failure> {
+    let labels = args
+        .labels
+        .iter()
+        .map(|l| {
+            l.split_once('=')
+                .map(|(k, v)| (k.to_owned(), v.to_owned()))
+                .ok_or_else(|| usage(format!("--label must be KEY=VALUE, got {l:?}")))
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    let query = HealthQuery {
+        top: Some(args.top),
+        labels,
+        ..HealthQuery::window(args.window.clone())
+    };
+    let f = client.fleet_health(&query).await?;
+    if conn.json {
+        return print_json(&f);
+    }
+    let now = now_ms();
+    kv(&[
+        (
+            "window",
+            format!("{} ({} to {})", args.window, f.from, f.to),
+        ),
+        (
+            "fleet",
+            format!("{} workers on {} machines", f.workers, f.machines),
+        ),
+        ("availability", percent(f.availability)),
+        ("crashes", crash_text(&f.crashes)),
+        ("went stale", format!("{} times", f.crashes.stale)),
+        (
+            "other offlines",
+            format!(
+                "{} graceful, {} administrative",
+                f.graceful, f.administrative
+            ),
+        ),
+        ("no data", span(f.no_data_ms)),
+    ]);
+    let machine_rows = |ms: &[rollcall_client::RankedMachine]| {
+        ms.iter()
+            .map(|m| {
+                vec![
+                    Cell::plain(m.machine_id.to_string()),
+                    Cell::plain(m.crashes.total.to_string()),
+                    Cell::plain(format!(
+                        "{}/{}/{}",
+                        m.crashes.stale, m.crashes.replaced, m.crashes.exited
+                    )),
+                    Cell::plain(percent(m.availability)),
+                    Cell::plain(span(m.down_ms)),
+                    Cell::plain(m.mtbf_ms.map_or_else(|| "-".into(), span)),
+                    Cell::plain(last_crash(now, m.last_crash.as_ref())),
+                ]
+            })
+            .collect::<Vec<_>>()
+    };
+    let worker_rows = |ws: &[rollcall_client::RankedWorker]| {
+        ws.iter()
+            .map(|w| {
+                vec![
+                    Cell::plain(format!(
+                        "{}/{}",
+                        w.machine_id,
+                        w.name
+                            .as_ref()
+                            .map_or_else(|| w.worker_id.to_string(), |n| n.to_string())
+                    )),
+                    Cell::plain(w.crashes.total.to_string()),
+                    Cell::plain(format!(
+                        "{}/{}/{}",
+                        w.crashes.stale, w.crashes.replaced, w.crashes.exited
+                    )),
+                    Cell::plain(percent(w.availability)),
+                    Cell::plain(span(w.down_ms)),
+                    Cell::plain(w.mtbf_ms.map_or_else(|| "-".into(), span)),
+                    Cell::plain(last_crash(now, w.last_crash.as_ref())),
+                ]
+            })
+            .collect::<Vec<_>>()
+    };
+    let headers = |first: &'static str| {
+        [
+            first,
+            "CRASHES",
+            "STALE/REPLACED/EXITED",
+            "AVAILABLE",
+            "DOWN",
+            "MTBF",
+            "LAST CRASH",
+        ]
+    };
+    for (title, rows, first) in [
+        (
+            "Machines with the most crashes",
+            machine_rows(&f.top_machines_by_crashes),
+            "MACHINE",
+        ),
+        (
+            "Machines down longest",
+            machine_rows(&f.top_machines_by_downtime),
+            "MACHINE",
+        ),
+        (
+            "Workers with the most crashes",
+            worker_rows(&f.top_workers_by_crashes),
+            "WORKER",
+        ),
+        (
+            "Workers down longest",
+            worker_rows(&f.top_workers_by_downtime),
+            "WORKER",
+        ),
+    ] {
+        println!();
+        println!("{title}:");
+        if rows.is_empty() {
+            println!("  none");
+        } else {
+            table(&headers(first), rows);
+        }
+    }
+    Ok(())
+}
+
+/// One line of health figures: availability, crashes, MTBF, last crash.
+fn health_line(f: &rollcall_client::health::Figures) -> String {
+    let mut s = format!(
+        "{} available, {}",
+        percent(f.availability),
+        crash_text(&f.crashes)
+    );
+    if let Some(m) = f.mtbf_ms {
+        s.push_str(&format!(", MTBF {}", span(m)));
+    }
+    if f.last_crash.is_some() {
+        s.push_str(&format!(
+            ", last crash {}",
+            last_crash(now_ms(), f.last_crash.as_ref())
+        ));
+    }
+    if f.no_data_ms > 0 {
+        s.push_str(&format!(", no data {}", span(f.no_data_ms)));
+    }
+    if f.flapping {
+        s.push_str(", FLAPPING");
+    }
+    s
+}
+
+fn print_health_lines(lines: &[(&str, Option<String>)]) {
+    let pairs: Vec<(String, String)> = lines
+        .iter()
+        .map(|(w, l)| {
+            (
+                format!("health {w}"),
+                l.clone().unwrap_or_else(|| "unavailable".into()),
+            )
+        })
+        .collect();
+    let refs: Vec<(&str, String)> = pairs.iter().map(|(k, v)| (k.as_str(), v.clone())).collect();
+    kv(&refs);
+}
+
+/// "99.95%", or "no data" when nothing was observed.
+fn percent(a: Option<f64>) -> String {
+    a.map_or_else(|| "no data".into(), |a| format!("{:.2}%", a * 100.0))
+}
+
+/// "2 crashes (1 stale, 0 replaced, 1 exited)".
+fn crash_text(c: &Crashes) -> String {
+    if c.total == 0 {
+        return "no crashes".into();
+    }
+    format!(
+        "{} crash{} ({} stale, {} replaced, {} exited)",
+        c.total,
+        if c.total == 1 { "" } else { "es" },
+        c.stale,
+        c.replaced,
+        c.exited
+    )
+}
+
+/// "5m ago (stale)", or "-".
+fn last_crash(now: i64, c: Option<&LastCrash>) -> String {
+    c.map_or_else(
+        || "-".into(),
+        |c| format!("{} ({})", ago(now, c.at), c.kind),
+    )
+}
+
+/// A duration in milliseconds, to the second ("3h 2m 5s"; "250ms" below a
+/// second).
+fn span(ms: u64) -> String {
+    if ms < 1000 {
+        return format!("{ms}ms");
+    }
+    humantime::format_duration(Duration::from_secs(ms / 1000)).to_string()
 }
 
 /// `rollcall tokens …`
@@ -991,6 +1226,22 @@ fn relative(diff_ms: i64) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn health_text() {
+        assert_eq!(percent(Some(0.99951)), "99.95%");
+        assert_eq!(percent(None), "no data");
+        assert_eq!(span(250), "250ms");
+        assert_eq!(span(3_725_400), "1h 2m 5s");
+        let c = Crashes {
+            total: 2,
+            stale: 1,
+            replaced: 0,
+            exited: 1,
+        };
+        assert_eq!(crash_text(&c), "2 crashes (1 stale, 0 replaced, 1 exited)");
+        assert_eq!(crash_text(&Crashes::default()), "no crashes");
+    }
 
     #[test]
     fn relative_times() {

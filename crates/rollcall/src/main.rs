@@ -81,6 +81,16 @@ enum Command {
         #[command(subcommand)]
         cmd: admin::CleanupCommand,
     },
+    /// Fleet health: availability, crashes, and the machines and workers
+    /// that crash most and are down longest.
+    ///
+    /// Example: rollcall health --window 7d --top 10
+    Health {
+        #[command(flatten)]
+        conn: admin::Conn,
+        #[command(flatten)]
+        args: admin::HealthArgs,
+    },
     /// Copy the SQLite database to a file, safely while the server runs.
     ///
     /// Example: rollcall backup rollcall-backup.db --data-dir ./rollcall-data
@@ -108,6 +118,7 @@ fn main() -> ExitCode {
         Command::Tokens { conn, cmd } => admin::main(conn, |c, conn| admin::tokens(c, conn, cmd)),
         Command::Cleanup { conn, cmd } => admin::main(conn, |c, conn| admin::cleanup(c, conn, cmd)),
         Command::Events { conn, cmd } => admin::main(conn, |c, conn| admin::events(c, conn, cmd)),
+        Command::Health { conn, args } => admin::main(conn, |c, conn| admin::health(c, conn, args)),
         Command::Backup(args) => backup::main(args),
     }
 }

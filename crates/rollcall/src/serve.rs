@@ -67,6 +67,18 @@ pub struct ServeArgs {
     /// Prune events older than this (default 30d).
     #[arg(long, env = "ROLLCALL_EVENT_RETENTION", hide_env_values = true)]
     event_retention: Option<String>,
+    /// Keep the health history this long (default 400d; longer than
+    /// event_retention).
+    #[arg(long, env = "ROLLCALL_HEALTH_RETENTION", hide_env_values = true)]
+    health_retention: Option<String>,
+    /// Crashes within the last hour that make a worker or machine flapping
+    /// (default 3).
+    #[arg(
+        long,
+        env = "ROLLCALL_FLAPPING_CRASHES_PER_HOUR",
+        hide_env_values = true
+    )]
+    flapping_crashes_per_hour: Option<String>,
     /// How the other replicas reach this one (PostgreSQL mode; default
     /// http:// + the listen address).
     #[arg(long, env = "ROLLCALL_ADVERTISE_URL", hide_env_values = true)]
@@ -124,6 +136,8 @@ impl ServeArgs {
             metrics_token: std::env::var("ROLLCALL_METRICS_TOKEN").ok(),
             forget_offline_after: self.forget_offline_after.clone(),
             event_retention: self.event_retention.clone(),
+            health_retention: self.health_retention.clone(),
+            flapping_crashes_per_hour: self.flapping_crashes_per_hour.clone(),
             admin_token: std::env::var("ROLLCALL_ADMIN_TOKEN").ok(),
             admin_token_file: None,
             advertise_url: self.advertise_url.clone(),
