@@ -1043,6 +1043,26 @@ class HealthView {
         ? (b.crashes.total - a.crashes.total) || (b.down_ms - a.down_ms)
         : (b.down_ms - a.down_ms) || (b.crashes.total - a.crashes.total))
         || (a.machine_id < b.machine_id ? -1 : 1));
+      if (ranked.length < HEALTH_TOP) {
+        // Room for more: machines without crashes or downtime, by id.
+        const s = await this.api(`/v1/summary?limit=${HEALTH_TOP}&workers_limit=0`);
+        const calm = (s ? s.machines.items : [])
+          .filter((m) => !byId.has(m.id))
+          .sort((a, b) => (a.id < b.id ? -1 : 1));
+        for (const m of calm.slice(0, HEALTH_TOP - ranked.length)) {
+          const r = {
+            machine_id: m.id,
+            hostname: m.hostname,
+            availability: null,
+            down_ms: 0,
+            crashes: { total: 0, stale: 0, replaced: 0, exited: 0 },
+            mtbf_ms: null,
+            last_crash: null,
+          };
+          byId.set(m.id, r);
+          ranked.push(r);
+        }
+      }
       const details = await Promise.all(ranked.map((m) => this.machineHealth(m.machine_id)));
       const els = [];
       ranked.forEach((m, i) => {
@@ -1171,7 +1191,7 @@ class HealthView {
       row.dataset.crashes = String(w.crashes.total);
       const label = document.createElement('span');
       label.className = 'bars-label';
-      label.textContent = w.name;
+      label.textContent = w.name ?? w.worker_id;
       label.title = w.worker_id;
       const bars = document.createElement('span');
       bars.className = 'bars';

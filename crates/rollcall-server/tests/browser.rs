@@ -480,7 +480,7 @@ async fn measure_the_dashboard_with_a_large_fleet() {
     let workers_n = env("ROLLCALL_MEASURE_WORKERS", 100_000);
     let machines_n = env("ROLLCALL_MEASURE_MACHINES", 1_000);
     const RUNS: usize = 5;
-    const STALE_AFTER_MS: u64 = 240_000;
+    const STALE_AFTER_MS: u64 = 120_000;
     let app = Arc::new(spawn("1h").await);
 
     let started = Instant::now();
@@ -559,10 +559,12 @@ async fn measure_the_dashboard_with_a_large_fleet() {
     page.wait_for("the page", "document.readyState === 'complete'", PATIENCE)
         .await
         .unwrap();
+    // Null-safe: it is also evaluated while a reload replaces the document.
     let loaded = format!(
-        "document.getElementById('loading').hidden \
-         && document.getElementById('count-workers-total').dataset.value === '{workers_n}' \
-         && document.querySelectorAll('#machines article').length > 0"
+        "(() => {{ const l = document.getElementById('loading'); \
+           const t = document.getElementById('count-workers-total'); \
+           return !!l && l.hidden && !!t && t.dataset.value === '{workers_n}' \
+             && document.querySelectorAll('#machines article').length > 0; }})()"
     );
     let t0 = Instant::now();
     page.eval("document.getElementById('token').focus()")
@@ -814,4 +816,276 @@ async fn main_thread_time(page: &cdp::Page<'_>) -> Vec<(String, f64)> {
         (name.trim_end_matches("Duration").to_owned(), v)
     })
     .collect()
+}
+
+/// The `rollcall` binary, for agents: `ROLLCALL_BIN`, or the one cargo
+/// built next to this test (`cargo test --workspace` builds it first).
+fn rollcall_bin() -> PathBuf {
+    if let Some(p) = std::env::var_os("ROLLCALL_BIN") {
+        return PathBuf::from(p);
+    }
+    let exe = std::env::current_exe().expect("the test's path");
+    let bin = exe
+        .parent()
+        .and_then(Path::parent)
+        .expect("target/<profile>/deps")
+        .join("rollcall");
+    assert!(
+        bin.exists(),
+        "{} does not exist: build it (cargo build -p rollcall) or set ROLLCALL_BIN",
+        bin.display()
+    );
+    bin
+}
+
+/// `rollcall agent run` of a child that waits for `go` to exist, then
+/// exits with `code`.
+fn agent(app: &App, name: &str, machine: &str, go: &Path, code: u8) -> std::process::Child {
+    std::process::Command::new(rollcall_bin())
+        .args(["agent", "run", "--server", &app.base, "--token", ADMIN])
+        .args(["--name", name, "--machine-id", machine, "--", "sh", "-c"])
+        .arg(format!(
+            "while [ ! -e '{}' ]; do sleep 0.02; done; exit {code}",
+            go.display()
+        ))
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("the agent starts")
+}
+
+impl App {
+    async fn get_json(&self, path: &str) -> Value {
+        let r = self
+            .client
+            .get(format!("{}{path}", self.base))
+            .bearer_auth(ADMIN)
+            .send()
+            .await
+            .expect("answered");
+        assert!(r.status().is_success(), "{path}: {}", r.status());
+        r.json().await.unwrap()
+    }
+
+    /// Waits until the worker `name` on `machine` is offline; returns it.
+    async fn wait_offline(&self, machine: &str, name: &str) -> Value {
+        let started = Instant::now();
+        loop {
+            let m = self
+                .get_json(&format!("/v1/summary?machine_id={machine}&limit=1"))
+                .await;
+            if let Some(w) = m["workers"]["items"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .find(|w| w["name"] == name && w["status"] == "offline")
+            {
+                return w.clone();
+            }
+            assert!(
+                started.elapsed() < PATIENCE,
+                "{machine}/{name} never went offline"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+}
+
+/// The Health view against the real health endpoints: an agent whose child
+/// exits with 3 shows up as a crash, without a reload; an agent told to
+/// stop (SIGTERM: a graceful `shutdown`) does not. Saves
+/// `target/dashboard-health.png`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_health_view_shows_a_crash_without_a_reload() {
+    let Some(chromium) = chromium_or_skip() else {
+        return;
+    };
+    let mut app = spawn("1500ms").await;
+    let dir = tempfile::tempdir().unwrap();
+    // A steady machine, so that the view has a machine without crashes.
+    let steady = app
+        .register(
+            json!({"name": "web-1", "machine": {"id": "steady-node"}, "stale_after_ms": 60_000}),
+        )
+        .await;
+    let beats = app.heartbeats(&steady, Duration::from_millis(1000));
+
+    let browser = cdp::Browser::launch(&chromium)
+        .await
+        .expect("chromium starts");
+    let page = browser.new_page(1280, 900).await.expect("a page");
+    page.emulate_media(&[("prefers-reduced-motion", "reduce")])
+        .await
+        .unwrap();
+    page.navigate(&format!("{}/", app.base)).await.unwrap();
+    page.wait_for(
+        "the sign-in form",
+        "document.readyState === 'complete' && !!document.getElementById('token')",
+        PATIENCE,
+    )
+    .await
+    .unwrap();
+    page.eval("window.__sameDocument = 'yes'").await.unwrap();
+    page.eval("document.getElementById('token').focus()")
+        .await
+        .unwrap();
+    page.type_text(ADMIN).await.unwrap();
+    page.press("Enter", 13).await.unwrap();
+    page.wait_for(
+        "the Health tab",
+        "document.getElementById('connection').dataset.state === 'live' \
+         && !document.getElementById('tab-health').hidden",
+        PATIENCE,
+    )
+    .await
+    .unwrap();
+    page.eval("document.getElementById('tab-health').click()")
+        .await
+        .unwrap();
+    if let Err(e) = page
+        .wait_for(
+            "the Health view with the steady machine",
+            "!document.getElementById('view-health').hidden \
+             && !!document.querySelector('#health-machines article[data-machine-id=\"steady-node\"]')",
+            PATIENCE,
+        )
+        .await
+    {
+        panic!("{e}; the page reported: {:?}", browser.problems());
+    }
+
+    // A crash and a graceful stop, by real agents.
+    let crash_go = dir.path().join("crash");
+    let calm_go = dir.path().join("calm");
+    let mut crasher = agent(&app, "crasher", "crash-node", &crash_go, 3);
+    let mut calm = agent(&app, "calm", "calm-node", &calm_go, 0);
+    for machine in ["crash-node", "calm-node"] {
+        let started = Instant::now();
+        while app
+            .get_json(&format!("/v1/summary?machine_id={machine}&limit=1"))
+            .await["matching"]["workers"]
+            != 1
+        {
+            assert!(
+                started.elapsed() < PATIENCE,
+                "the agent on {machine} never registered"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+    // The graceful one is told to stop (SIGTERM): it says goodbye.
+    let term = std::process::Command::new("kill")
+        .args(["-TERM", &calm.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(term.success());
+    std::fs::write(&crash_go, "").unwrap();
+    calm.wait().unwrap();
+    assert_eq!(crasher.wait().unwrap().code(), Some(3));
+    let crashed = app.wait_offline("crash-node", "crasher").await;
+    assert_eq!(crashed["offline_reason"], "exited");
+    let stopped = app.wait_offline("calm-node", "calm").await;
+    assert_eq!(stopped["offline_reason"], "shutdown");
+
+    page.wait_for(
+        "the crash in the Health view, without a reload",
+        "document.querySelector('#health-machines article[data-machine-id=\"crash-node\"]')\
+         ?.dataset.crashes === '1'",
+        PATIENCE,
+    )
+    .await
+    .unwrap();
+    // A load of the view that began after both stops were committed: sort
+    // by downtime instead.
+    let loads = page.eval("window.rollcall.health.loads").await.unwrap();
+    page.eval("document.querySelector('input[name=\"health-sort\"][value=\"downtime\"]').click()")
+        .await
+        .unwrap();
+    page.wait_for(
+        "a load of the Health view sorted by downtime",
+        &format!(
+            "window.rollcall.health.sort === 'downtime' && window.rollcall.health.loads > {loads}"
+        ),
+        PATIENCE,
+    )
+    .await
+    .unwrap();
+    let calm_crashes = page
+        .eval(
+            "document.querySelector('#health-machines article[data-machine-id=\"calm-node\"]')\
+             ?.dataset.crashes ?? 'absent'",
+        )
+        .await
+        .unwrap();
+    assert!(
+        calm_crashes == json!("0") || calm_crashes == json!("absent"),
+        "a graceful stop shown as a crash: {calm_crashes}"
+    );
+    assert_eq!(
+        page.eval(
+            "document.querySelector('#health-machines article[data-machine-id=\"crash-node\"] .hm-crashes').textContent"
+        )
+        .await
+        .unwrap(),
+        json!("1 crash (1 exited)")
+    );
+
+    // The machine opens to its workers' bars and its transitions.
+    page.eval(
+        "document.querySelector('#health-machines article[data-machine-id=\"crash-node\"] .toggle').click()",
+    )
+    .await
+    .unwrap();
+    page.wait_for(
+        "the crashed worker's bars and the exit in the timeline",
+        "(() => { const a = document.querySelector('#health-machines article[data-machine-id=\"crash-node\"]'); \
+           const w = a.querySelector('.hw'); \
+           return !!w && w.dataset.crashes === '1' && w.querySelectorAll('.bars i').length === 24 \
+             && [...a.querySelectorAll('.timeline li')].some(li => li.dataset.type === 'worker.offline' \
+                  && li.textContent.includes('exited')); })()",
+        PATIENCE,
+    )
+    .await
+    .unwrap();
+    let day_bars = page
+        .eval(
+            "[...document.querySelectorAll('#health-machines article[data-machine-id=\"crash-node\"] .bars-day i')]\
+             .map(i => i.dataset.level).join(',')",
+        )
+        .await
+        .unwrap();
+    let day_bars = day_bars.as_str().unwrap().to_owned();
+    assert_eq!(day_bars.split(',').count(), 24, "{day_bars}");
+    assert!(
+        day_bars.ends_with("warn") || day_bars.ends_with("down"),
+        "the hour of the crash is amber or red: {day_bars}"
+    );
+    assert!(
+        day_bars.starts_with("none"),
+        "the hours before it existed have no data: {day_bars}"
+    );
+    assert_eq!(
+        page.eval("window.__sameDocument").await.unwrap(),
+        json!("yes"),
+        "the page reloaded"
+    );
+
+    page.eval("document.activeElement && document.activeElement.blur()")
+        .await
+        .unwrap();
+    let shot = page
+        .screenshot(&target_dir().join("dashboard-health.png"))
+        .await
+        .unwrap();
+    eprintln!("screenshot: {}", shot.display());
+    let problems = browser.problems();
+    assert!(
+        problems.is_empty(),
+        "the page reported errors:\n{}",
+        problems.join("\n")
+    );
+    beats.abort();
+    drop(page);
+    drop(browser);
+    app.shutdown().await;
 }
