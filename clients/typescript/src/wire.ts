@@ -453,6 +453,90 @@ export interface paths {
         patch?: never;
         trace?: never;
     };
+    "/v1/health": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        /**
+         * The fleet over a window: totals, and the machines and workers that
+         *     crashed most and were down longest.
+         */
+        get: {
+            parameters: {
+                query?: {
+                    /**
+                     * @description The last `<n>m`, `<n>h` or `<n>d` up to now (`1h`, `24h`, `7d`,
+                     *     `30d`); default `24h`. Not with `from`/`to`.
+                     */
+                    window?: string;
+                    /** @description Start of the window (RFC 3339), within `health_retention`. */
+                    from?: string;
+                    /** @description End of the window (RFC 3339; default now; a later time is now). */
+                    to?: string;
+                    /**
+                     * @description Worker and machine health: the window in this many equal buckets
+                     *     (1–1000, at most one per millisecond).
+                     */
+                    buckets?: number;
+                    /** @description Fleet health: length of each ranking (1–1000, default 10). */
+                    top?: number;
+                    /**
+                     * @description Fleet health: `key=value`, repeatable; only workers whose labels
+                     *     hold every pair, and their machines.
+                     */
+                    label?: string[];
+                };
+                header?: never;
+                path?: never;
+                cookie?: never;
+            };
+            requestBody?: never;
+            responses: {
+                200: {
+                    headers: {
+                        [name: string]: unknown;
+                    };
+                    content: {
+                        "application/json": components["schemas"]["FleetHealth"];
+                    };
+                };
+                400: {
+                    headers: {
+                        [name: string]: unknown;
+                    };
+                    content: {
+                        "application/json": components["schemas"]["ErrorBody"];
+                    };
+                };
+                401: {
+                    headers: {
+                        [name: string]: unknown;
+                    };
+                    content: {
+                        "application/json": components["schemas"]["ErrorBody"];
+                    };
+                };
+                403: {
+                    headers: {
+                        [name: string]: unknown;
+                    };
+                    content: {
+                        "application/json": components["schemas"]["ErrorBody"];
+                    };
+                };
+            };
+        };
+        put?: never;
+        post?: never;
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
     "/v1/heartbeats": {
         parameters: {
             query?: never;
@@ -616,6 +700,101 @@ export interface paths {
                     };
                     content: {
                         "application/json": components["schemas"]["MachineDetail"];
+                    };
+                };
+                401: {
+                    headers: {
+                        [name: string]: unknown;
+                    };
+                    content: {
+                        "application/json": components["schemas"]["ErrorBody"];
+                    };
+                };
+                403: {
+                    headers: {
+                        [name: string]: unknown;
+                    };
+                    content: {
+                        "application/json": components["schemas"]["ErrorBody"];
+                    };
+                };
+                404: {
+                    headers: {
+                        [name: string]: unknown;
+                    };
+                    content: {
+                        "application/json": components["schemas"]["ErrorBody"];
+                    };
+                };
+            };
+        };
+        put?: never;
+        post?: never;
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
+    "/v1/machines/{id}/health": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        /**
+         * A machine's availability (time with a live worker), downtime and its
+         *     workers' crashes over a window, with each worker's figures.
+         */
+        get: {
+            parameters: {
+                query?: {
+                    /**
+                     * @description The last `<n>m`, `<n>h` or `<n>d` up to now (`1h`, `24h`, `7d`,
+                     *     `30d`); default `24h`. Not with `from`/`to`.
+                     */
+                    window?: string;
+                    /** @description Start of the window (RFC 3339), within `health_retention`. */
+                    from?: string;
+                    /** @description End of the window (RFC 3339; default now; a later time is now). */
+                    to?: string;
+                    /**
+                     * @description Worker and machine health: the window in this many equal buckets
+                     *     (1–1000, at most one per millisecond).
+                     */
+                    buckets?: number;
+                    /** @description Fleet health: length of each ranking (1–1000, default 10). */
+                    top?: number;
+                    /**
+                     * @description Fleet health: `key=value`, repeatable; only workers whose labels
+                     *     hold every pair, and their machines.
+                     */
+                    label?: string[];
+                };
+                header?: never;
+                path: {
+                    /** @description Machine id */
+                    id: string;
+                };
+                cookie?: never;
+            };
+            requestBody?: never;
+            responses: {
+                200: {
+                    headers: {
+                        [name: string]: unknown;
+                    };
+                    content: {
+                        "application/json": components["schemas"]["MachineHealth"];
+                    };
+                };
+                400: {
+                    headers: {
+                        [name: string]: unknown;
+                    };
+                    content: {
+                        "application/json": components["schemas"]["ErrorBody"];
                     };
                 };
                 401: {
@@ -1242,6 +1421,98 @@ export interface paths {
         patch?: never;
         trace?: never;
     };
+    "/v1/workers/{id}/health": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        /** A worker's availability, downtime and crashes over a window. */
+        get: {
+            parameters: {
+                query?: {
+                    /**
+                     * @description The last `<n>m`, `<n>h` or `<n>d` up to now (`1h`, `24h`, `7d`,
+                     *     `30d`); default `24h`. Not with `from`/`to`.
+                     */
+                    window?: string;
+                    /** @description Start of the window (RFC 3339), within `health_retention`. */
+                    from?: string;
+                    /** @description End of the window (RFC 3339; default now; a later time is now). */
+                    to?: string;
+                    /**
+                     * @description Worker and machine health: the window in this many equal buckets
+                     *     (1–1000, at most one per millisecond).
+                     */
+                    buckets?: number;
+                    /** @description Fleet health: length of each ranking (1–1000, default 10). */
+                    top?: number;
+                    /**
+                     * @description Fleet health: `key=value`, repeatable; only workers whose labels
+                     *     hold every pair, and their machines.
+                     */
+                    label?: string[];
+                };
+                header?: never;
+                path: {
+                    /** @description Worker id */
+                    id: string;
+                };
+                cookie?: never;
+            };
+            requestBody?: never;
+            responses: {
+                200: {
+                    headers: {
+                        [name: string]: unknown;
+                    };
+                    content: {
+                        "application/json": components["schemas"]["WorkerHealth"];
+                    };
+                };
+                400: {
+                    headers: {
+                        [name: string]: unknown;
+                    };
+                    content: {
+                        "application/json": components["schemas"]["ErrorBody"];
+                    };
+                };
+                401: {
+                    headers: {
+                        [name: string]: unknown;
+                    };
+                    content: {
+                        "application/json": components["schemas"]["ErrorBody"];
+                    };
+                };
+                403: {
+                    headers: {
+                        [name: string]: unknown;
+                    };
+                    content: {
+                        "application/json": components["schemas"]["ErrorBody"];
+                    };
+                };
+                404: {
+                    headers: {
+                        [name: string]: unknown;
+                    };
+                    content: {
+                        "application/json": components["schemas"]["ErrorBody"];
+                    };
+                };
+            };
+        };
+        put?: never;
+        post?: never;
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
     "/v1/workers/{id}/heartbeat": {
         parameters: {
             query?: never;
@@ -1419,6 +1690,28 @@ export interface components {
             status?: null | components["schemas"]["Status"];
             worker_id: string;
         };
+        /** @description One part of a window, for charts. */
+        Bucket: {
+            /**
+             * Format: double
+             * @description live ÷ observed; null when nothing was observed (no data).
+             */
+            availability?: number | null;
+            /** Format: int64 */
+            crashes: number;
+            /** Format: int64 */
+            down_ms: number;
+            /** Format: date-time */
+            from: string;
+            /** Format: int64 */
+            live_ms: number;
+            /** Format: int64 */
+            no_data_ms: number;
+            /** Format: int64 */
+            observed_ms: number;
+            /** Format: date-time */
+            to: string;
+        };
         /** @description The result of a full cleanup. */
         CleanupReport: {
             /** Format: int64 */
@@ -1431,8 +1724,29 @@ export interface components {
             forgotten_workers: number;
             /** Format: int64 */
             pruned_events: number;
+            /**
+             * Format: int64
+             * @description Spans of health history that ended before `health_retention`.
+             */
+            pruned_health_spans?: number;
             stale: components["schemas"]["StaleReport"];
             success: boolean;
+        };
+        /**
+         * @description The kind of a crash, by the offline reason that recorded it.
+         * @enum {string}
+         */
+        CrashKind: "stale" | "replaced" | "exited";
+        /** @description Crashes by kind. */
+        Crashes: {
+            /** Format: int64 */
+            exited: number;
+            /** Format: int64 */
+            replaced: number;
+            /** Format: int64 */
+            stale: number;
+            /** Format: int64 */
+            total: number;
         };
         /** @description `POST /v1/tokens`. */
         CreateTokenRequest: {
@@ -1507,6 +1821,61 @@ export interface components {
          * @enum {string}
          */
         EventType: "worker.registered" | "worker.online" | "worker.draining" | "worker.offline" | "worker.deleted" | "machine.online" | "machine.offline";
+        /** @description The figures of a worker or a machine over a window. */
+        Figures: {
+            /**
+             * Format: int64
+             * @description Offlines an admin caused (`revoked`).
+             */
+            administrative: number;
+            /**
+             * Format: double
+             * @description live ÷ observed; null when nothing was observed.
+             */
+            availability?: number | null;
+            /**
+             * @description Offlines that were crashes (`stale`, `replaced`, `exited` with a
+             *     failure, a signal or no status); a machine's: its workers'.
+             */
+            crashes: components["schemas"]["Crashes"];
+            /**
+             * Format: int64
+             * @description Observed time offline.
+             */
+            down_ms: number;
+            /**
+             * @description At least `flapping_crashes_per_hour` crashes in the window's last
+             *     hour.
+             */
+            flapping: boolean;
+            /**
+             * Format: int64
+             * @description Offlines it meant: `shutdown`, or `exited` with exit code 0.
+             */
+            graceful: number;
+            last_crash?: null | components["schemas"]["LastCrash"];
+            /**
+             * Format: int64
+             * @description Observed time online or draining (a machine: with a live worker).
+             */
+            live_ms: number;
+            /**
+             * Format: int64
+             * @description Mean time between failures: live ÷ crashes; null without a crash.
+             */
+            mtbf_ms?: number | null;
+            /**
+             * Format: int64
+             * @description Time it existed while no server was observing: left out of every
+             *     ratio, never counted as downtime.
+             */
+            no_data_ms: number;
+            /**
+             * Format: int64
+             * @description Time it existed while a server was observing (= live + down).
+             */
+            observed_ms: number;
+        };
         /** @description Counts over the whole fleet (filters do not apply). */
         FleetCounts: {
             machines: components["schemas"]["MachineCounts"];
@@ -1515,6 +1884,51 @@ export interface components {
                 [key: string]: number;
             };
             workers: components["schemas"]["WorkerCounts"];
+        };
+        /** @description `GET /v1/health`. */
+        FleetHealth: {
+            /** Format: int64 */
+            administrative: number;
+            /**
+             * Format: double
+             * @description Worker live time ÷ worker observed time.
+             */
+            availability?: number | null;
+            /** @description Crashes by kind; `crashes.stale` is how often workers went stale. */
+            crashes: components["schemas"]["Crashes"];
+            /** Format: int64 */
+            down_ms: number;
+            /** Format: date-time */
+            from: string;
+            /** Format: int64 */
+            graceful: number;
+            /** Format: int64 */
+            live_ms: number;
+            /**
+             * Format: int64
+             * @description Machines of those workers.
+             */
+            machines: number;
+            /** Format: int64 */
+            no_data_ms: number;
+            /**
+             * Format: int64
+             * @description Worker time (summed over workers).
+             */
+            observed_ms: number;
+            /** Format: date-time */
+            to: string;
+            /** @description The machines whose workers crashed most (only machines with a crash). */
+            top_machines_by_crashes: components["schemas"]["RankedMachine"][];
+            /** @description The machines down longest (without a live worker; only with downtime). */
+            top_machines_by_downtime: components["schemas"]["RankedMachine"][];
+            top_workers_by_crashes: components["schemas"]["RankedWorker"][];
+            top_workers_by_downtime: components["schemas"]["RankedWorker"][];
+            /**
+             * Format: int64
+             * @description Workers that existed within the window.
+             */
+            workers: number;
         };
         /** @description The answer to a heartbeat. */
         HeartbeatResponse: {
@@ -1527,6 +1941,12 @@ export interface components {
             /** Format: int64 */
             session: number;
             status: components["schemas"]["Status"];
+        };
+        /** @description The latest crash in the window. */
+        LastCrash: {
+            /** Format: date-time */
+            at: string;
+            kind: components["schemas"]["CrashKind"];
         };
         /** @description A machine. */
         Machine: {
@@ -1571,6 +1991,19 @@ export interface components {
         /** @description A machine with its workers. */
         MachineDetail: components["schemas"]["Machine"] & {
             workers: components["schemas"]["Worker"][];
+        };
+        /** @description `GET /v1/machines/{id}/health`. */
+        MachineHealth: components["schemas"]["Figures"] & {
+            buckets: components["schemas"]["Bucket"][];
+            /** Format: date-time */
+            from: string;
+            /** @description Null for a machine no longer known. */
+            hostname?: string | null;
+            machine_id: string;
+            /** Format: date-time */
+            to: string;
+            /** @description Every worker the machine had within the window, by id. */
+            workers: components["schemas"]["WorkerHealth"][];
         };
         /** @description The machine part of a registration. */
         MachineSpec: {
@@ -1742,6 +2175,33 @@ export interface components {
              *     the last page.
              */
             next_cursor?: string | null;
+        };
+        /** @description A machine in one of the fleet's rankings. */
+        RankedMachine: {
+            /** Format: double */
+            availability?: number | null;
+            crashes: components["schemas"]["Crashes"];
+            /** Format: int64 */
+            down_ms: number;
+            hostname?: string | null;
+            last_crash?: null | components["schemas"]["LastCrash"];
+            machine_id: string;
+            /** Format: int64 */
+            mtbf_ms?: number | null;
+        };
+        /** @description A worker in one of the fleet's rankings. */
+        RankedWorker: {
+            /** Format: double */
+            availability?: number | null;
+            crashes: components["schemas"]["Crashes"];
+            /** Format: int64 */
+            down_ms: number;
+            last_crash?: null | components["schemas"]["LastCrash"];
+            machine_id: string;
+            /** Format: int64 */
+            mtbf_ms?: number | null;
+            name?: string | null;
+            worker_id: string;
         };
         /** @description `POST /v1/workers`. */
         RegisterRequest: {
@@ -1940,6 +2400,19 @@ export interface components {
             online: number;
             /** Format: int64 */
             total: number;
+        };
+        /** @description `GET /v1/workers/{id}/health`. */
+        WorkerHealth: components["schemas"]["Figures"] & {
+            /** @description The window in `buckets` equal parts (empty unless asked for). */
+            buckets: components["schemas"]["Bucket"][];
+            /** Format: date-time */
+            from: string;
+            machine_id: string;
+            /** @description Null for a worker deleted before the history recorded its name. */
+            name?: string | null;
+            /** Format: date-time */
+            to: string;
+            worker_id: string;
         };
     };
     responses: never;

@@ -78,7 +78,11 @@ async fn fleet() -> Fleet {
     let c2 = reg("c2", json!({"id": "m-fail"}), json!({}), 600_000).await;
     let d1 = reg("d1", json!({"id": "m-off"}), json!({}), 600_000).await;
     let drained = app
-        .post(&format!("/v1/workers/{}/drain", b2.id), &b2.token, json!({}))
+        .post(
+            &format!("/v1/workers/{}/drain", b2.id),
+            &b2.token,
+            json!({}),
+        )
         .await
         .expect(200)
         .clone();
