@@ -50,9 +50,6 @@ pub struct CleanupReport {
     pub forgotten_workers: u64,
     pub forgotten_machines: u64,
     pub pruned_events: u64,
-    /// Spans of health history that ended before `health_retention`.
-    #[serde(default)]
-    pub pruned_health_spans: u64,
     pub expired_tokens: u64,
     pub duration_ms: u64,
 }
@@ -246,6 +243,12 @@ impl Cleaner {
             .store
             .prune_health(now.minus(self.retention.health_retention))
             .await?;
+        if pruned_health_spans > 0 {
+            info!(
+                pruned_health_spans,
+                "pruned health history older than health_retention"
+            );
+        }
         let expired = self.store.delete_expired_tokens(now).await?;
         self.tokens.remove(&expired);
 
@@ -255,7 +258,6 @@ impl Cleaner {
             forgotten_workers,
             forgotten_machines,
             pruned_events,
-            pruned_health_spans,
             expired_tokens: expired.len() as u64,
             duration_ms: started.elapsed().as_millis() as u64,
         })

@@ -83,7 +83,7 @@ pub struct Running {
 enum Mode {
     /// SQLite: this process is the only one, always active. The store is
     /// kept to be shut down last, once the core has written everything.
-    Single(Core, Arc<dyn Store>),
+    Single(Box<Core>, Arc<dyn Store>),
     /// PostgreSQL: one replica of several, active or standby.
     Replica(cluster::Replica),
 }
@@ -635,7 +635,7 @@ async fn launch(
         metrics_addr,
         stop,
         http,
-        mode: Mode::Single(core, store),
+        mode: Mode::Single(Box::new(core), store),
         generated_admin_token: generated,
     })
 }

@@ -128,13 +128,15 @@ fn change(e: &EventRecord) -> Option<Change> {
     }
 }
 
+/// An entity's machine, name and changes, in event order.
+type Planned = (String, Option<String>, Vec<(i64, Change)>);
+
 /// The spans a batch of committed events ends and begins, in event order.
 /// `names` gives the names of the batch's workers.
 pub(crate) fn plan(events: &[EventRecord], names: &HashMap<WorkerId, WorkerName>) -> Plan {
     // Per entity, in order of first appearance: its changes.
     let mut order: Vec<(&'static str, String)> = Vec::new();
-    let mut changes: HashMap<(&'static str, String), (String, Option<String>, Vec<(i64, Change)>)> =
-        HashMap::new();
+    let mut changes: HashMap<(&'static str, String), Planned> = HashMap::new();
     for e in events {
         let Some(c) = change(e) else { continue };
         let (entity, id, name) = match &e.worker_id {

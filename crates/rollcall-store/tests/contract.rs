@@ -1744,16 +1744,17 @@ fn window(from: i64, to: i64) -> Window {
     Window::new(at(from), at(to)).unwrap()
 }
 
-/// (worker?, start, end, live, cause) of every span, in start order.
-fn span_list(
-    spans: &[HealthSpan],
-) -> Vec<(
+/// (worker?, start, end, live, cause) of a span.
+type SpanTuple = (
     bool,
     i64,
     Option<i64>,
     bool,
     Option<(OfflineClass, Option<CrashKind>)>,
-)> {
+);
+
+/// (worker?, start, end, live, cause) of every span, in start order.
+fn span_list(spans: &[HealthSpan]) -> Vec<SpanTuple> {
     spans
         .iter()
         .map(|s| {
