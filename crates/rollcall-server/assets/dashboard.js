@@ -545,7 +545,11 @@ class Dashboard {
       shown.push(m.el.root);
     }
     for (const m of [...this.machines.values()]) {
-      if (!seen.has(m.id)) this.dropMachine(m);
+      if (seen.has(m.id)) continue;
+      // A machine opened by hand stays (after the page) while it has
+      // matching workers, even if it moved off the first page.
+      if (m.opened && !this.auto) shown.push(m.el.root);
+      else this.dropMachine(m);
     }
     arrange(this.ui.machinesEl, shown);
     this.ui.shown(s.machines.items.length, s.matching, this.machineCursor !== null);
@@ -632,6 +636,15 @@ class Dashboard {
     try {
       const s = await this.api(`/v1/summary?${p}`);
       if (this.stopped || generation !== this.filterGeneration || m.removed) return;
+      if (s.machines.items.length === 0 && m.opened) {
+        // No longer matching (or forgotten): it goes, like the others.
+        this.dropMachine(m);
+        return;
+      }
+      if (s.machines.items[0]) {
+        m.data = s.machines.items[0];
+        this.renderMachine(m, this.now());
+      }
       this.showWorkers(m, s.workers.items, more);
       m.workersCursor = s.workers.next_cursor;
       m.el.more.hidden = m.workersCursor === null;
