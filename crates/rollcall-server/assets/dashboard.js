@@ -1,23 +1,22 @@
 // rollcall dashboard: vanilla JavaScript, no framework, no build step.
 //
-// How it stays true without reloading:
+// Summary first, so that a fleet of any size opens at once:
 //   1. It opens GET /v1/events/stream (fetch() with the token in the
 //      Authorization header; EventSource cannot send one) from "now".
-//   2. With the stream open, it loads the fleet (GET /v1/machines and
-//      /v1/workers, every page). Events that arrive meanwhile are held.
-//   3. It applies the held events, then every event as it comes. Events are
-//      applied in seq order, so whatever the snapshot saw, each worker ends
-//      in the state of its last event. Worker events are patched into the
-//      model; a worker or machine it does not know yet is fetched.
+//   2. With the stream open, it reads GET /v1/summary: the fleet's counts
+//      and the first page of machines, problems first (offline machines,
+//      then degraded ones, then the rest), filtered on the server. More
+//      machines are read on demand ("Show more"), and a machine's workers
+//      when it is opened. A small fleet (or a narrow filter) opens with
+//      every machine's workers shown.
+//   3. Every event patches what is on screen — the worker's row, its
+//      machine's badge and counts — once per animation frame, however many
+//      events arrived meanwhile; nothing is re-rendered per event. Events
+//      also ask for a fresh summary (counts, order, workers not on screen),
+//      which is read at most about once a second, and every few seconds
+//      anyway (heartbeats are not events).
 //   4. When the stream drops it reconnects with Last-Event-ID and the server
 //      replays what was missed.
-// Heartbeats are not events, so the machines on screen are re-read every few
-// seconds to keep "last heartbeat" fresh.
-//
-// Rendering: events change a model (Maps) at once; the DOM follows in
-// requestAnimationFrame batches, a few milliseconds of work per frame, only
-// for what changed. Relative times tick once a second for the rows on
-// screen only (IntersectionObserver). That keeps 5,000 workers smooth.
 //
 // The token lives in sessionStorage (this tab only) and in memory; it is
 // never put in a URL and never logged.
@@ -25,18 +24,22 @@
 'use strict';
 
 const TOKEN_KEY = 'rollcall.token';
-const PAGE_LIMIT = 1000;
+const MACHINE_PAGE = 50;
+const WORKER_PAGE = 100;
+const ATTENTION_LIMIT = 10;
+// A filter that matches at most this many workers shows them all at once.
+const AUTO_EXPAND_WORKERS = 300;
 const FEED_LIMIT = 100;
 const FEED_INTERVAL_MS = 250;
-const FETCH_CONCURRENCY = 4;
-const REFRESH_VISIBLE_MS = 5000;
-const REFRESH_MACHINES_PER_ROUND = 8;
-const RESYNC_MACHINES_MS = 60000;
+// A summary is read at most this often when events ask for one, or as
+// often as three times what the last one took, whichever is longer.
+const REFRESH_MIN_MS = 1000;
+const REFRESH_IDLE_MS = 5000;
+// Events kept to replay on a summary taken before them.
+const RECENT_EVENTS = 5000;
 // The server sends a keep-alive comment every 10 s; silence for this long
 // means the connection is dead even if no error was raised.
 const STREAM_SILENCE_MS = 35000;
-// DOM work per animation frame before yielding to the browser.
-const FRAME_BUDGET_MS = 8;
 
 const $ = (id) => document.getElementById(id);
 
@@ -80,6 +83,7 @@ const clockFormat = new Intl.DateTimeFormat(undefined, {
   hour: '2-digit', minute: '2-digit', second: '2-digit', hour12: false,
 });
 const fullFormat = new Intl.DateTimeFormat(undefined, { dateStyle: 'medium', timeStyle: 'medium' });
+const numberFormat = new Intl.NumberFormat();
 
 function parseTime(iso) {
   if (!iso) return null;
@@ -122,67 +126,74 @@ function setLabels(ul, labels) {
   }));
 }
 
-function byKey(a, b) {
-  return a.sortKey < b.sortKey ? -1 : a.sortKey > b.sortKey ? 1 : 0;
+/** Offline reasons that mean the worker failed rather than stopped. */
+const FAILED = new Set(['stale', 'replaced', 'exited']);
+
+function isFailed(w) {
+  return w.status === 'offline' && FAILED.has(w.offline_reason);
 }
 
 /**
- * Inserts `items` (sorted by `byKey`) among the children of `parent` (also
- * sorted, each child's entry found by `entryOf`), moving no existing child.
+ * Puts `elements` in this order as the children of `parent` (before
+ * `end`, a child that stays last), moving only the ones out of place.
  */
-function mergeInto(parent, items, elementOf, entryOf) {
-  let next = parent.firstElementChild;
-  for (const item of items) {
-    while (next !== null) {
-      const entry = entryOf(next);
-      if (entry && byKey(entry, item) > 0) break;
-      next = next.nextElementSibling;
+function arrange(parent, elements, end = null) {
+  let at = parent.firstElementChild;
+  for (const el of elements) {
+    if (at === el) {
+      at = at.nextElementSibling;
+    } else {
+      parent.insertBefore(el, at === null ? end : at);
     }
-    parent.insertBefore(elementOf(item), next);
+  }
+  // What is left between the last one and `end` is no longer listed.
+  while (at !== null && at !== end) {
+    const next = at.nextElementSibling;
+    at.remove();
+    at = next;
   }
 }
 
 // ------------------------------------------------------------------- model
 
-/** The fleet as this tab knows it, kept current from the event stream. */
+/** The fleet as this tab shows it, kept current from the event stream. */
 class Dashboard {
   constructor(token, ui) {
     this.token = token;
     this.ui = ui;
     this.abort = new AbortController();
     this.stopped = false;
-
-    this.machines = new Map(); // id -> machine entry
-    this.workers = new Map(); // id -> worker entry
-    this.deleted = new Map(); // worker id -> seq of its worker.deleted event
-    this.lastSeq = null; // the seq of the last event received
-    this.loading = true; // a snapshot is being loaded; events are held
-    this.held = [];
-    this.snapshotGeneration = 0;
     this.skewMs = 0; // server clock minus ours, when it matters
 
-    this.dirtyWorkers = new Set();
-    this.dirtyMachines = new Set();
-    this.refilter = false;
+    this.lastSeq = null; // the seq of the last event received
+    this.recent = []; // the last events, to replay on an older summary
+    this.pending = []; // events not yet patched in
     this.feedQueue = [];
     this.lastFeed = 0;
     this.feedTimer = 0;
     this.frame = 0;
 
-    this.queue = new Map(); // fetches to make, by "w:<id>" / "m:<id>"
-    this.inflight = 0;
+    this.filter = { status: 'all', q: '' };
+    this.filterGeneration = 0;
+    this.loaded = false;
+    this.auto = false; // every matching worker is shown
+    this.machinesWanted = MACHINE_PAGE;
+    this.machineCursor = null;
+    this.machines = new Map(); // id -> machine entry, those on screen
+    this.rows = new Map(); // worker id -> worker entry, rows on screen
+    this.attention = new Map(); // worker id -> attention entry
+    this.names = new Map(); // worker id -> name, for the feed
 
-    this.filter = { status: 'all', terms: [] };
-    this.onScreen = new Set(); // worker and machine entries near the viewport
-    this.entryOf = new WeakMap(); // element -> entry, for the observer
-    this.observer = new IntersectionObserver((entries) => this.onIntersect(entries), {
-      rootMargin: '200px 0px',
-    });
+    this.refreshing = false;
+    this.refreshWanted = false;
+    this.refreshTimer = 0;
+    this.lastRefresh = -Infinity;
+    this.refreshTook = 0;
+    this.summaries = 0; // summaries applied, for tests and measurements
 
     this.timers = [
       setInterval(() => this.tick(), 1000),
-      setInterval(() => this.refreshVisible(), REFRESH_VISIBLE_MS),
-      setInterval(() => this.resyncMachines(), RESYNC_MACHINES_MS),
+      setInterval(() => this.requestRefresh(), REFRESH_IDLE_MS),
     ];
   }
 
@@ -196,7 +207,7 @@ class Dashboard {
     for (const t of this.timers) clearInterval(t);
     if (this.frame) cancelAnimationFrame(this.frame);
     clearTimeout(this.feedTimer);
-    this.observer.disconnect();
+    clearTimeout(this.refreshTimer);
   }
 
   now() {
@@ -223,20 +234,6 @@ class Dashboard {
     if (res.status === 404) return null;
     if (!res.ok) throw new Error(`${path}: HTTP ${res.status}`);
     return res.json();
-  }
-
-  async pages(path) {
-    const items = [];
-    let cursor = null;
-    for (;;) {
-      const sep = path.includes('?') ? '&' : '?';
-      const url = `${path}${sep}limit=${PAGE_LIMIT}${cursor ? `&cursor=${encodeURIComponent(cursor)}` : ''}`;
-      const page = await this.api(url);
-      if (page === null) return items;
-      items.push(...page.items);
-      if (!page.next_cursor) return items;
-      cursor = page.next_cursor;
-    }
   }
 
   /** Errors of background work: auth ends the session, the rest retries. */
@@ -277,11 +274,8 @@ class Dashboard {
         if (!res.ok || !res.body) throw new Error(`event stream: HTTP ${res.status}`);
         attempt = 0;
         this.ui.connection('live');
-        if (resume === null) {
-          // Live from now: the snapshot fills in everything before.
-          this.held = [];
-          this.loadSnapshot();
-        }
+        // Live from now (or resumed): a summary fills in everything before.
+        this.requestRefresh(true);
         let lastData = Date.now();
         watchdog = setInterval(() => {
           if (Date.now() - lastData > STREAM_SILENCE_MS) conn.abort();
@@ -338,441 +332,465 @@ class Dashboard {
     if (data === null) return;
     const event = JSON.parse(data);
     if (id !== null && id !== '') this.lastSeq = Number(id);
+    this.recent.push(event);
+    if (this.recent.length > RECENT_EVENTS * 2) this.recent = this.recent.slice(-RECENT_EVENTS);
+    this.pending.push(event);
     this.feedQueue.push(event);
-    if (this.feedQueue.length > FEED_LIMIT) this.feedQueue.splice(0, this.feedQueue.length - FEED_LIMIT);
-    if (this.loading) this.held.push(event);
-    else this.apply(event);
+    if (this.feedQueue.length > FEED_LIMIT * 4) this.feedQueue = this.feedQueue.slice(-FEED_LIMIT);
     this.schedule();
   }
 
   // ----------------------------------------------------- applying changes
 
-  apply(ev) {
-    switch (ev.type) {
-      case 'worker.registered':
-        // A new worker, or a new session with new labels: read it.
-        this.enqueue('w', ev.worker_id);
-        break;
-      case 'worker.online':
-      case 'worker.draining':
-      case 'worker.offline': {
-        const w = this.workers.get(ev.worker_id);
-        if (!w) {
-          this.enqueue('w', ev.worker_id);
-          break;
-        }
-        const d = w.data;
-        d.status = ev.type.slice('worker.'.length);
-        d.offline_reason = d.status === 'offline' ? ev.reason : null;
-        if (ev.session !== null && ev.session !== undefined) d.session = ev.session;
-        d.status_changed_at = ev.at;
-        if (d.status === 'offline') d.deadline_at = null;
-        // A heartbeat brought it back: that heartbeat is its last one.
-        if (ev.type === 'worker.online' && ev.reason === 'heartbeat') d.last_heartbeat_at = ev.at;
-        w.seq = ev.seq;
-        this.touchWorker(w);
-        break;
-      }
-      case 'worker.deleted': {
-        // A read that began before this event must not bring it back.
-        this.deleted.set(ev.worker_id, ev.seq);
-        const w = this.workers.get(ev.worker_id);
-        if (w) this.removeWorker(w);
-        break;
-      }
-      case 'machine.online':
-      case 'machine.offline': {
-        const m = this.machines.get(ev.machine_id);
-        if (!m || m.placeholder) {
-          this.enqueue('m', ev.machine_id);
-          break;
-        }
-        m.data.status = ev.type.slice('machine.'.length);
-        m.data.status_changed_at = ev.at;
-        m.seq = ev.seq;
-        this.touchMachine(m);
-        break;
-      }
-      default:
-        // A newer server may send more types; they change nothing here.
-        break;
-    }
-  }
-
-  async loadSnapshot() {
-    const generation = ++this.snapshotGeneration;
-    this.loading = true;
-    try {
-      const machines = await this.pages('/v1/machines');
-      const workers = await this.pages('/v1/workers');
-      if (generation !== this.snapshotGeneration || this.stopped) return;
-      this.replaceAll(machines, workers);
-      this.loading = false;
-      const held = this.held;
-      this.held = [];
-      for (const ev of held) this.apply(ev);
-      this.ui.loaded();
-      this.schedule();
-    } catch (e) {
-      if (generation !== this.snapshotGeneration || this.stopped || isAbort(e)) return;
-      this.onBackgroundError(e);
-      if (e instanceof AuthError) return;
-      await sleep(2000, this.abort.signal);
-      if (generation === this.snapshotGeneration && !this.stopped) this.loadSnapshot();
-    }
-  }
-
-  /** Takes a full snapshot as the truth, keeping the elements it can. */
-  replaceAll(machines, workers) {
-    const seenMachines = new Set();
-    const seenWorkers = new Set();
-    for (const md of machines) {
-      seenMachines.add(md.id);
-      const m = this.ensureMachine(md.id, false);
-      m.data = md;
-      m.placeholder = false;
-      m.seq = 0;
-      this.touchMachine(m);
-    }
-    // Nothing is newer than a snapshot: it replaces what was known.
-    this.deleted.clear();
-    for (const wd of workers) {
-      seenWorkers.add(wd.id);
-      this.mergeWorker(wd, Infinity).seq = 0;
-    }
-    for (const w of [...this.workers.values()]) {
-      if (!seenWorkers.has(w.id)) this.removeWorker(w);
-    }
-    for (const m of [...this.machines.values()]) {
-      if (!seenMachines.has(m.id) && m.workers.size === 0) this.removeMachine(m);
-    }
-  }
-
-  ensureMachine(id, fetchIfNew = true) {
-    let m = this.machines.get(id);
-    if (m) return m;
-    m = {
-      id,
-      sortKey: id,
-      data: {
-        id, hostname: null, labels: {}, status: 'offline', status_changed_at: null,
-      },
-      placeholder: true,
-      workers: new Set(),
-      seq: 0,
-      el: null,
-      shown: true,
-      collapsed: false,
-      near: false, // near the viewport: its rows are observed
-      haystack: id.toLowerCase(),
-      refreshedAt: 0,
-    };
-    this.machines.set(id, m);
-    this.touchMachine(m);
-    if (fetchIfNew) this.enqueue('m', id);
-    return m;
-  }
-
-  /**
-   * Takes a worker record read from the API. `since` is the last seq this
-   * tab had received when the read began: an event newer than that already
-   * applied to the worker is newer than the record's status, so it stays.
-   */
-  mergeWorker(data, since) {
-    if ((this.deleted.get(data.id) ?? -1) > since) return null;
-    let w = this.workers.get(data.id);
-    const m = this.ensureMachine(data.machine_id);
-    if (!w) {
-      w = {
-        id: data.id, data, machine: m, seq: 0, el: null, shown: true,
-        sortKey: `${data.name}\u0000${data.id}`, haystack: '',
-      };
-      this.workers.set(data.id, w);
-      m.workers.add(w);
-    } else {
-      const old = w.data;
-      if (w.seq > since) {
-        for (const k of ['status', 'offline_reason', 'session', 'status_changed_at', 'deadline_at']) {
-          data[k] = old[k];
-        }
-      }
-      const oldBeat = parseTime(old.last_heartbeat_at);
-      const newBeat = parseTime(data.last_heartbeat_at);
-      if (oldBeat !== null && (newBeat === null || oldBeat > newBeat)) {
-        data.last_heartbeat_at = old.last_heartbeat_at;
-      }
-      w.data = data;
-    }
-    if (since !== Infinity) w.seq = Math.max(w.seq, since);
-    w.haystack = [data.name, data.id, ...labelPairs(data.labels)].join(' ').toLowerCase();
-    this.touchWorker(w);
-    return w;
-  }
-
-  mergeMachine(data, since) {
-    const m = this.ensureMachine(data.id, false);
-    if (m.seq > since && !m.placeholder) {
-      data.status = m.data.status;
-      data.status_changed_at = m.data.status_changed_at;
-    }
-    m.data = data;
-    m.placeholder = false;
-    m.seq = Math.max(m.seq, since);
-    this.touchMachine(m);
-    return m;
-  }
-
-  removeWorker(w) {
-    w.removed = true;
-    this.workers.delete(w.id);
-    w.machine.workers.delete(w);
-    this.dirtyWorkers.add(w);
-    this.touchMachine(w.machine);
-  }
-
-  removeMachine(m) {
-    m.removed = true;
-    this.machines.delete(m.id);
-    this.dirtyMachines.add(m);
-    this.schedule();
-  }
-
-  touchWorker(w) {
-    this.dirtyWorkers.add(w);
-    this.touchMachine(w.machine);
-  }
-
-  touchMachine(m) {
-    m.haystack = [m.id, m.data.hostname || '', ...labelPairs(m.data.labels)].join(' ').toLowerCase();
-    this.dirtyMachines.add(m);
-    this.schedule();
-  }
-
-  // -------------------------------------------------------------- fetching
-
-  enqueue(kind, id) {
-    if (!id) return;
-    const key = `${kind}:${id}`;
-    if (this.queue.has(key)) return;
-    this.queue.set(key, { kind, id });
-    this.pump();
-  }
-
-  pump() {
-    while (!this.stopped && this.inflight < FETCH_CONCURRENCY && this.queue.size > 0) {
-      const [key, job] = this.queue.entries().next().value;
-      this.queue.delete(key);
-      this.inflight += 1;
-      this.run(job)
-        .catch((e) => {
-          this.onBackgroundError(e);
-          if (!this.stopped && !(e instanceof AuthError) && !isAbort(e)) {
-            sleep(2000, this.abort.signal).then(() => this.enqueue(job.kind, job.id));
-          }
-        })
-        .finally(() => {
-          this.inflight -= 1;
-          this.pump();
-        });
-    }
-  }
-
-  async run(job) {
-    const since = this.lastSeq ?? 0;
-    if (job.kind === 'w') {
-      const data = await this.api(`/v1/workers/${encodeURIComponent(job.id)}`);
-      if (this.stopped) return;
-      const w = this.workers.get(job.id);
-      if (data === null) {
-        if (w && w.seq <= since) this.removeWorker(w);
-      } else {
-        this.mergeWorker(data, since);
-      }
-      return;
-    }
-    const detail = await this.api(`/v1/machines/${encodeURIComponent(job.id)}`);
-    if (this.stopped) return;
-    const m = this.machines.get(job.id);
-    if (detail === null) {
-      if (m && m.workers.size === 0) this.removeMachine(m);
-      return;
-    }
-    const { workers, ...machine } = detail;
-    const entry = this.mergeMachine(machine, since);
-    entry.refreshedAt = Date.now();
-    const seen = new Set();
-    for (const wd of workers || []) {
-      seen.add(wd.id);
-      this.mergeWorker(wd, since);
-    }
-    for (const w of [...entry.workers]) {
-      // Gone from the machine, and nothing newer says otherwise.
-      if (!seen.has(w.id) && w.seq <= since) this.removeWorker(w);
-    }
-  }
-
-  /** Heartbeats are not events: re-read the machines on screen. */
-  refreshVisible() {
-    if (this.loading || document.visibilityState !== 'visible') return;
-    const due = [...this.onScreen]
-      .filter((e) => e.kind === 'machine' && !e.entry.removed)
-      .map((e) => e.entry)
-      .filter((m) => Date.now() - m.refreshedAt >= REFRESH_VISIBLE_MS - 500)
-      .sort((a, b) => a.refreshedAt - b.refreshedAt)
-      .slice(0, REFRESH_MACHINES_PER_ROUND);
-    for (const m of due) this.enqueue('m', m.id);
-  }
-
-  /** Machines are forgotten without an event: re-read the list now and then. */
-  async resyncMachines() {
-    if (this.loading || this.stopped || document.visibilityState !== 'visible') return;
-    try {
-      const since = this.lastSeq ?? 0;
-      const list = await this.pages('/v1/machines');
-      if (this.stopped) return;
-      const seen = new Set();
-      for (const md of list) {
-        seen.add(md.id);
-        this.mergeMachine(md, since);
-      }
-      for (const m of [...this.machines.values()]) {
-        if (!seen.has(m.id) && m.workers.size === 0 && m.seq <= since) this.removeMachine(m);
-      }
-    } catch (e) {
-      this.onBackgroundError(e);
-    }
-  }
-
-  // ---------------------------------------------------------------- filter
-
-  setFilter(status, text) {
-    this.filter = {
-      status,
-      terms: text.toLowerCase().split(/\s+/).filter(Boolean),
-    };
-    this.refilter = true;
-    this.schedule();
-  }
-
-  workerMatches(w) {
-    const f = this.filter;
-    if (f.status !== 'all' && w.data.status !== f.status) return false;
-    if (f.terms.length === 0) return true;
-    const hay = `${w.haystack} ${w.machine.haystack}`;
-    return f.terms.every((t) => hay.includes(t));
-  }
-
-  machineMatches(m) {
-    for (const w of m.workers) if (w.shown) return true;
-    const f = this.filter;
-    return m.workers.size === 0 && f.status === 'all'
-      && f.terms.every((t) => m.haystack.includes(t));
-  }
-
-  // -------------------------------------------------------------- rendering
-
   schedule() {
     if (!this.frame && !this.stopped) this.frame = requestAnimationFrame(() => this.flush());
   }
 
+  /** Once per frame: patches what the events of the frame changed. */
   flush() {
     this.frame = 0;
-    const started = performance.now();
-    const now = this.now();
-    const added = new Map(); // machine -> rows added this frame
-
-    if (this.refilter) {
-      this.refilter = false;
-      for (const w of this.workers.values()) this.applyWorkerFilter(w);
-      for (const m of this.machines.values()) this.dirtyMachines.add(m);
+    if (this.pending.length > 0) {
+      const events = this.pending;
+      this.pending = [];
+      let changed = false;
+      for (const ev of events) changed = this.apply(ev) || changed;
+      if (changed) this.ui.counts(this.counts);
+      this.requestRefresh();
+      this.ui.onEvents(events);
     }
-
-    for (const w of this.dirtyWorkers) {
-      this.dirtyWorkers.delete(w);
-      if (w.removed) {
-        if (w.el) {
-          this.observer.unobserve(w.el.row);
-          this.onScreen.delete(w.el.ref);
-          w.el.row.remove();
-        }
-        continue;
-      }
-      if (!w.el) {
-        this.createWorkerRow(w);
-        if (!added.has(w.machine)) added.set(w.machine, []);
-        added.get(w.machine).push(w);
-      }
-      this.renderWorker(w, now);
-      this.applyWorkerFilter(w);
-      this.dirtyMachines.add(w.machine);
-      if (performance.now() - started > FRAME_BUDGET_MS) break;
-    }
-
-    const newMachines = [];
-    for (const [m, rows] of added) {
-      if (!m.el) {
-        this.createMachine(m);
-        newMachines.push(m);
-      }
-      this.placeRows(m, rows);
-      for (const w of rows) this.ui.nameInFeed(w.id, w.data.name);
-    }
-
-    for (const m of this.dirtyMachines) {
-      this.dirtyMachines.delete(m);
-      if (m.removed) {
-        if (m.el) {
-          this.observer.unobserve(m.el.root);
-          this.onScreen.delete(m.el.ref);
-          m.el.root.remove();
-        }
-        continue;
-      }
-      if (!m.el) {
-        this.createMachine(m);
-        newMachines.push(m);
-      }
-      this.renderMachine(m, now);
-      const shown = this.machineMatches(m);
-      if (shown !== m.shown) {
-        m.shown = shown;
-        m.el.root.hidden = !shown;
-      }
-    }
-    if (newMachines.length > 0) this.placeMachines(newMachines);
-
-    this.renderCounts();
     this.renderFeed();
-
-    if (this.dirtyWorkers.size > 0 || this.dirtyMachines.size > 0) this.schedule();
   }
 
-  createWorkerRow(w) {
-    const row = this.ui.templates.worker.cloneNode(true);
-    const ref = { kind: 'worker', entry: w };
-    w.el = {
-      row,
-      ref,
-      name: row.querySelector('.w-name'),
-      id: row.querySelector('.w-id'),
-      badge: row.querySelector('.badge'),
-      heartbeat: row.querySelector('.w-heartbeat'),
-      session: row.querySelector('.w-session'),
-      since: row.querySelector('.w-since'),
-      labels: row.querySelector('.w-labels'),
+  /**
+   * Patches one event into the rows and machines on screen. Returns whether
+   * the counts changed (a worker on screen changed status).
+   */
+  apply(ev) {
+    if (!this.loaded) return false;
+    switch (ev.type) {
+      case 'worker.online':
+      case 'worker.draining':
+      case 'worker.offline': {
+        const status = ev.type.slice('worker.'.length);
+        const reason = status === 'offline' ? ev.reason : null;
+        const w = this.rows.get(ev.worker_id) || this.attention.get(ev.worker_id);
+        if (!w) return false;
+        const d = w.data;
+        if (ev.session !== null && ev.session !== undefined && ev.session < d.session) return false;
+        if (d.status === status && d.offline_reason === reason && d.status_changed_at === ev.at) {
+          return false;
+        }
+        const before = { status: d.status, offline_reason: d.offline_reason };
+        d.status = status;
+        d.offline_reason = reason;
+        if (ev.session !== null && ev.session !== undefined) d.session = ev.session;
+        d.status_changed_at = ev.at;
+        if (status === 'offline') d.deadline_at = null;
+        // A heartbeat brought it back: that heartbeat is its last one.
+        if (status === 'online' && ev.reason === 'heartbeat') d.last_heartbeat_at = ev.at;
+        const row = this.rows.get(ev.worker_id);
+        if (row) this.renderWorker(row, this.now());
+        const att = this.attention.get(ev.worker_id);
+        if (att && att !== row) {
+          att.data = d;
+          this.renderAttention(att, this.now());
+        }
+        const m = this.machines.get(ev.machine_id);
+        const changed = before.status !== d.status || isFailed(before) !== isFailed(d);
+        if (changed) {
+          if (m) {
+            this.recount(m.data, before, -1);
+            this.recount(m.data, d, 1);
+            this.renderMachine(m, this.now());
+          }
+          if (this.counts) {
+            this.recount(this.counts, before, -1, true);
+            this.recount(this.counts, d, 1, true);
+          }
+        }
+        return changed;
+      }
+      case 'machine.online':
+      case 'machine.offline': {
+        const m = this.machines.get(ev.machine_id);
+        if (!m) return false;
+        m.data.status = ev.type.slice('machine.'.length);
+        this.renderMachine(m, this.now());
+        return false;
+      }
+      default:
+        // Registrations and deletions change lists: the next summary shows
+        // them. A newer server may send more types.
+        return false;
+    }
+  }
+
+  /** Moves a worker in or out of a machine's (or the fleet's) counts. */
+  recount(c, w, sign, fleet = false) {
+    if (fleet) {
+      const k = c.workers;
+      k[w.status] += sign;
+      if (isFailed(w)) k.failed += sign;
+      if (w.status === 'offline' && w.offline_reason in c.offline_reasons) {
+        c.offline_reasons[w.offline_reason] += sign;
+      }
+      return;
+    }
+    c[`workers_${w.status}`] += sign;
+    if (isFailed(w)) c.workers_failed += sign;
+  }
+
+  // -------------------------------------------------------------- summary
+
+  summaryQuery() {
+    const p = new URLSearchParams();
+    if (this.filter.status !== 'all') p.set('status', this.filter.status);
+    if (this.filter.q) p.set('q', this.filter.q);
+    return p;
+  }
+
+  /**
+   * Asks for a fresh summary: at once when `now`, else within the refresh
+   * interval. At most one is read at a time.
+   */
+  requestRefresh(now = false) {
+    if (this.stopped) return;
+    if (document.visibilityState !== 'visible' && this.loaded && !now) return;
+    this.refreshWanted = true;
+    if (this.refreshing) {
+      if (now) this.refreshUrgent = true;
+      return;
+    }
+    const interval = Math.max(REFRESH_MIN_MS, this.refreshTook * 3);
+    const wait = now ? 0 : Math.max(0, this.lastRefresh + interval - performance.now());
+    if (this.refreshTimer) {
+      if (!now) return;
+      clearTimeout(this.refreshTimer);
+    }
+    this.refreshTimer = setTimeout(() => {
+      this.refreshTimer = 0;
+      this.refresh();
+    }, wait);
+  }
+
+  async refresh() {
+    if (this.refreshing || this.stopped) return;
+    this.refreshing = true;
+    this.refreshWanted = false;
+    this.lastRefresh = performance.now();
+    const generation = this.filterGeneration;
+    let again = false;
+    try {
+      const p = this.summaryQuery();
+      p.set('limit', String(Math.min(1000, this.machinesWanted)));
+      p.set('workers_limit', String(ATTENTION_LIMIT));
+      p.set('machine_workers', String(this.auto ? AUTO_EXPAND_WORKERS : 0));
+      const s = await this.api(`/v1/summary?${p}`);
+      if (this.stopped) return;
+      if (generation !== this.filterGeneration) {
+        this.refreshWanted = true;
+        return;
+      }
+      const auto = s.matching.workers <= AUTO_EXPAND_WORKERS;
+      this.applySummary(s, auto && this.auto);
+      if (auto !== this.auto) {
+        // Small enough to show every worker (or no longer): read again.
+        this.auto = auto;
+        again = auto;
+        if (!auto) for (const m of this.machines.values()) if (!m.opened) this.collapse(m);
+      }
+      // Machines opened by hand follow too.
+      for (const m of [...this.machines.values()]) {
+        if (m.opened && !this.auto && generation === this.filterGeneration) {
+          await this.loadWorkers(m, false);
+        }
+      }
+    } catch (e) {
+      this.onBackgroundError(e);
+      if (!(e instanceof AuthError)) this.refreshWanted = true;
+    } finally {
+      this.refreshTook = performance.now() - this.lastRefresh;
+      this.refreshing = false;
+      const urgent = this.refreshUrgent;
+      this.refreshUrgent = false;
+      if (again || urgent) this.requestRefresh(true);
+      else if (this.refreshWanted) this.requestRefresh();
+    }
+  }
+
+  applySummary(s, withWorkers) {
+    const now = this.now();
+    this.counts = s.counts;
+    this.ui.counts(s.counts);
+    this.machineCursor = s.machines.next_cursor;
+    const shown = [];
+    const seen = new Set();
+    for (const md of s.machines.items) {
+      let m = this.machines.get(md.id);
+      if (!m) {
+        m = this.createMachine(md);
+        this.machines.set(md.id, m);
+      }
+      m.data = md;
+      seen.add(md.id);
+      this.renderMachine(m, now);
+      if (withWorkers) {
+        if (!m.closed) {
+          this.expand(m);
+          this.showWorkers(m, md.workers, false);
+          m.workersCursor = null;
+          m.el.more.hidden = true;
+        }
+      }
+      shown.push(m.el.root);
+    }
+    for (const m of [...this.machines.values()]) {
+      if (seen.has(m.id)) continue;
+      // A machine opened by hand stays (after the page) while it has
+      // matching workers, even if it moved off the first page.
+      if (m.opened && !this.auto) shown.push(m.el.root);
+      else this.dropMachine(m);
+    }
+    arrange(this.ui.machinesEl, shown);
+    this.ui.shown(s.machines.items.length, s.matching, this.machineCursor !== null);
+
+    // Needs attention: failed and draining workers, newest first.
+    const problems = s.workers.items.filter((w) => isFailed(w) || w.status === 'draining');
+    const keep = new Set(problems.map((w) => w.id));
+    for (const [id, a] of this.attention) {
+      if (!keep.has(id)) {
+        a.el.remove();
+        this.attention.delete(id);
+      }
+    }
+    const items = problems.map((wd) => {
+      this.names.set(wd.id, wd.name);
+      let a = this.attention.get(wd.id);
+      if (!a) {
+        a = { id: wd.id, data: wd, el: this.ui.templates.attention.cloneNode(true) };
+        a.el.dataset.attentionId = wd.id;
+        this.attention.set(wd.id, a);
+      }
+      a.data = wd;
+      this.renderAttention(a, now);
+      return a.el;
+    });
+    arrange($('attention'), items);
+    $('attention-none').hidden = items.length > 0;
+
+    // Events newer than the summary: patch them in again.
+    const newer = this.recent.filter((ev) => ev.seq > s.seq);
+    this.recent = newer;
+    this.loaded = true;
+    for (const ev of newer) this.apply(ev);
+    this.ui.counts(this.counts);
+    if (this.summaries === 0) {
+      // For measurements: when the first summary was on screen.
+      performance.mark('rollcall:first-summary');
+      requestAnimationFrame(() => performance.mark('rollcall:first-summary-painted'));
+    }
+    this.summaries += 1;
+    this.ui.loaded(s.matching.machines === 0);
+  }
+
+  /** The next page of machines. */
+  async moreMachines() {
+    if (this.machineCursor === null) return;
+    const generation = this.filterGeneration;
+    const p = this.summaryQuery();
+    p.set('limit', String(MACHINE_PAGE));
+    p.set('cursor', this.machineCursor);
+    p.set('workers_limit', '0');
+    try {
+      const s = await this.api(`/v1/summary?${p}`);
+      if (this.stopped || generation !== this.filterGeneration) return;
+      const now = this.now();
+      for (const md of s.machines.items) {
+        if (this.machines.has(md.id)) continue;
+        const m = this.createMachine(md);
+        this.machines.set(md.id, m);
+        this.renderMachine(m, now);
+        this.ui.machinesEl.append(m.el.root);
+      }
+      this.machinesWanted = this.machines.size;
+      this.machineCursor = s.machines.next_cursor;
+      this.ui.shown(this.machines.size, s.matching, this.machineCursor !== null);
+    } catch (e) {
+      this.onBackgroundError(e);
+    }
+  }
+
+  /** A machine's workers, read when it is opened; `more` reads the next page. */
+  async loadWorkers(m, more) {
+    const p = this.summaryQuery();
+    p.set('machine_id', m.id);
+    p.set('limit', '1');
+    if (more && m.workersCursor) {
+      p.set('workers_limit', String(WORKER_PAGE));
+      p.set('workers_cursor', m.workersCursor);
+    } else {
+      p.set('workers_limit', String(Math.min(1000, Math.max(WORKER_PAGE, m.workersShown || 0))));
+    }
+    const generation = this.filterGeneration;
+    m.el.loading.hidden = m.workersShown > 0;
+    try {
+      const s = await this.api(`/v1/summary?${p}`);
+      if (this.stopped || generation !== this.filterGeneration || m.removed) return;
+      if (s.machines.items.length === 0 && m.opened) {
+        // No longer matching (or forgotten): it goes, like the others.
+        this.dropMachine(m);
+        return;
+      }
+      if (s.machines.items[0]) {
+        m.data = s.machines.items[0];
+        this.renderMachine(m, this.now());
+      }
+      this.showWorkers(m, s.workers.items, more);
+      m.workersCursor = s.workers.next_cursor;
+      m.el.more.hidden = m.workersCursor === null;
+      const newer = this.recent.filter((ev) => ev.seq > s.seq && ev.machine_id === m.id);
+      for (const ev of newer) this.apply(ev);
+    } catch (e) {
+      this.onBackgroundError(e);
+    } finally {
+      m.el.loading.hidden = true;
+    }
+  }
+
+  // ------------------------------------------------------------ rendering
+
+  createMachine(md) {
+    const root = this.ui.templates.machine.cloneNode(true);
+    const m = {
+      id: md.id,
+      data: md,
+      workers: new Map(), // id -> worker entry
+      expanded: false,
+      opened: false, // opened by hand
+      closed: false, // closed by hand
+      workersCursor: null,
+      workersShown: 0,
+      removed: false,
+      el: {
+        root,
+        toggle: root.querySelector('.toggle'),
+        name: root.querySelector('.m-name'),
+        badge: root.querySelector('.badge'),
+        condition: root.querySelector('.condition'),
+        host: root.querySelector('.m-host'),
+        count: root.querySelector('.m-count'),
+        sinceWrap: root.querySelector('.m-since'),
+        since: root.querySelector('.m-since time'),
+        labels: root.querySelector('.m-labels'),
+        mix: [...root.querySelectorAll('.mix i')],
+        tableWrap: root.querySelector('.table-wrap'),
+        caption: root.querySelector('caption'),
+        tbody: root.querySelector('tbody'),
+        loading: root.querySelector('.w-loading'),
+        more: root.querySelector('.more-workers'),
+      },
     };
-    row.dataset.workerId = w.id;
-    w.shown = true;
-    this.entryOf.set(row, ref);
-    // Rows are watched only while their machine is near the viewport:
-    // thousands of observed rows would cost the browser on every frame.
-    if (w.machine.near) this.observer.observe(row);
+    const tableId = `workers-${this.ui.nextId()}`;
+    m.el.tableWrap.id = tableId;
+    m.el.toggle.setAttribute('aria-controls', tableId);
+    m.el.toggle.addEventListener('click', () => {
+      if (m.expanded) {
+        m.closed = true;
+        m.opened = false;
+        this.collapse(m);
+      } else {
+        m.closed = false;
+        m.opened = !this.auto;
+        this.expand(m);
+        if (this.auto) this.requestRefresh(true);
+        else this.loadWorkers(m, false);
+      }
+    });
+    m.el.more.addEventListener('click', () => this.loadWorkers(m, true));
+    root.dataset.machineId = md.id;
+    this.collapse(m);
+    return m;
+  }
+
+  expand(m) {
+    m.expanded = true;
+    m.el.toggle.setAttribute('aria-expanded', 'true');
+    m.el.tableWrap.hidden = false;
+  }
+
+  collapse(m) {
+    m.expanded = false;
+    m.el.toggle.setAttribute('aria-expanded', 'false');
+    m.el.tableWrap.hidden = true;
+    for (const w of m.workers.values()) this.rows.delete(w.id);
+    m.workers.clear();
+    m.workersShown = 0;
+    m.workersCursor = null;
+    m.el.tbody.replaceChildren();
+    m.el.more.hidden = true;
+  }
+
+  dropMachine(m) {
+    m.removed = true;
+    for (const w of m.workers.values()) this.rows.delete(w.id);
+    this.machines.delete(m.id);
+    m.el.root.remove();
+  }
+
+  /** Shows a machine's workers in this order (after those shown if `append`). */
+  showWorkers(m, list, append) {
+    const now = this.now();
+    const seen = new Set(append ? m.workers.keys() : []);
+    const els = append ? [...m.el.tbody.children] : [];
+    for (const wd of list) {
+      if (seen.has(wd.id) && append) continue;
+      seen.add(wd.id);
+      this.names.set(wd.id, wd.name);
+      let w = m.workers.get(wd.id);
+      if (!w) {
+        w = this.createWorker(wd, m);
+        m.workers.set(wd.id, w);
+      } else {
+        w.data = wd;
+      }
+      this.rows.set(wd.id, w);
+      this.renderWorker(w, now);
+      els.push(w.el.row);
+    }
+    for (const [id, w] of m.workers) {
+      if (!seen.has(id)) {
+        m.workers.delete(id);
+        if (this.rows.get(id) === w) this.rows.delete(id);
+      }
+    }
+    arrange(m.el.tbody, els);
+    m.workersShown = m.workers.size;
+    for (const id of seen) this.ui.nameInFeed(id, this.names.get(id));
+  }
+
+  createWorker(wd, m) {
+    const row = this.ui.templates.worker.cloneNode(true);
+    row.dataset.workerId = wd.id;
+    return {
+      id: wd.id,
+      data: wd,
+      machine: m,
+      el: {
+        row,
+        name: row.querySelector('.w-name'),
+        id: row.querySelector('.w-id'),
+        badge: row.querySelector('.badge'),
+        heartbeat: row.querySelector('.w-heartbeat'),
+        session: row.querySelector('.w-session'),
+        since: row.querySelector('.w-since'),
+        labels: row.querySelector('.w-labels'),
+      },
+    };
   }
 
   renderWorker(w, now) {
     const d = w.data;
     const el = w.el;
-    w.sortKey = `${d.name}\u0000${d.id}`;
     setAttr(el.row, 'data-status', d.status);
     setAttr(el.row, 'data-reason', d.offline_reason || null);
     setAttr(el.row, 'data-session', String(d.session));
@@ -795,73 +813,49 @@ class Dashboard {
     setText(w.el.since, w.sinceMs === null ? '' : duration(now - w.sinceMs));
   }
 
-  applyWorkerFilter(w) {
-    if (!w.el) return;
-    const shown = this.workerMatches(w);
-    if (shown !== w.shown) {
-      w.shown = shown;
-      w.el.row.hidden = !shown;
-      this.dirtyMachines.add(w.machine);
-    }
-  }
-
-  /**
-   * Puts new rows in name order. The rows already there are in order and
-   * stay where they are (moving thousands of nodes would make the browser
-   * restyle and lay out all of them): the new ones, sorted, are merged in.
-   */
-  placeRows(m, rows) {
-    mergeInto(m.el.tbody, rows.sort(byKey), (w) => w.el.row, (row) => this.entryOf.get(row)?.entry);
-  }
-
-  createMachine(m) {
-    const root = this.ui.templates.machine.cloneNode(true);
-    const ref = { kind: 'machine', entry: m };
-    const tableId = `workers-${this.ui.nextId()}`;
-    m.el = {
-      root,
-      ref,
-      toggle: root.querySelector('.toggle'),
-      name: root.querySelector('.m-name'),
-      badge: root.querySelector('.badge'),
-      host: root.querySelector('.m-host'),
-      count: root.querySelector('.m-count'),
-      sinceWrap: root.querySelector('.m-since'),
-      since: root.querySelector('.m-since time'),
-      labels: root.querySelector('.m-labels'),
-      tableWrap: root.querySelector('.table-wrap'),
-      caption: root.querySelector('caption'),
-      tbody: root.querySelector('tbody'),
-    };
-    m.el.tableWrap.id = tableId;
-    m.el.toggle.setAttribute('aria-controls', tableId);
-    m.el.toggle.addEventListener('click', () => {
-      m.collapsed = !m.collapsed;
-      m.el.toggle.setAttribute('aria-expanded', String(!m.collapsed));
-      m.el.tableWrap.hidden = m.collapsed;
-    });
-    root.dataset.machineId = m.id;
-    m.shown = true;
-    this.entryOf.set(root, ref);
-    this.observer.observe(root);
+  renderAttention(a, now) {
+    const d = a.data;
+    setBadge(a.el.querySelector('.badge'), d.status, d.offline_reason);
+    setText(a.el.querySelector('.att-name'), d.name);
+    setText(a.el.querySelector('.att-machine'), `on ${d.machine_id}`);
+    a.sinceMs = parseTime(d.status_changed_at);
+    const t = a.el.querySelector('.att-since');
+    setAttr(t, 'datetime', d.status_changed_at || null);
+    setText(t, a.sinceMs === null ? '' : ago(now - a.sinceMs));
   }
 
   renderMachine(m, now) {
     const d = m.data;
     const el = m.el;
-    let live = 0;
-    for (const w of m.workers) if (w.data.status === 'online' || w.data.status === 'draining') live += 1;
+    // The condition follows the counts, which events patch.
+    if (d.status === 'offline') d.condition = 'offline';
+    else d.condition = d.workers_failed + d.workers_draining > 0 ? 'degraded' : 'ok';
     setAttr(el.root, 'data-status', d.status);
+    setAttr(el.root, 'data-condition', d.condition);
     setText(el.name, d.id);
     setText(el.caption, `Workers on ${d.id}`);
     setBadge(el.badge, d.status, null);
+    const condition = d.status === 'online' && (d.workers_failed > 0 || d.workers_draining > 0)
+      ? [d.workers_failed > 0 ? `${d.workers_failed} failed` : '',
+        d.workers_draining > 0 ? `${d.workers_draining} draining` : ''].filter(Boolean).join(', ')
+      : '';
+    setText(el.condition, condition);
     setText(el.host, d.hostname && d.hostname !== d.id ? d.hostname : '');
-    const total = m.workers.size;
-    setText(el.count, `${live} of ${total} worker${total === 1 ? '' : 's'} live`);
+    const live = d.workers_online + d.workers_draining;
+    const total = d.workers_total;
+    let count = `${live} of ${total} worker${total === 1 ? '' : 's'} live`;
+    if (d.workers_matching !== total) count += ` · ${d.workers_matching} match`;
+    setText(el.count, count);
     setLabels(el.labels, d.labels);
-    m.sinceMs = parseTime(d.status_changed_at);
+    const parts = [d.workers_online, d.workers_draining, d.workers_failed,
+      d.workers_offline - d.workers_failed];
+    el.mix.forEach((i, k) => {
+      const width = total > 0 ? `${(100 * parts[k]) / total}%` : '0%';
+      if (i.style.width !== width) i.style.width = width;
+    });
+    m.sinceMs = parseTime(d.last_change_at);
     el.sinceWrap.hidden = m.sinceMs === null;
-    setAttr(el.since, 'datetime', d.status_changed_at || null);
+    setAttr(el.since, 'datetime', d.last_change_at || null);
     this.tickMachine(m, now);
   }
 
@@ -869,25 +863,21 @@ class Dashboard {
     if (m.sinceMs !== null && m.sinceMs !== undefined) setText(m.el.since, duration(now - m.sinceMs));
   }
 
-  placeMachines(newMachines) {
-    mergeInto(this.ui.machinesEl, newMachines.sort(byKey), (m) => m.el.root,
-      (root) => this.entryOf.get(root)?.entry);
-  }
+  // ---------------------------------------------------------------- filter
 
-  renderCounts() {
-    const workers = { online: 0, draining: 0, offline: 0 };
-    let shown = 0;
-    for (const w of this.workers.values()) {
-      workers[w.data.status] = (workers[w.data.status] || 0) + 1;
-      if (w.shown) shown += 1;
-    }
-    const machines = { online: 0, offline: 0 };
-    let machinesShown = 0;
+  setFilter(status, text) {
+    const q = text.trim().split(/\s+/).filter(Boolean).join(' ');
+    if (status === this.filter.status && q === this.filter.q) return;
+    this.filter = { status, q };
+    this.filterGeneration += 1;
+    this.machinesWanted = MACHINE_PAGE;
+    // Whether every match can be shown is known from the next summary.
+    this.auto = false;
     for (const m of this.machines.values()) {
-      machines[m.data.status] = (machines[m.data.status] || 0) + 1;
-      if (m.shown) machinesShown += 1;
+      m.opened = false;
+      m.closed = false;
     }
-    this.ui.counts(machines, workers, shown, this.workers.size, machinesShown, this.loading);
+    this.requestRefresh(true);
   }
 
   /**
@@ -907,25 +897,27 @@ class Dashboard {
       return;
     }
     this.lastFeed = performance.now();
-    const events = this.feedQueue;
+    const events = this.feedQueue.slice(-FEED_LIMIT);
     this.feedQueue = [];
     this.ui.feed(events, (ev) => this.describe(ev));
   }
 
   describe(ev) {
-    const w = ev.worker_id ? this.workers.get(ev.worker_id) : null;
+    const name = ev.worker_id ? this.names.get(ev.worker_id) : null;
     const isWorker = ev.type.startsWith('worker.');
     const what = ev.type.slice(ev.type.indexOf('.') + 1);
     let status = 'event';
     if (what === 'online' || what === 'draining' || what === 'offline') status = what;
     const subject = isWorker
-      ? `${w ? w.data.name : ev.worker_id} on ${ev.machine_id}`
+      ? `${name || ev.worker_id} on ${ev.machine_id}`
       : `machine ${ev.machine_id}`;
     // A worker not known yet is named once it has been read.
-    const unnamed = isWorker && !w ? ev.worker_id : null;
+    const unnamed = isWorker && !name ? ev.worker_id : null;
     const details = [];
     if (ev.reason && !(status === 'offline')) details.push(ev.reason);
     if (ev.session !== null && ev.session !== undefined) details.push(`session ${ev.session}`);
+    if (ev.exit_code !== null && ev.exit_code !== undefined) details.push(`exit code ${ev.exit_code}`);
+    if (ev.signal !== null && ev.signal !== undefined) details.push(`signal ${ev.signal}`);
     if (ev.detection_lag_ms !== null && ev.detection_lag_ms !== undefined) {
       details.push(`detected ${ev.detection_lag_ms} ms after its deadline`);
     }
@@ -939,72 +931,363 @@ class Dashboard {
     };
   }
 
-  // ----------------------------------------------------------------- ticks
-
-  onIntersect(entries) {
-    const now = this.now();
-    for (const e of entries) {
-      const ref = this.entryOf.get(e.target);
-      if (!ref) continue;
-      if (e.isIntersecting) {
-        this.onScreen.add(ref);
-        if (ref.kind === 'worker' && ref.entry.el) this.tickWorker(ref.entry, now);
-        if (ref.kind === 'machine' && ref.entry.el) {
-          const m = ref.entry;
-          m.near = true;
-          for (const w of m.workers) if (w.el) this.observer.observe(w.el.row);
-          this.tickMachine(m, now);
-          if (!this.loading && Date.now() - m.refreshedAt > REFRESH_VISIBLE_MS) {
-            this.enqueue('m', m.id);
-          }
-        }
-      } else {
-        this.onScreen.delete(ref);
-        if (ref.kind === 'machine') {
-          const m = ref.entry;
-          m.near = false;
-          for (const w of m.workers) {
-            if (!w.el) continue;
-            this.observer.unobserve(w.el.row);
-            this.onScreen.delete(w.el.ref);
-          }
-        }
-      }
-    }
-  }
-
-  /** Once a second: the relative times of what is on screen. */
+  /** Once a second: the relative times on screen. */
   tick() {
     if (document.visibilityState !== 'visible') return;
     const now = this.now();
-    for (const ref of this.onScreen) {
-      const entry = ref.entry;
-      if (!entry.el || entry.removed) continue;
-      if (ref.kind === 'worker') this.tickWorker(entry, now);
-      else this.tickMachine(entry, now);
+    for (const w of this.rows.values()) this.tickWorker(w, now);
+    for (const m of this.machines.values()) this.tickMachine(m, now);
+    for (const a of this.attention.values()) {
+      if (a.sinceMs !== null && a.sinceMs !== undefined) {
+        setText(a.el.querySelector('.att-since'), ago(now - a.sinceMs));
+      }
     }
+  }
+}
+
+// ---------------------------------------------------------------- health
+
+const HEALTH_TOP = 20;
+const HEALTH_REFRESH_MS = 2000;
+const TIMELINE_LIMIT = 50;
+
+function percent(a) {
+  if (a === null || a === undefined) return 'no data';
+  const p = a * 100;
+  if (p === 100) return '100 %';
+  return `${p >= 99.995 ? '99.99' : p.toFixed(p >= 99 ? 2 : 1)} %`;
+}
+
+/** The colour of a status-page bar: no data, up, some trouble, down. */
+function barLevel(b) {
+  if (b.availability === null || b.availability === undefined) return 'none';
+  if (b.availability >= 0.999 && b.crashes === 0) return 'up';
+  if (b.availability >= 0.95) return 'warn';
+  return 'down';
+}
+
+function fillBars(container, buckets) {
+  const spans = buckets.map((b) => {
+    const i = document.createElement('i');
+    const level = barLevel(b);
+    i.dataset.level = level;
+    const from = parseTime(b.from);
+    const parts = [fullFormat.format(from)];
+    parts.push(level === 'none' ? 'no data' : `${percent(b.availability)} available`);
+    if (b.crashes > 0) parts.push(`${b.crashes} crash${b.crashes === 1 ? '' : 'es'}`);
+    if (b.no_data_ms > 0 && level !== 'none') parts.push(`${duration(b.no_data_ms)} without data`);
+    i.title = parts.join(' · ');
+    return i;
+  });
+  container.replaceChildren(...spans);
+  container.setAttribute('role', 'img');
+  const down = buckets.filter((b) => barLevel(b) === 'down').length;
+  const none = buckets.filter((b) => barLevel(b) === 'none').length;
+  container.setAttribute('aria-label',
+    `${buckets.length} bars: ${down} with downtime, ${none} without data`);
+}
+
+/** The Health view: machines by crashes or downtime, with their history. */
+class HealthView {
+  constructor(dashboard, ui) {
+    this.dashboard = dashboard;
+    this.ui = ui;
+    this.active = false;
+    this.sort = 'crashes';
+    this.entries = new Map(); // machine id -> entry
+    this.loading = false;
+    this.wanted = false;
+    this.timer = 0;
+    this.last = -Infinity;
+    this.loads = 0; // completed loads, for tests
+  }
+
+  api(path) {
+    return this.dashboard.api(path);
+  }
+
+  show() {
+    this.active = true;
+    this.request(true);
+  }
+
+  hide() {
+    this.active = false;
+  }
+
+  setSort(sort) {
+    this.sort = sort;
+    this.request(true);
+  }
+
+  /** Events that may change the history: refresh, at most every 2 s. */
+  onEvents(events) {
+    if (!this.active) return;
+    if (events.some((e) => e.type.startsWith('worker.') || e.type.startsWith('machine.'))) {
+      this.request(false);
+    }
+  }
+
+  request(now) {
+    this.wanted = true;
+    if (this.loading || (this.timer && !now)) return;
+    clearTimeout(this.timer);
+    const wait = now ? 0 : Math.max(0, this.last + HEALTH_REFRESH_MS - performance.now());
+    this.timer = setTimeout(() => {
+      this.timer = 0;
+      this.load();
+    }, wait);
+  }
+
+  async load() {
+    if (!this.active || this.loading || this.dashboard.stopped) return;
+    this.loading = true;
+    this.wanted = false;
+    this.last = performance.now();
+    try {
+      const fleet = await this.api(`/v1/health?window=30d&top=${HEALTH_TOP}`);
+      if (fleet === null) throw new Error('the server has no health history');
+      this.renderFleet(fleet);
+      const byId = new Map();
+      for (const m of [...fleet.top_machines_by_crashes, ...fleet.top_machines_by_downtime]) {
+        byId.set(m.machine_id, m);
+      }
+      const ranked = [...byId.values()].sort((a, b) => (this.sort === 'crashes'
+        ? (b.crashes.total - a.crashes.total) || (b.down_ms - a.down_ms)
+        : (b.down_ms - a.down_ms) || (b.crashes.total - a.crashes.total))
+        || (a.machine_id < b.machine_id ? -1 : 1));
+      if (ranked.length < HEALTH_TOP) {
+        // Room for more: machines without crashes or downtime, by id.
+        const s = await this.api(`/v1/summary?limit=${HEALTH_TOP}&workers_limit=0`);
+        const calm = (s ? s.machines.items : [])
+          .filter((m) => !byId.has(m.id))
+          .sort((a, b) => (a.id < b.id ? -1 : 1));
+        for (const m of calm.slice(0, HEALTH_TOP - ranked.length)) {
+          const r = {
+            machine_id: m.id,
+            hostname: m.hostname,
+            availability: null,
+            down_ms: 0,
+            crashes: { total: 0, stale: 0, replaced: 0, exited: 0 },
+            mtbf_ms: null,
+            last_crash: null,
+          };
+          byId.set(m.id, r);
+          ranked.push(r);
+        }
+      }
+      const details = await Promise.all(ranked.map((m) => this.machineHealth(m.machine_id)));
+      const els = [];
+      ranked.forEach((m, i) => {
+        let e = this.entries.get(m.machine_id);
+        if (!e) {
+          e = this.createEntry(m.machine_id);
+          this.entries.set(m.machine_id, e);
+        }
+        e.ranked = m;
+        e.day = details[i].day;
+        e.month = details[i].month;
+        this.renderEntry(e);
+        els.push(e.el.root);
+      });
+      for (const [id, e] of this.entries) {
+        if (!byId.has(id)) {
+          e.el.root.remove();
+          this.entries.delete(id);
+        }
+      }
+      arrange($('health-machines'), els);
+      $('health-empty').hidden = els.length > 0;
+      $('health-loading').hidden = true;
+      setText($('health-shown'), `${els.length} of ${numberFormat.format(fleet.machines)} machines`);
+      for (const e of this.entries.values()) if (e.open) this.loadTimeline(e);
+      this.loads += 1;
+    } catch (e) {
+      this.dashboard.onBackgroundError(e);
+      if (!(e instanceof AuthError)) this.wanted = true;
+    } finally {
+      this.loading = false;
+      if (this.wanted && this.active) this.request(false);
+    }
+  }
+
+  async machineHealth(id) {
+    const path = `/v1/machines/${encodeURIComponent(id)}/health`;
+    const [day, month] = await Promise.all([
+      this.api(`${path}?window=24h&buckets=24`),
+      this.api(`${path}?window=30d&buckets=30`),
+    ]);
+    return { day, month };
+  }
+
+  renderFleet(f) {
+    const facts = [
+      ['availability', percent(f.availability)],
+      ['crashes', String(f.crashes.total)],
+      ['went stale', String(f.crashes.stale)],
+      ['restarted without a goodbye', String(f.crashes.replaced)],
+      ['exited with a failure', String(f.crashes.exited)],
+      ['graceful stops', String(f.graceful ?? 0)],
+      ['downtime', duration(f.down_ms)],
+      ['without data', duration(f.no_data_ms)],
+    ];
+    $('health-fleet').replaceChildren(...facts.map(([k, v]) => {
+      const div = document.createElement('div');
+      const dt = document.createElement('dt');
+      dt.textContent = k;
+      const dd = document.createElement('dd');
+      dd.textContent = v;
+      div.append(dt, dd);
+      return div;
+    }));
+  }
+
+  createEntry(id) {
+    const root = this.ui.templates.health.cloneNode(true);
+    root.dataset.machineId = id;
+    const e = {
+      id,
+      open: false,
+      el: {
+        root,
+        toggle: root.querySelector('.toggle'),
+        name: root.querySelector('.hm-name'),
+        avail: root.querySelector('.hm-avail'),
+        crashes: root.querySelector('.hm-crashes'),
+        mtbf: root.querySelector('.hm-mtbf'),
+        last: root.querySelector('.hm-last'),
+        day: root.querySelector('.bars-day'),
+        month: root.querySelector('.bars-month'),
+        detail: root.querySelector('.hm-detail'),
+        workers: root.querySelector('.hm-workers'),
+        timeline: root.querySelector('.timeline'),
+      },
+    };
+    e.el.toggle.addEventListener('click', () => {
+      e.open = !e.open;
+      e.el.toggle.setAttribute('aria-expanded', String(e.open));
+      e.el.detail.hidden = !e.open;
+      if (e.open) {
+        this.renderWorkers(e);
+        this.loadTimeline(e);
+      }
+    });
+    return e;
+  }
+
+  renderEntry(e) {
+    const m = e.month || {};
+    const r = e.ranked;
+    setText(e.el.name, r.hostname && r.hostname !== r.machine_id ? `${r.machine_id} (${r.hostname})` : r.machine_id);
+    e.el.root.dataset.crashes = String(m.crashes ? m.crashes.total : r.crashes.total);
+    setText(e.el.avail, `${percent(m.availability ?? r.availability)} available`);
+    const c = m.crashes || r.crashes;
+    const kinds = ['stale', 'replaced', 'exited'].filter((k) => c[k] > 0).map((k) => `${c[k]} ${k}`);
+    setText(e.el.crashes, `${c.total} crash${c.total === 1 ? '' : 'es'}${kinds.length ? ` (${kinds.join(', ')})` : ''}`);
+    const mtbf = m.mtbf_ms ?? r.mtbf_ms;
+    setText(e.el.mtbf, mtbf === null || mtbf === undefined ? 'MTBF —' : `MTBF ${duration(mtbf)}`);
+    const last = m.last_crash ?? r.last_crash;
+    setText(e.el.last, last ? `last crash ${ago(this.dashboard.now() - parseTime(last.at))} (${last.kind})` : '');
+    if (m.flapping) e.el.root.dataset.flapping = 'true';
+    else delete e.el.root.dataset.flapping;
+    if (e.day) fillBars(e.el.day, e.day.buckets || []);
+    if (e.month) fillBars(e.el.month, e.month.buckets || []);
+    if (e.open) this.renderWorkers(e);
+  }
+
+  renderWorkers(e) {
+    const workers = (e.day && e.day.workers) || [];
+    const rows = workers.map((w) => {
+      const row = document.createElement('div');
+      row.className = 'bars-row hw';
+      row.dataset.workerId = w.worker_id;
+      row.dataset.crashes = String(w.crashes.total);
+      const label = document.createElement('span');
+      label.className = 'bars-label';
+      label.textContent = w.name ?? w.worker_id;
+      label.title = w.worker_id;
+      const bars = document.createElement('span');
+      bars.className = 'bars';
+      fillBars(bars, w.buckets || []);
+      const facts = document.createElement('span');
+      facts.className = 'muted small';
+      facts.textContent = `${percent(w.availability)} · ${w.crashes.total} crash${w.crashes.total === 1 ? '' : 'es'}`;
+      row.append(label, bars, facts);
+      return row;
+    });
+    e.el.workers.replaceChildren(...rows);
+  }
+
+  /** The machine's latest transitions from the event log, newest first. */
+  async loadTimeline(e) {
+    const latest = [];
+    let after = 0;
+    try {
+      for (let page = 0; page < 20; page += 1) {
+        const r = await this.api(`/v1/events?machine_id=${encodeURIComponent(e.id)}&after=${after}&limit=1000`);
+        if (r === null) break;
+        latest.push(...r.items);
+        if (latest.length > TIMELINE_LIMIT) latest.splice(0, latest.length - TIMELINE_LIMIT);
+        if (!r.next_cursor) break;
+        after = r.next_cursor;
+      }
+    } catch (err) {
+      this.dashboard.onBackgroundError(err);
+      return;
+    }
+    const items = latest.reverse().map((ev) => {
+      const li = this.ui.templates.event.cloneNode(true);
+      const d = this.dashboard.describe(ev);
+      const at = parseTime(ev.at);
+      const time = li.querySelector('.e-time');
+      time.dateTime = ev.at;
+      time.textContent = at === null ? '' : fullFormat.format(at);
+      const badge = li.querySelector('.badge');
+      if (d.label) {
+        setAttr(badge, 'data-status', 'event');
+        badge.textContent = d.label;
+      } else {
+        setBadge(badge, d.status, d.reason);
+      }
+      li.querySelector('.e-subject').textContent = d.subject;
+      li.querySelector('.e-detail').textContent = d.detail;
+      li.dataset.seq = String(ev.seq);
+      li.dataset.type = ev.type;
+      return li;
+    });
+    e.el.timeline.replaceChildren(...items);
   }
 }
 
 // ---------------------------------------------------------------- the page
 
-/** The page around the dashboard: sign-in, filters, counts, feed. */
+/** The page around the dashboard: sign-in, views, filters, counts, feed. */
 class Page {
   constructor() {
     this.dashboard = null;
+    this.health = null;
     this.idCounter = 0;
     this.machinesEl = $('machines');
     this.templates = {
       machine: $('machine-template').content.firstElementChild,
       worker: $('worker-template').content.firstElementChild,
       event: $('event-template').content.firstElementChild,
+      attention: $('attention-template').content.firstElementChild,
+      health: $('health-machine-template').content.firstElementChild,
     };
     this.countEls = {
-      machines: { online: $('count-machines-online'), offline: $('count-machines-offline') },
+      machines: {
+        online: $('count-machines-online'),
+        degraded: $('count-machines-degraded'),
+        offline: $('count-machines-offline'),
+        total: $('count-machines-total'),
+      },
       workers: {
         online: $('count-workers-online'),
         draining: $('count-workers-draining'),
         offline: $('count-workers-offline'),
+        failed: $('count-workers-failed'),
+        total: $('count-workers-total'),
       },
     };
     this.searchTimer = 0;
@@ -1019,7 +1302,7 @@ class Page {
     $('filters').addEventListener('change', () => this.applyFilter());
     $('search').addEventListener('input', () => {
       clearTimeout(this.searchTimer);
-      this.searchTimer = setTimeout(() => this.applyFilter(), 120);
+      this.searchTimer = setTimeout(() => this.applyFilter(), 200);
     });
     // Escape in the search box clears it (type=search does so natively in
     // some browsers only).
@@ -1029,6 +1312,11 @@ class Page {
         this.applyFilter();
       }
     });
+    $('more-machines').addEventListener('click', () => this.dashboard?.moreMachines());
+    for (const tab of document.querySelectorAll('.view-tab')) {
+      tab.addEventListener('click', () => this.showView(tab.dataset.view));
+    }
+    $('health-sort').addEventListener('change', (e) => this.health?.setSort(e.target.value));
 
     let token = null;
     try {
@@ -1103,14 +1391,50 @@ class Page {
     $('loading').hidden = false;
     this.machinesEl.replaceChildren();
     $('events').replaceChildren();
+    $('attention').replaceChildren();
+    $('health-machines').replaceChildren();
     this.dashboard = new Dashboard(token, this);
+    this.health = new HealthView(this.dashboard, this);
+    this.showView('fleet');
+    this.probeHealth();
     this.applyFilter();
     this.dashboard.start();
+  }
+
+  /**
+   * The Health tab is offered only by a server that keeps health history:
+   * its OpenAPI document lists `GET /v1/health`.
+   */
+  async probeHealth() {
+    const d = this.dashboard;
+    try {
+      const res = await fetch('/openapi.json', { signal: d.abort.signal, cache: 'no-store' });
+      const spec = res.ok ? await res.json() : {};
+      const offered = Boolean(spec.paths && spec.paths['/v1/health']);
+      $('tab-health').hidden = !offered;
+      $('views').hidden = !offered;
+    } catch {
+      $('tab-health').hidden = true;
+      $('views').hidden = true;
+    }
+  }
+
+  showView(view) {
+    for (const tab of document.querySelectorAll('.view-tab')) {
+      setAttr(tab, 'aria-current', tab.dataset.view === view ? 'page' : null);
+    }
+    $('view-fleet').hidden = view !== 'fleet';
+    $('view-health').hidden = view !== 'health';
+    if (!this.health) return;
+    if (view === 'health') this.health.show();
+    else this.health.hide();
   }
 
   signOut(message) {
     if (this.dashboard) this.dashboard.stop();
     this.dashboard = null;
+    if (this.health) this.health.hide();
+    this.health = null;
     try {
       sessionStorage.removeItem(TOKEN_KEY);
     } catch {
@@ -1118,6 +1442,8 @@ class Page {
     }
     this.machinesEl.replaceChildren();
     $('events').replaceChildren();
+    $('attention').replaceChildren();
+    $('health-machines').replaceChildren();
     this.showSignIn(message);
   }
 
@@ -1150,9 +1476,13 @@ class Page {
     if (el.dataset.state === 'live') el.title = text;
   }
 
+  onEvents(events) {
+    if (this.health) this.health.onEvents(events);
+  }
+
   /** Names a worker in the feed entries written before it was known. */
   nameInFeed(workerId, name) {
-    if (this.unnamed === 0) return;
+    if (this.unnamed === 0 || !name) return;
     this.unnamed = 0;
     for (const li of $('events').querySelectorAll('li[data-unnamed]')) {
       this.unnamed += 1;
@@ -1163,15 +1493,29 @@ class Page {
     }
   }
 
-  loaded() {
+  loaded(empty) {
     $('loading').hidden = true;
+    $('empty').hidden = !empty;
   }
 
-  counts(machines, workers, shown, total, machinesShown, loading) {
-    for (const [k, el] of Object.entries(this.countEls.machines)) setText(el, String(machines[k] || 0));
-    for (const [k, el] of Object.entries(this.countEls.workers)) setText(el, String(workers[k] || 0));
-    setText($('shown'), loading ? '' : `Showing ${shown} of ${total} workers`);
-    $('empty').hidden = loading || machinesShown > 0;
+  counts(c) {
+    if (!c) return;
+    const m = c.machines;
+    const w = c.workers;
+    const put = (el, n) => {
+      setText(el, numberFormat.format(n));
+      el.dataset.value = String(n);
+    };
+    put(this.countEls.machines.online, m.online);
+    put(this.countEls.machines.degraded, m.degraded);
+    put(this.countEls.machines.offline, m.offline);
+    put(this.countEls.machines.total, m.total);
+    for (const k of ['online', 'draining', 'offline', 'failed', 'total']) put(this.countEls.workers[k], w[k]);
+  }
+
+  shown(machines, matching, more) {
+    setText($('shown'), `Showing ${machines} of ${matching.machines} machines · ${matching.workers} workers match`);
+    $('more-machines').hidden = !more;
   }
 
   feed(events, describe) {

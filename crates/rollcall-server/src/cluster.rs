@@ -451,7 +451,7 @@ impl Inner {
             let current = self.current.read();
             (current.0.clone(), current.2)
         };
-        if role == Role::Standby && is_change(&req) {
+        if role == Role::Standby && (is_change(&req) || needs_engine(&req)) {
             drain_unread(req, |req| self.forward(req)).await
         } else {
             match router.oneshot(req).await {
@@ -592,6 +592,12 @@ impl Inner {
 /// Whether a request changes something and so must go to the active replica.
 fn is_change(req: &Request) -> bool {
     req.uri().path().starts_with("/v1/") && !matches!(*req.method(), Method::GET | Method::HEAD)
+}
+
+/// Whether a read is answered from the liveness engine's memory, which only
+/// the active replica holds (`GET /v1/summary`).
+fn needs_engine(req: &Request) -> bool {
+    req.uri().path() == "/v1/summary"
 }
 
 fn is_hop_by_hop(name: &HeaderName) -> bool {

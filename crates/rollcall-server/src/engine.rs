@@ -26,7 +26,7 @@ use std::time::Duration;
 use parking_lot::Mutex;
 use rollcall_core::fsm::{self, Command};
 use rollcall_core::policy;
-use rollcall_core::{MachineId, Status, Timestamp, TokenHash, WorkerId, WorkerName};
+use rollcall_core::{Labels, MachineId, Status, Timestamp, TokenHash, WorkerId, WorkerName};
 use rollcall_store::{HeartbeatMark, WorkerRecord};
 use tokio::sync::Notify;
 
@@ -146,6 +146,14 @@ pub struct Census {
     pub machines_offline: u64,
 }
 
+/// What the engine knows of a machine besides its workers: its hostname and
+/// labels as last registered (for the fleet summary's display and search).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct MachineInfo {
+    pub hostname: Option<String>,
+    pub labels: Labels,
+}
+
 /// See the module docs.
 #[derive(Debug)]
 pub struct Engine {
@@ -154,6 +162,8 @@ pub struct Engine {
     tokens: Box<[Mutex<TokenIndex>]>,
     /// (machine, name) → worker, for re-registration. Only the writer uses it.
     names: Mutex<HashMap<(MachineId, WorkerName), WorkerId>>,
+    /// Hostname and labels of the machines, as committed.
+    machines: Mutex<HashMap<MachineId, MachineInfo>>,
     timers: Mutex<BinaryHeap<Reverse<(Timestamp, WorkerId)>>>,
     /// Wakes the detector when an earlier deadline than it sleeps for arrives.
     timer_changed: Notify,
@@ -173,6 +183,7 @@ impl Engine {
             shards: (0..SHARDS).map(|_| Mutex::default()).collect(),
             tokens: (0..SHARDS).map(|_| Mutex::default()).collect(),
             names: Mutex::default(),
+            machines: Mutex::default(),
             timers: Mutex::default(),
             timer_changed: Notify::new(),
             hasher: RandomState::new(),
@@ -577,6 +588,34 @@ impl Engine {
                     live.dirty = true;
                     shard.dirty.push(m.worker_id.clone());
                 }
+            }
+        }
+    }
+
+    /// Records a machine's hostname and labels as committed: each replaces
+    /// the known one when given (as a registration's machine upsert does).
+    pub fn note_machine(&self, id: &MachineId, hostname: Option<&str>, labels: Option<&Labels>) {
+        let mut machines = self.machines.lock();
+        let info = machines.entry(id.clone()).or_default();
+        if let Some(h) = hostname {
+            info.hostname = Some(h.to_owned());
+        }
+        if let Some(l) = labels {
+            info.labels = l.clone();
+        }
+    }
+
+    /// The hostname and labels of every machine noted.
+    pub fn machine_infos(&self) -> HashMap<MachineId, MachineInfo> {
+        self.machines.lock().clone()
+    }
+
+    /// Calls `f` with every worker and its deadline, one shard at a time
+    /// (under that shard's lock: `f` must not call back into the engine).
+    pub fn visit(&self, mut f: impl FnMut(&WorkerRecord, Timestamp)) {
+        for shard in self.shards.iter() {
+            for live in shard.lock().workers.values() {
+                f(&live.record, live.deadline);
             }
         }
     }

@@ -322,6 +322,20 @@ impl Core {
         let workers = shared.store.load_workers().await?;
         let loaded = workers.len();
         engine.load(workers, shared.clock.now());
+        let mut after = None;
+        loop {
+            let page = shared
+                .store
+                .list_machines(None, after.as_ref(), 1000)
+                .await?;
+            for m in &page.items {
+                engine.note_machine(&m.id, m.hostname.as_deref(), Some(&m.labels));
+            }
+            if !page.more {
+                break;
+            }
+            after = page.items.last().map(|m| m.id.clone());
+        }
         let census = engine.census();
         info!(
             workers = loaded,

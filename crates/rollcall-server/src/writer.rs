@@ -501,6 +501,15 @@ impl WriterTask {
         }
 
         let diverged = self.install(&mut work).await;
+        for (job, p) in jobs.iter().zip(planned.iter()) {
+            if let (Request::Register(reg), Ok(_)) = (&job.req, &p.result) {
+                self.engine.note_machine(
+                    &reg.machine_id,
+                    reg.hostname.as_deref(),
+                    reg.machine_labels.as_ref(),
+                );
+            }
+        }
         for (job, p) in jobs.iter().zip(planned.iter_mut()) {
             if let Request::Reload { id } = &job.req {
                 p.result = Ok(Reply::Reloaded {

@@ -166,9 +166,15 @@ fn worker_state(id: &str) -> String {
 
 fn machine_state(id: &str) -> String {
     format!(
-        "(() => {{ const m = document.querySelector('article[data-machine-id=\"{id}\"]'); \
-         return m ? m.dataset.status : ''; }})()"
+        "(() => {{ const m = document.querySelector('#machines article[data-machine-id=\"{id}\"]'); \
+         return m && !m.hidden ? m.dataset.status : ''; }})()"
     )
+}
+
+/// A JavaScript expression: whether a machine is listed (the filters are
+/// applied by the server, so a machine they hide is not on the page).
+fn shown_machine(id: &str) -> String {
+    format!("({} !== '')", machine_state(id))
 }
 
 async fn expect_state(page: &cdp::Page<'_>, what: &str, expression: &str, want: &str) {
@@ -371,8 +377,11 @@ async fn the_dashboard_shows_workers_come_and_go_without_a_reload() {
     page.type_text("batch").await.unwrap();
     page.wait_for(
         "the search to hide the other machines",
-        "document.querySelector('article[data-machine-id=\"gpu-node-a\"]').hidden \
-         && !document.querySelector('article[data-machine-id=\"edge-c\"]').hidden",
+        &format!(
+            "!{gpu} && {edge} === 'online'",
+            gpu = shown_machine("gpu-node-a"),
+            edge = machine_state("edge-c")
+        ),
         PATIENCE,
     )
     .await
@@ -380,7 +389,7 @@ async fn the_dashboard_shows_workers_come_and_go_without_a_reload() {
     page.press("Escape", 27).await.unwrap();
     page.wait_for(
         "the cleared search to show every machine",
-        "!document.querySelector('article[data-machine-id=\"gpu-node-a\"]').hidden",
+        &shown_machine("gpu-node-a"),
         PATIENCE,
     )
     .await
@@ -448,19 +457,30 @@ async fn the_dashboard_shows_workers_come_and_go_without_a_reload() {
     app.shutdown().await;
 }
 
-/// Not a pass/fail test: numbers for the dashboard with 5,000 workers on 50
-/// machines, first loading them, then following them all going stale at
-/// once (a mass death: 10,000 events within a second or so). Run it with
-/// `cargo test -p rollcall-server --test browser -- --ignored --nocapture`.
+/// Not a pass/fail test: numbers for the dashboard with a generated fleet
+/// of 100,000 workers on 1,000 machines (override with
+/// `ROLLCALL_MEASURE_WORKERS` / `ROLLCALL_MEASURE_MACHINES`): the
+/// summary's cost on the server, the first paint (sign-in, then reloads),
+/// the time for a live change to appear (a worker on screen, and one that
+/// only the counts show), and the page during a mass expiry (every worker
+/// going stale at once: 100,000 events within seconds). Run it with
+/// `cargo test --release -p rollcall-server --test browser -- --ignored --nocapture measure`.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[ignore = "a measurement, not a check; run by hand"]
-async fn measure_the_dashboard_with_5000_workers() {
+async fn measure_the_dashboard_with_a_large_fleet() {
     let Some(chromium) = chromium_or_skip() else {
         return;
     };
-    const WORKERS: usize = 5000;
-    const MACHINES: usize = 50;
-    const STALE_AFTER_MS: u64 = 60_000;
+    let env = |k: &str, d: usize| {
+        std::env::var(k)
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(d)
+    };
+    let workers_n = env("ROLLCALL_MEASURE_WORKERS", 100_000);
+    let machines_n = env("ROLLCALL_MEASURE_MACHINES", 1_000);
+    const RUNS: usize = 5;
+    const STALE_AFTER_MS: u64 = 120_000;
     let app = Arc::new(spawn("1h").await);
 
     let started = Instant::now();
@@ -469,12 +489,12 @@ async fn measure_the_dashboard_with_5000_workers() {
             let app = app.clone();
             tokio::spawn(async move {
                 let mut ws = Vec::new();
-                for i in (t..WORKERS).step_by(32) {
+                for i in (t..workers_n).step_by(32) {
                     let queue = ["gpu", "cpu", "io"][i % 3];
                     ws.push(
                         app.register(json!({
-                            "name": format!("worker-{i:04}"),
-                            "machine": {"id": format!("node-{:02}", i % MACHINES)},
+                            "name": format!("worker-{i:06}"),
+                            "machine": {"id": format!("node-{:04}", i % machines_n)},
                             "labels": {"queue": queue},
                             "stale_after_ms": STALE_AFTER_MS,
                         }))
@@ -489,7 +509,10 @@ async fn measure_the_dashboard_with_5000_workers() {
     for t in tasks {
         workers.extend(t.await.unwrap());
     }
-    eprintln!("registered {WORKERS} workers in {:?}", started.elapsed());
+    eprintln!(
+        "registered {workers_n} workers on {machines_n} machines in {:?}",
+        started.elapsed()
+    );
     // One heartbeat each, all at once (batch calls): from now on they all
     // share one deadline, and then they all die together.
     for chunk in workers.chunks(1000) {
@@ -502,6 +525,31 @@ async fn measure_the_dashboard_with_5000_workers() {
     }
     let deadline = Instant::now() + Duration::from_millis(STALE_AFTER_MS);
 
+    // The summary on the server, as the dashboard asks for it.
+    let mut server_ms = Vec::new();
+    for _ in 0..RUNS * 2 {
+        let t = Instant::now();
+        let r = app
+            .client
+            .get(format!(
+                "{}/v1/summary?limit=50&workers_limit=10&machine_workers=0",
+                app.base
+            ))
+            .bearer_auth(ADMIN)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 200);
+        let body: Value = r.json().await.unwrap();
+        server_ms.push(t.elapsed().as_secs_f64() * 1000.0);
+        assert_eq!(body["counts"]["workers"]["total"], json!(workers_n));
+    }
+    eprintln!(
+        "GET /v1/summary (limit=50): median {:.1} ms, max {:.1} ms",
+        median(&server_ms),
+        server_ms.iter().cloned().fold(0.0, f64::max)
+    );
+
     let browser = cdp::Browser::launch(&chromium)
         .await
         .expect("chromium starts");
@@ -511,91 +559,187 @@ async fn measure_the_dashboard_with_5000_workers() {
     page.wait_for("the page", "document.readyState === 'complete'", PATIENCE)
         .await
         .unwrap();
-    // Frame gaps and long tasks, measured inside the page.
-    page.eval(
-        "window.__perf = { gaps: [], long: 0 }; \
-         new PerformanceObserver(l => { window.__perf.long += l.getEntries().length }) \
-           .observe({ type: 'longtask', buffered: false }); \
-         (() => { let last = performance.now(); \
-           const f = (t) => { window.__perf.gaps.push(t - last); last = t; requestAnimationFrame(f); }; \
-           requestAnimationFrame(f); })();",
-    )
-    .await
-    .unwrap();
-    const FRAMES: &str = "(() => { const g = window.__perf.gaps.slice().sort((a, b) => a - b); \
-         const p = (q) => Math.round(g[Math.min(g.length - 1, Math.floor(q * g.length))]); \
-         const r = { frames: g.length, p50: p(0.5), p95: p(0.95), max: p(1), long_tasks: window.__perf.long }; \
-         window.__perf = { gaps: [], long: 0 }; return r; })()";
-
-    let before = main_thread_time(&page).await;
-    page.call("Profiler.enable", json!({})).await.unwrap();
-    page.call("Profiler.start", json!({})).await.unwrap();
+    // Null-safe: it is also evaluated while a reload replaces the document.
+    let loaded = format!(
+        "(() => {{ const l = document.getElementById('loading'); \
+           const t = document.getElementById('count-workers-total'); \
+           return !!l && l.hidden && !!t && t.dataset.value === '{workers_n}' \
+             && document.querySelectorAll('#machines article').length > 0; }})()"
+    );
     let t0 = Instant::now();
     page.eval("document.getElementById('token').focus()")
         .await
         .unwrap();
     page.type_text(ADMIN).await.unwrap();
     page.press("Enter", 13).await.unwrap();
-    page.wait_for(
-        "every worker on screen",
-        &format!(
-            "document.getElementById('count-workers-online').textContent === '{WORKERS}' \
-             && window.rollcall.dashboard.dirtyWorkers.size === 0"
-        ),
-        Duration::from_secs(120),
-    )
-    .await
-    .unwrap();
-    let load = t0.elapsed();
-    let prof = page.call("Profiler.stop", json!({})).await.unwrap();
+    page.wait_for("the summary on screen", &loaded, Duration::from_secs(120))
+        .await
+        .unwrap();
     eprintln!(
-        "first load, CPU profile: {}",
-        top_functions(&prof["profile"])
+        "sign-in to summary on screen: {:?} (as seen by the test, polling every 50 ms)",
+        t0.elapsed()
     );
-    let loaded = page.eval(FRAMES).await.unwrap();
-    let busy = busy_since(&page, &before).await;
-    eprintln!("first load: {WORKERS} rows in {load:?}; frames {loaded}; main thread {busy}");
 
-    // Idle, with everything online: the cost of ticking.
-    tokio::time::sleep(Duration::from_secs(5)).await;
-    let idle = page.eval(FRAMES).await.unwrap();
-    let tick = page
-        .eval(
-            "(() => { const t = performance.now(); window.rollcall.dashboard.tick(); \
-             return performance.now() - t; })()",
+    // First paint: reloads (the token is in the tab's session storage).
+    const PAINTED: &str =
+        "(() => { const m = performance.getEntriesByName('rollcall:first-summary-painted')[0]; \
+         const f = performance.getEntriesByName('first-contentful-paint')[0]; \
+         return m ? [m.startTime, f ? f.startTime : null] : null; })()";
+    let mut first_paint = Vec::new();
+    let mut fcp = Vec::new();
+    for _ in 0..RUNS {
+        page.call("Page.reload", json!({})).await.unwrap();
+        page.wait_for(
+            "the reloaded summary painted",
+            &format!("{loaded} && {PAINTED} !== null"),
+            Duration::from_secs(120),
         )
         .await
         .unwrap();
-    eprintln!("idle: frames {idle}; one tick of the visible times {tick} ms");
+        let v = page.eval(PAINTED).await.unwrap();
+        first_paint.push(v[0].as_f64().unwrap());
+        fcp.push(v[1].as_f64().unwrap_or(f64::NAN));
+    }
+    let articles = page
+        .eval("document.querySelectorAll('#machines article').length")
+        .await
+        .unwrap();
+    eprintln!(
+        "first paint of the summary ({articles} machines on screen) after navigation: median {:.0} ms \
+         of {RUNS} reloads {first_paint:.0?}; first contentful paint median {:.0} ms",
+        median(&first_paint),
+        median(&fcp)
+    );
+
+    // Frame gaps and long tasks, measured inside the page.
+    const PERF: &str = "window.__perf = { gaps: [], long: 0 }; \
+         new PerformanceObserver(l => { window.__perf.long += l.getEntries().length }) \
+           .observe({ type: 'longtask', buffered: false }); \
+         (() => { let last = performance.now(); \
+           const f = (t) => { window.__perf.gaps.push(t - last); last = t; requestAnimationFrame(f); }; \
+           requestAnimationFrame(f); })();";
+    page.eval(PERF).await.unwrap();
+    const FRAMES: &str = "(() => { const g = window.__perf.gaps.slice().sort((a, b) => a - b); \
+         const p = (q) => Math.round(g[Math.min(g.length - 1, Math.floor(q * g.length))]); \
+         const r = { frames: g.length, p50: p(0.5), p95: p(0.95), max: p(1), long_tasks: window.__perf.long }; \
+         window.__perf = { gaps: [], long: 0 }; return r; })()";
+
+    // A live change on screen: open the first machine, take its workers
+    // offline one by one, and time each row's change in the page.
+    page.eval("document.querySelector('#machines article .toggle').click()")
+        .await
+        .unwrap();
+    page.wait_for(
+        "the opened machine's workers",
+        "document.querySelectorAll('#machines tr[data-worker-id]').length > 0",
+        PATIENCE,
+    )
+    .await
+    .unwrap();
+    let shown: Vec<String> = serde_json::from_value(
+        page.eval(
+            "[...document.querySelectorAll('#machines tr[data-worker-id][data-status=\"online\"]')] \
+             .map(r => r.dataset.workerId)",
+        )
+        .await
+        .unwrap(),
+    )
+    .unwrap();
+    let mut on_screen = Vec::new();
+    for id in shown.iter().take(RUNS) {
+        let w = workers.iter().find(|w| &w.id == id).unwrap();
+        page.eval(&format!(
+            "(() => {{ const r = document.querySelector('tr[data-worker-id=\"{id}\"]'); \
+             window.__changed = null; \
+             new MutationObserver((_, o) => {{ if (r.dataset.status === 'offline') {{ \
+               window.__changed = Date.now(); o.disconnect(); }} }}) \
+               .observe(r, {{ attributes: true }}); }})()"
+        ))
+        .await
+        .unwrap();
+        let sent = unix_ms();
+        app.post_as(
+            &format!("/v1/workers/{}/offline", w.id),
+            &w.token,
+            json!({"reason": "shutdown"}),
+        )
+        .await;
+        page.wait_for("the row offline", "window.__changed !== null", PATIENCE)
+            .await
+            .unwrap();
+        let at = page
+            .eval("window.__changed")
+            .await
+            .unwrap()
+            .as_f64()
+            .unwrap();
+        on_screen.push(at - sent);
+    }
+    eprintln!(
+        "a change of a worker on screen, from the request to the row: median {:.0} ms {on_screen:.0?}",
+        median(&on_screen)
+    );
+
+    // A change that only the counts show (a worker of a closed machine).
+    let mut counts_only = Vec::new();
+    let mut offline_now = RUNS as u64;
+    for w in workers.iter().rev().take(RUNS) {
+        offline_now += 1;
+        page.eval(&format!(
+            "(() => {{ const c = document.getElementById('count-workers-offline'); \
+             window.__changed = null; \
+             new MutationObserver((_, o) => {{ if (c.dataset.value === '{offline_now}') {{ \
+               window.__changed = Date.now(); o.disconnect(); }} }}) \
+               .observe(c, {{ attributes: true }}); }})()"
+        ))
+        .await
+        .unwrap();
+        let sent = unix_ms();
+        app.post_as(
+            &format!("/v1/workers/{}/offline", w.id),
+            &w.token,
+            json!({"reason": "shutdown"}),
+        )
+        .await;
+        page.wait_for("the counts", "window.__changed !== null", PATIENCE)
+            .await
+            .unwrap();
+        let at = page
+            .eval("window.__changed")
+            .await
+            .unwrap()
+            .as_f64()
+            .unwrap();
+        counts_only.push(at - sent);
+    }
+    eprintln!(
+        "a change of a worker not on screen, from the request to the counts: median {:.0} ms {counts_only:.0?}",
+        median(&counts_only)
+    );
+    let idle = page.eval(FRAMES).await.unwrap();
+    eprintln!("frames while idle and changing: {idle}");
 
     // The storm.
+    assert!(
+        Instant::now() < deadline - Duration::from_secs(2),
+        "the measurements took longer than the workers' stale_after"
+    );
     tokio::time::sleep_until(deadline - Duration::from_millis(500)).await;
     page.eval(FRAMES).await.unwrap();
     let before = main_thread_time(&page).await;
-    page.call("Profiler.enable", json!({})).await.unwrap();
-    page.call("Profiler.start", json!({})).await.unwrap();
     let t1 = Instant::now();
     page.wait_for(
         "every worker offline on the page",
         // Cheap to evaluate: polling must not be what is measured.
         &format!(
-            "document.getElementById('count-workers-offline').textContent === '{WORKERS}' \
-             && document.getElementById('count-machines-offline').textContent === '{MACHINES}' \
-             && window.rollcall.dashboard.dirtyWorkers.size === 0"
+            "document.getElementById('count-workers-offline').dataset.value === '{workers_n}' \
+             && document.getElementById('count-machines-offline').dataset.value === '{machines_n}'"
         ),
-        Duration::from_secs(120),
+        Duration::from_secs(300),
     )
     .await
     .unwrap();
     let storm = t1.elapsed();
-    assert_eq!(
-        page.eval("document.querySelectorAll('tr[data-status=\"offline\"]').length")
-            .await
-            .unwrap(),
-        json!(WORKERS)
-    );
-    let prof = page.call("Profiler.stop", json!({})).await.unwrap();
-    eprintln!("storm, CPU profile: {}", top_functions(&prof["profile"]));
     let during = page.eval(FRAMES).await.unwrap();
     let busy = busy_since(&page, &before).await;
     let heap = page.call("Performance.getMetrics", json!({})).await;
@@ -609,12 +753,34 @@ async fn measure_the_dashboard_with_5000_workers() {
             })
         })
         .map(|b| (b / 1e5).round() / 10.0);
+    let rows_offline = page
+        .eval("document.querySelectorAll('#machines tr[data-status=\"offline\"]').length")
+        .await
+        .unwrap();
     eprintln!(
-        "storm: {WORKERS} workers and {MACHINES} machines offline on the page {storm:?} after \
-         their deadline (-0.5 s); frames {during}; main thread {busy}; JS heap {heap_mb:?} MB"
+        "storm: {workers_n} workers and {machines_n} machines offline in the counts {storm:?} after \
+         their deadline (-0.5 s); rows offline on screen {rows_offline}; frames {during}; main thread {busy}; \
+         JS heap {heap_mb:?} MB"
     );
     let problems = browser.problems();
     assert!(problems.is_empty(), "{}", problems.join("\n"));
+}
+
+fn median(v: &[f64]) -> f64 {
+    let mut s: Vec<f64> = v.iter().copied().filter(|x| !x.is_nan()).collect();
+    if s.is_empty() {
+        return f64::NAN;
+    }
+    s.sort_by(|a, b| a.partial_cmp(b).unwrap());
+    s[s.len() / 2]
+}
+
+fn unix_ms() -> f64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs_f64()
+        * 1000.0
 }
 
 /// Main-thread time spent since `before`, by kind.
@@ -652,27 +818,274 @@ async fn main_thread_time(page: &cdp::Page<'_>) -> Vec<(String, f64)> {
     .collect()
 }
 
-/// The functions that took the most samples of a CPU profile, in percent
-/// (`(program)` is the browser's own work: style, layout, paint).
-fn top_functions(profile: &Value) -> String {
-    let mut by_name: std::collections::HashMap<String, u64> = Default::default();
-    let mut total = 0;
-    for n in profile["nodes"].as_array().into_iter().flatten() {
-        let f = &n["callFrame"];
-        let name = format!(
-            "{}:{}",
-            f["functionName"].as_str().unwrap_or(""),
-            f["lineNumber"]
-        );
-        let hits = n["hitCount"].as_u64().unwrap_or(0);
-        total += hits;
-        *by_name.entry(name).or_default() += hits;
+/// The `rollcall` binary, for agents: `ROLLCALL_BIN`, or the one cargo
+/// built next to this test (`cargo test --workspace` builds it first).
+fn rollcall_bin() -> PathBuf {
+    if let Some(p) = std::env::var_os("ROLLCALL_BIN") {
+        return PathBuf::from(p);
     }
-    let mut top: Vec<_> = by_name.into_iter().collect();
-    top.sort_by_key(|(_, hits)| std::cmp::Reverse(*hits));
-    top.iter()
-        .take(12)
-        .map(|(n, h)| format!("{n} {:.0}%", *h as f64 * 100.0 / total.max(1) as f64))
-        .collect::<Vec<_>>()
-        .join(", ")
+    let exe = std::env::current_exe().expect("the test's path");
+    let bin = exe
+        .parent()
+        .and_then(Path::parent)
+        .expect("target/<profile>/deps")
+        .join("rollcall");
+    assert!(
+        bin.exists(),
+        "{} does not exist: build it (cargo build -p rollcall) or set ROLLCALL_BIN",
+        bin.display()
+    );
+    bin
+}
+
+/// `rollcall agent run` of a child that waits for `go` to exist, then
+/// exits with `code`.
+fn agent(app: &App, name: &str, machine: &str, go: &Path, code: u8) -> std::process::Child {
+    std::process::Command::new(rollcall_bin())
+        .args(["agent", "run", "--server", &app.base, "--token", ADMIN])
+        .args(["--name", name, "--machine-id", machine, "--", "sh", "-c"])
+        .arg(format!(
+            "while [ ! -e '{}' ]; do sleep 0.02; done; exit {code}",
+            go.display()
+        ))
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("the agent starts")
+}
+
+impl App {
+    async fn get_json(&self, path: &str) -> Value {
+        let r = self
+            .client
+            .get(format!("{}{path}", self.base))
+            .bearer_auth(ADMIN)
+            .send()
+            .await
+            .expect("answered");
+        assert!(r.status().is_success(), "{path}: {}", r.status());
+        r.json().await.unwrap()
+    }
+
+    /// Waits until the worker `name` on `machine` is offline; returns it.
+    async fn wait_offline(&self, machine: &str, name: &str) -> Value {
+        let started = Instant::now();
+        loop {
+            let m = self
+                .get_json(&format!("/v1/summary?machine_id={machine}&limit=1"))
+                .await;
+            if let Some(w) = m["workers"]["items"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .find(|w| w["name"] == name && w["status"] == "offline")
+            {
+                return w.clone();
+            }
+            assert!(
+                started.elapsed() < PATIENCE,
+                "{machine}/{name} never went offline"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+}
+
+/// The Health view against the real health endpoints: an agent whose child
+/// exits with 3 shows up as a crash, without a reload; an agent told to
+/// stop (SIGTERM: a graceful `shutdown`) does not. Saves
+/// `target/dashboard-health.png`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_health_view_shows_a_crash_without_a_reload() {
+    let Some(chromium) = chromium_or_skip() else {
+        return;
+    };
+    let mut app = spawn("1500ms").await;
+    let dir = tempfile::tempdir().unwrap();
+    // A steady machine, so that the view has a machine without crashes.
+    let steady = app
+        .register(
+            json!({"name": "web-1", "machine": {"id": "steady-node"}, "stale_after_ms": 60_000}),
+        )
+        .await;
+    let beats = app.heartbeats(&steady, Duration::from_millis(1000));
+
+    let browser = cdp::Browser::launch(&chromium)
+        .await
+        .expect("chromium starts");
+    let page = browser.new_page(1280, 900).await.expect("a page");
+    page.emulate_media(&[("prefers-reduced-motion", "reduce")])
+        .await
+        .unwrap();
+    page.navigate(&format!("{}/", app.base)).await.unwrap();
+    page.wait_for(
+        "the sign-in form",
+        "document.readyState === 'complete' && !!document.getElementById('token')",
+        PATIENCE,
+    )
+    .await
+    .unwrap();
+    page.eval("window.__sameDocument = 'yes'").await.unwrap();
+    page.eval("document.getElementById('token').focus()")
+        .await
+        .unwrap();
+    page.type_text(ADMIN).await.unwrap();
+    page.press("Enter", 13).await.unwrap();
+    page.wait_for(
+        "the Health tab",
+        "document.getElementById('connection').dataset.state === 'live' \
+         && !document.getElementById('tab-health').hidden",
+        PATIENCE,
+    )
+    .await
+    .unwrap();
+    page.eval("document.getElementById('tab-health').click()")
+        .await
+        .unwrap();
+    if let Err(e) = page
+        .wait_for(
+            "the Health view with the steady machine",
+            "!document.getElementById('view-health').hidden \
+             && !!document.querySelector('#health-machines article[data-machine-id=\"steady-node\"]')",
+            PATIENCE,
+        )
+        .await
+    {
+        panic!("{e}; the page reported: {:?}", browser.problems());
+    }
+
+    // A crash and a graceful stop, by real agents.
+    let crash_go = dir.path().join("crash");
+    let calm_go = dir.path().join("calm");
+    let mut crasher = agent(&app, "crasher", "crash-node", &crash_go, 3);
+    let mut calm = agent(&app, "calm", "calm-node", &calm_go, 0);
+    for machine in ["crash-node", "calm-node"] {
+        let started = Instant::now();
+        while app
+            .get_json(&format!("/v1/summary?machine_id={machine}&limit=1"))
+            .await["matching"]["workers"]
+            != 1
+        {
+            assert!(
+                started.elapsed() < PATIENCE,
+                "the agent on {machine} never registered"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+    // The graceful one is told to stop (SIGTERM): it says goodbye.
+    let term = std::process::Command::new("kill")
+        .args(["-TERM", &calm.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(term.success());
+    std::fs::write(&crash_go, "").unwrap();
+    calm.wait().unwrap();
+    assert_eq!(crasher.wait().unwrap().code(), Some(3));
+    let crashed = app.wait_offline("crash-node", "crasher").await;
+    assert_eq!(crashed["offline_reason"], "exited");
+    let stopped = app.wait_offline("calm-node", "calm").await;
+    assert_eq!(stopped["offline_reason"], "shutdown");
+
+    page.wait_for(
+        "the crash in the Health view, without a reload",
+        "document.querySelector('#health-machines article[data-machine-id=\"crash-node\"]')\
+         ?.dataset.crashes === '1'",
+        PATIENCE,
+    )
+    .await
+    .unwrap();
+    // A load of the view that began after both stops were committed: sort
+    // by downtime instead.
+    let loads = page.eval("window.rollcall.health.loads").await.unwrap();
+    page.eval("document.querySelector('input[name=\"health-sort\"][value=\"downtime\"]').click()")
+        .await
+        .unwrap();
+    page.wait_for(
+        "a load of the Health view sorted by downtime",
+        &format!(
+            "window.rollcall.health.sort === 'downtime' && window.rollcall.health.loads > {loads}"
+        ),
+        PATIENCE,
+    )
+    .await
+    .unwrap();
+    let calm_crashes = page
+        .eval(
+            "document.querySelector('#health-machines article[data-machine-id=\"calm-node\"]')\
+             ?.dataset.crashes ?? 'absent'",
+        )
+        .await
+        .unwrap();
+    assert!(
+        calm_crashes == json!("0") || calm_crashes == json!("absent"),
+        "a graceful stop shown as a crash: {calm_crashes}"
+    );
+    assert_eq!(
+        page.eval(
+            "document.querySelector('#health-machines article[data-machine-id=\"crash-node\"] .hm-crashes').textContent"
+        )
+        .await
+        .unwrap(),
+        json!("1 crash (1 exited)")
+    );
+
+    // The machine opens to its workers' bars and its transitions.
+    page.eval(
+        "document.querySelector('#health-machines article[data-machine-id=\"crash-node\"] .toggle').click()",
+    )
+    .await
+    .unwrap();
+    page.wait_for(
+        "the crashed worker's bars and the exit in the timeline",
+        "(() => { const a = document.querySelector('#health-machines article[data-machine-id=\"crash-node\"]'); \
+           const w = a.querySelector('.hw'); \
+           return !!w && w.dataset.crashes === '1' && w.querySelectorAll('.bars i').length === 24 \
+             && [...a.querySelectorAll('.timeline li')].some(li => li.dataset.type === 'worker.offline' \
+                  && li.textContent.includes('exited')); })()",
+        PATIENCE,
+    )
+    .await
+    .unwrap();
+    let day_bars = page
+        .eval(
+            "[...document.querySelectorAll('#health-machines article[data-machine-id=\"crash-node\"] .bars-day i')]\
+             .map(i => i.dataset.level).join(',')",
+        )
+        .await
+        .unwrap();
+    let day_bars = day_bars.as_str().unwrap().to_owned();
+    assert_eq!(day_bars.split(',').count(), 24, "{day_bars}");
+    assert!(
+        day_bars.ends_with("warn") || day_bars.ends_with("down"),
+        "the hour of the crash is amber or red: {day_bars}"
+    );
+    assert!(
+        day_bars.starts_with("none"),
+        "the hours before it existed have no data: {day_bars}"
+    );
+    assert_eq!(
+        page.eval("window.__sameDocument").await.unwrap(),
+        json!("yes"),
+        "the page reloaded"
+    );
+
+    page.eval("document.activeElement && document.activeElement.blur()")
+        .await
+        .unwrap();
+    let shot = page
+        .screenshot(&target_dir().join("dashboard-health.png"))
+        .await
+        .unwrap();
+    eprintln!("screenshot: {}", shot.display());
+    let problems = browser.problems();
+    assert!(
+        problems.is_empty(),
+        "the page reported errors:\n{}",
+        problems.join("\n")
+    );
+    beats.abort();
+    drop(page);
+    drop(browser);
+    app.shutdown().await;
 }

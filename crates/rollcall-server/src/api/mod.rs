@@ -12,6 +12,7 @@ pub mod machines;
 pub mod openapi;
 pub mod ops;
 pub mod stream;
+pub mod summary;
 pub mod tokens;
 pub mod workers;
 
@@ -124,6 +125,7 @@ pub fn router(state: AppState, with_metrics: bool) -> Router {
         .route("/v1/heartbeats", post(workers::batch_heartbeats))
         .route("/v1/machines", get(machines::list))
         .route("/v1/machines/{id}", get(machines::get))
+        .route("/v1/summary", get(summary::get))
         .route("/v1/machines/{id}/health", get(health::machine))
         .route("/v1/workers/{id}/health", get(health::worker))
         .route("/v1/health", get(health::fleet))

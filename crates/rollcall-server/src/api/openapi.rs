@@ -5,7 +5,9 @@ use serde_json::{json, Value};
 use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa::{Modify, OpenApi};
 
-use super::{dashboard, dto, error, events, health, machines, ops, stream, tokens, workers};
+use super::{
+    dashboard, dto, error, events, health, machines, ops, stream, summary, tokens, workers,
+};
 
 struct Bearer;
 
@@ -146,7 +148,7 @@ impl Modify for Wire {
         tokens::create, tokens::list, tokens::delete,
         workers::register, workers::heartbeat, workers::batch_heartbeats, workers::drain,
         workers::offline, workers::delete, workers::list, workers::get,
-        machines::list, machines::get,
+        machines::list, machines::get, summary::get,
         health::fleet, health::machine, health::worker,
         events::list, stream::stream,
         ops::cleanup_stale, ops::cleanup_all, ops::healthz, ops::readyz, ops::metrics,
