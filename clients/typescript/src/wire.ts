@@ -501,6 +501,101 @@ export interface paths {
         patch?: never;
         trace?: never;
     };
+    "/v1/health": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        /**
+         * The fleet over a window: totals, and the machines and workers that
+         *     crashed most and were down longest.
+         */
+        get: {
+            parameters: {
+                query?: {
+                    /**
+                     * @description The last `<n>m`, `<n>h` or `<n>d` up to now (`1h`, `24h`, `7d`,
+                     *     `30d`); default `24h`. Not with `from`/`to`.
+                     */
+                    window?: string;
+                    /** @description Start of the window (RFC 3339), within `health_retention`. */
+                    from?: string;
+                    /** @description End of the window (RFC 3339; default now; a later time is now). */
+                    to?: string;
+                    /**
+                     * @description Worker and machine health: the window in this many equal buckets
+                     *     (1–1000, at most one per millisecond).
+                     */
+                    buckets?: number;
+                    /** @description Fleet health: length of each ranking (1–1000, default 10). */
+                    top?: number;
+                    /**
+                     * @description Fleet health: `key=value`, repeatable; only workers whose labels
+                     *     hold every pair, and their machines.
+                     */
+                    label?: string[];
+                };
+                header?: never;
+                path?: never;
+                cookie?: never;
+            };
+            requestBody?: never;
+            responses: {
+                200: {
+                    headers: {
+                        [name: string]: unknown;
+                    };
+                    content: {
+                        "application/json": components["schemas"]["FleetHealth"];
+                    };
+                };
+                400: {
+                    headers: {
+                        [name: string]: unknown;
+                    };
+                    content: {
+                        "application/json": components["schemas"]["ErrorBody"];
+                    };
+                };
+                401: {
+                    headers: {
+                        [name: string]: unknown;
+                    };
+                    content: {
+                        "application/json": components["schemas"]["ErrorBody"];
+                    };
+                };
+                403: {
+                    headers: {
+                        [name: string]: unknown;
+                    };
+                    content: {
+                        "application/json": components["schemas"]["ErrorBody"];
+                    };
+                };
+                /** @description Too many failed authentications from this client address; retry after `Retry-After` seconds with a valid token */
+                429: {
+                    headers: {
+                        /** @description Seconds to wait */
+                        "Retry-After"?: number;
+                        [name: string]: unknown;
+                    };
+                    content: {
+                        "application/json": components["schemas"]["ErrorBody"];
+                    };
+                };
+            };
+        };
+        put?: never;
+        post?: never;
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
     "/v1/heartbeats": {
         parameters: {
             query?: never;
@@ -705,6 +800,211 @@ export interface paths {
                     };
                 };
                 404: {
+                    headers: {
+                        [name: string]: unknown;
+                    };
+                    content: {
+                        "application/json": components["schemas"]["ErrorBody"];
+                    };
+                };
+                /** @description Too many failed authentications from this client address; retry after `Retry-After` seconds with a valid token */
+                429: {
+                    headers: {
+                        /** @description Seconds to wait */
+                        "Retry-After"?: number;
+                        [name: string]: unknown;
+                    };
+                    content: {
+                        "application/json": components["schemas"]["ErrorBody"];
+                    };
+                };
+            };
+        };
+        put?: never;
+        post?: never;
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
+    "/v1/machines/{id}/health": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        /**
+         * A machine's availability (time with a live worker), downtime and its
+         *     workers' crashes over a window, with each worker's figures.
+         */
+        get: {
+            parameters: {
+                query?: {
+                    /**
+                     * @description The last `<n>m`, `<n>h` or `<n>d` up to now (`1h`, `24h`, `7d`,
+                     *     `30d`); default `24h`. Not with `from`/`to`.
+                     */
+                    window?: string;
+                    /** @description Start of the window (RFC 3339), within `health_retention`. */
+                    from?: string;
+                    /** @description End of the window (RFC 3339; default now; a later time is now). */
+                    to?: string;
+                    /**
+                     * @description Worker and machine health: the window in this many equal buckets
+                     *     (1–1000, at most one per millisecond).
+                     */
+                    buckets?: number;
+                    /** @description Fleet health: length of each ranking (1–1000, default 10). */
+                    top?: number;
+                    /**
+                     * @description Fleet health: `key=value`, repeatable; only workers whose labels
+                     *     hold every pair, and their machines.
+                     */
+                    label?: string[];
+                };
+                header?: never;
+                path: {
+                    /** @description Machine id */
+                    id: string;
+                };
+                cookie?: never;
+            };
+            requestBody?: never;
+            responses: {
+                200: {
+                    headers: {
+                        [name: string]: unknown;
+                    };
+                    content: {
+                        "application/json": components["schemas"]["MachineHealth"];
+                    };
+                };
+                400: {
+                    headers: {
+                        [name: string]: unknown;
+                    };
+                    content: {
+                        "application/json": components["schemas"]["ErrorBody"];
+                    };
+                };
+                401: {
+                    headers: {
+                        [name: string]: unknown;
+                    };
+                    content: {
+                        "application/json": components["schemas"]["ErrorBody"];
+                    };
+                };
+                403: {
+                    headers: {
+                        [name: string]: unknown;
+                    };
+                    content: {
+                        "application/json": components["schemas"]["ErrorBody"];
+                    };
+                };
+                404: {
+                    headers: {
+                        [name: string]: unknown;
+                    };
+                    content: {
+                        "application/json": components["schemas"]["ErrorBody"];
+                    };
+                };
+                /** @description Too many failed authentications from this client address; retry after `Retry-After` seconds with a valid token */
+                429: {
+                    headers: {
+                        /** @description Seconds to wait */
+                        "Retry-After"?: number;
+                        [name: string]: unknown;
+                    };
+                    content: {
+                        "application/json": components["schemas"]["ErrorBody"];
+                    };
+                };
+            };
+        };
+        put?: never;
+        post?: never;
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
+    "/v1/summary": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        /** The fleet at a glance, problems first. */
+        get: {
+            parameters: {
+                query?: {
+                    /** @description Only workers with this status (`online`, `draining`, `offline`). */
+                    status?: string;
+                    /**
+                     * @description Search terms separated by spaces, each of which must occur
+                     *     (case-insensitively) in the worker's name, id or labels (`k=v`), or
+                     *     its machine's id, hostname or labels. At most 256 characters.
+                     */
+                    q?: string;
+                    /**
+                     * @description `key=value`: only workers whose own labels or whose machine's labels
+                     *     hold this pair. May repeat (all must hold).
+                     */
+                    label?: string[];
+                    /** @description Only this machine and its workers. */
+                    machine_id?: string;
+                    /** @description Machines per page, 1–1000, default 100. */
+                    limit?: number;
+                    /** @description The machine page's `next_cursor`. */
+                    cursor?: string;
+                    /** @description Workers per page, 0–1000, default 100. */
+                    workers_limit?: number;
+                    /** @description The worker page's `next_cursor`. */
+                    workers_cursor?: string;
+                    /**
+                     * @description Up to this many of each listed machine's matching workers in its
+                     *     `workers` (problems first), 0–1000, default 0.
+                     */
+                    machine_workers?: number;
+                };
+                header?: never;
+                path?: never;
+                cookie?: never;
+            };
+            requestBody?: never;
+            responses: {
+                200: {
+                    headers: {
+                        [name: string]: unknown;
+                    };
+                    content: {
+                        "application/json": components["schemas"]["Summary"];
+                    };
+                };
+                400: {
+                    headers: {
+                        [name: string]: unknown;
+                    };
+                    content: {
+                        "application/json": components["schemas"]["ErrorBody"];
+                    };
+                };
+                401: {
+                    headers: {
+                        [name: string]: unknown;
+                    };
+                    content: {
+                        "application/json": components["schemas"]["ErrorBody"];
+                    };
+                };
+                403: {
                     headers: {
                         [name: string]: unknown;
                     };
@@ -1332,6 +1632,109 @@ export interface paths {
         patch?: never;
         trace?: never;
     };
+    "/v1/workers/{id}/health": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        /** A worker's availability, downtime and crashes over a window. */
+        get: {
+            parameters: {
+                query?: {
+                    /**
+                     * @description The last `<n>m`, `<n>h` or `<n>d` up to now (`1h`, `24h`, `7d`,
+                     *     `30d`); default `24h`. Not with `from`/`to`.
+                     */
+                    window?: string;
+                    /** @description Start of the window (RFC 3339), within `health_retention`. */
+                    from?: string;
+                    /** @description End of the window (RFC 3339; default now; a later time is now). */
+                    to?: string;
+                    /**
+                     * @description Worker and machine health: the window in this many equal buckets
+                     *     (1–1000, at most one per millisecond).
+                     */
+                    buckets?: number;
+                    /** @description Fleet health: length of each ranking (1–1000, default 10). */
+                    top?: number;
+                    /**
+                     * @description Fleet health: `key=value`, repeatable; only workers whose labels
+                     *     hold every pair, and their machines.
+                     */
+                    label?: string[];
+                };
+                header?: never;
+                path: {
+                    /** @description Worker id */
+                    id: string;
+                };
+                cookie?: never;
+            };
+            requestBody?: never;
+            responses: {
+                200: {
+                    headers: {
+                        [name: string]: unknown;
+                    };
+                    content: {
+                        "application/json": components["schemas"]["WorkerHealth"];
+                    };
+                };
+                400: {
+                    headers: {
+                        [name: string]: unknown;
+                    };
+                    content: {
+                        "application/json": components["schemas"]["ErrorBody"];
+                    };
+                };
+                401: {
+                    headers: {
+                        [name: string]: unknown;
+                    };
+                    content: {
+                        "application/json": components["schemas"]["ErrorBody"];
+                    };
+                };
+                403: {
+                    headers: {
+                        [name: string]: unknown;
+                    };
+                    content: {
+                        "application/json": components["schemas"]["ErrorBody"];
+                    };
+                };
+                404: {
+                    headers: {
+                        [name: string]: unknown;
+                    };
+                    content: {
+                        "application/json": components["schemas"]["ErrorBody"];
+                    };
+                };
+                /** @description Too many failed authentications from this client address; retry after `Retry-After` seconds with a valid token */
+                429: {
+                    headers: {
+                        /** @description Seconds to wait */
+                        "Retry-After"?: number;
+                        [name: string]: unknown;
+                    };
+                    content: {
+                        "application/json": components["schemas"]["ErrorBody"];
+                    };
+                };
+            };
+        };
+        put?: never;
+        post?: never;
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
     "/v1/workers/{id}/heartbeat": {
         parameters: {
             query?: never;
@@ -1540,6 +1943,28 @@ export interface components {
             status?: null | components["schemas"]["Status"];
             worker_id: string;
         };
+        /** @description One part of a window, for charts. */
+        Bucket: {
+            /**
+             * Format: double
+             * @description live ÷ observed; null when nothing was observed (no data).
+             */
+            availability?: number | null;
+            /** Format: int64 */
+            crashes: number;
+            /** Format: int64 */
+            down_ms: number;
+            /** Format: date-time */
+            from: string;
+            /** Format: int64 */
+            live_ms: number;
+            /** Format: int64 */
+            no_data_ms: number;
+            /** Format: int64 */
+            observed_ms: number;
+            /** Format: date-time */
+            to: string;
+        };
         /** @description The result of a full cleanup. */
         CleanupReport: {
             /** Format: int64 */
@@ -1554,6 +1979,22 @@ export interface components {
             pruned_events: number;
             stale: components["schemas"]["StaleReport"];
             success: boolean;
+        };
+        /**
+         * @description The kind of a crash, by the offline reason that recorded it.
+         * @enum {string}
+         */
+        CrashKind: "stale" | "replaced" | "exited";
+        /** @description Crashes by kind. */
+        Crashes: {
+            /** Format: int64 */
+            exited: number;
+            /** Format: int64 */
+            replaced: number;
+            /** Format: int64 */
+            stale: number;
+            /** Format: int64 */
+            total: number;
         };
         /** @description `POST /v1/tokens`. */
         CreateTokenRequest: {
@@ -1631,6 +2072,115 @@ export interface components {
          * @enum {string}
          */
         EventType: "worker.registered" | "worker.online" | "worker.draining" | "worker.offline" | "worker.deleted" | "machine.online" | "machine.offline";
+        /** @description The figures of a worker or a machine over a window. */
+        Figures: {
+            /**
+             * Format: int64
+             * @description Offlines an admin caused (`revoked`).
+             */
+            administrative: number;
+            /**
+             * Format: double
+             * @description live ÷ observed; null when nothing was observed.
+             */
+            availability?: number | null;
+            /**
+             * @description Offlines that were crashes (`stale`, `replaced`, `exited` with a
+             *     failure, a signal or no status); a machine's: its workers'.
+             */
+            crashes: components["schemas"]["Crashes"];
+            /**
+             * Format: int64
+             * @description Observed time offline.
+             */
+            down_ms: number;
+            /**
+             * @description At least `flapping_crashes_per_hour` crashes in the window's last
+             *     hour.
+             */
+            flapping: boolean;
+            /**
+             * Format: int64
+             * @description Offlines it meant: `shutdown`, or `exited` with exit code 0.
+             */
+            graceful: number;
+            last_crash?: null | components["schemas"]["LastCrash"];
+            /**
+             * Format: int64
+             * @description Observed time online or draining (a machine: with a live worker).
+             */
+            live_ms: number;
+            /**
+             * Format: int64
+             * @description Mean time between failures: live ÷ crashes; null without a crash.
+             */
+            mtbf_ms?: number | null;
+            /**
+             * Format: int64
+             * @description Time it existed while no server was observing: left out of every
+             *     ratio, never counted as downtime.
+             */
+            no_data_ms: number;
+            /**
+             * Format: int64
+             * @description Time it existed while a server was observing (= live + down).
+             */
+            observed_ms: number;
+        };
+        /** @description Counts over the whole fleet (filters do not apply). */
+        FleetCounts: {
+            machines: components["schemas"]["MachineCounts"];
+            /** @description Offline workers by reason (every reason is present). */
+            offline_reasons: {
+                [key: string]: number;
+            };
+            workers: components["schemas"]["WorkerCounts"];
+        };
+        /** @description `GET /v1/health`. */
+        FleetHealth: {
+            /** Format: int64 */
+            administrative: number;
+            /**
+             * Format: double
+             * @description Worker live time ÷ worker observed time.
+             */
+            availability?: number | null;
+            /** @description Crashes by kind; `crashes.stale` is how often workers went stale. */
+            crashes: components["schemas"]["Crashes"];
+            /** Format: int64 */
+            down_ms: number;
+            /** Format: date-time */
+            from: string;
+            /** Format: int64 */
+            graceful: number;
+            /** Format: int64 */
+            live_ms: number;
+            /**
+             * Format: int64
+             * @description Machines of those workers.
+             */
+            machines: number;
+            /** Format: int64 */
+            no_data_ms: number;
+            /**
+             * Format: int64
+             * @description Worker time (summed over workers).
+             */
+            observed_ms: number;
+            /** Format: date-time */
+            to: string;
+            /** @description The machines whose workers crashed most (only machines with a crash). */
+            top_machines_by_crashes: components["schemas"]["RankedMachine"][];
+            /** @description The machines down longest (without a live worker; only with downtime). */
+            top_machines_by_downtime: components["schemas"]["RankedMachine"][];
+            top_workers_by_crashes: components["schemas"]["RankedWorker"][];
+            top_workers_by_downtime: components["schemas"]["RankedWorker"][];
+            /**
+             * Format: int64
+             * @description Workers that existed within the window.
+             */
+            workers: number;
+        };
         /** @description The answer to a heartbeat. */
         HeartbeatResponse: {
             /** Format: date-time */
@@ -1642,6 +2192,12 @@ export interface components {
             /** Format: int64 */
             session: number;
             status: components["schemas"]["Status"];
+        };
+        /** @description The latest crash in the window. */
+        LastCrash: {
+            /** Format: date-time */
+            at: string;
+            kind: components["schemas"]["CrashKind"];
         };
         /** @description A machine. */
         Machine: {
@@ -1666,9 +2222,39 @@ export interface components {
             /** Format: int64 */
             workers_total: number;
         };
+        /** @description Machines by derived status. */
+        MachineCounts: {
+            /**
+             * Format: int64
+             * @description Online machines with a failed or draining worker.
+             */
+            degraded: number;
+            /** Format: int64 */
+            offline: number;
+            /** Format: int64 */
+            online: number;
+            /**
+             * Format: int64
+             * @description Machines with at least one worker.
+             */
+            total: number;
+        };
         /** @description A machine with its workers. */
         MachineDetail: components["schemas"]["Machine"] & {
             workers: components["schemas"]["Worker"][];
+        };
+        /** @description `GET /v1/machines/{id}/health`. */
+        MachineHealth: components["schemas"]["Figures"] & {
+            buckets: components["schemas"]["Bucket"][];
+            /** Format: date-time */
+            from: string;
+            /** @description Null for a machine no longer known. */
+            hostname?: string | null;
+            machine_id: string;
+            /** Format: date-time */
+            to: string;
+            /** @description Every worker the machine had within the window, by id. */
+            workers: components["schemas"]["WorkerHealth"][];
         };
         /** @description The machine part of a registration. */
         MachineSpec: {
@@ -1684,6 +2270,16 @@ export interface components {
          * @enum {string}
          */
         MachineStatus: "online" | "offline";
+        /** @description How many workers and machines the filters match. */
+        Matching: {
+            /**
+             * Format: int64
+             * @description Machines with at least one matching worker.
+             */
+            machines: number;
+            /** Format: int64 */
+            workers: number;
+        };
         /**
          * @description Why a worker is offline.
          * @enum {string}
@@ -1834,6 +2430,33 @@ export interface components {
              */
             next_cursor?: string | null;
         };
+        /** @description A machine in one of the fleet's rankings. */
+        RankedMachine: {
+            /** Format: double */
+            availability?: number | null;
+            crashes: components["schemas"]["Crashes"];
+            /** Format: int64 */
+            down_ms: number;
+            hostname?: string | null;
+            last_crash?: null | components["schemas"]["LastCrash"];
+            machine_id: string;
+            /** Format: int64 */
+            mtbf_ms?: number | null;
+        };
+        /** @description A worker in one of the fleet's rankings. */
+        RankedWorker: {
+            /** Format: double */
+            availability?: number | null;
+            crashes: components["schemas"]["Crashes"];
+            /** Format: int64 */
+            down_ms: number;
+            last_crash?: null | components["schemas"]["LastCrash"];
+            machine_id: string;
+            /** Format: int64 */
+            mtbf_ms?: number | null;
+            name?: string | null;
+            worker_id: string;
+        };
         /** @description `POST /v1/workers`. */
         RegisterRequest: {
             /** @description At least this server's min_heartbeat_interval (50 ms). Alone: at most a third of max_stale_after (28800000 ms); stale_after_ms defaults to 3 × it. */
@@ -1852,7 +2475,7 @@ export interface components {
             token: string;
             worker: components["schemas"]["Worker"];
         };
-        /** @description The seed's result of a stale sweep. */
+        /** @description The result of a stale sweep. */
         StaleReport: {
             affected_machine_ids: string[];
             /**
@@ -1869,6 +2492,101 @@ export interface components {
          * @enum {string}
          */
         Status: "online" | "draining" | "offline";
+        /** @description `GET /v1/summary`. */
+        Summary: {
+            /** Format: date-time */
+            at: string;
+            counts: components["schemas"]["FleetCounts"];
+            machines: components["schemas"]["SummaryPage_MachineSummary"];
+            matching: components["schemas"]["Matching"];
+            /**
+             * Format: int64
+             * @description The last event published when the summary was taken: it reflects
+             *     every event up to this `seq` (and possibly some just after).
+             */
+            seq: number;
+            workers: components["schemas"]["SummaryPage_Worker"];
+        };
+        /** @description A page of a summary list. */
+        SummaryPage_MachineSummary: {
+            items: {
+                /**
+                 * @description `offline`, `degraded` (online, with a failed or draining worker) or
+                 *     `ok`.
+                 */
+                condition: string;
+                hostname?: string | null;
+                id: string;
+                labels: {
+                    [key: string]: string;
+                };
+                /**
+                 * Format: date-time
+                 * @description The latest status change of any of its workers.
+                 */
+                last_change_at: string;
+                status: components["schemas"]["MachineStatus"];
+                /** @description Its first matching workers, problems first (`machine_workers`). */
+                workers: components["schemas"]["Worker"][];
+                /** Format: int64 */
+                workers_draining: number;
+                /** Format: int64 */
+                workers_failed: number;
+                /**
+                 * Format: int64
+                 * @description Its workers that the filters match.
+                 */
+                workers_matching: number;
+                /** @description Whether it has more matching workers than `workers` holds. */
+                workers_more: boolean;
+                /** Format: int64 */
+                workers_offline: number;
+                /** Format: int64 */
+                workers_online: number;
+                /** Format: int64 */
+                workers_total: number;
+            }[];
+            /** @description Pass back as the page's cursor for the next page; null on the last. */
+            next_cursor?: string | null;
+        };
+        /** @description A page of a summary list. */
+        SummaryPage_Worker: {
+            items: {
+                /**
+                 * Format: date-time
+                 * @description When the worker goes stale unless it beats; null while offline.
+                 */
+                deadline_at?: string | null;
+                /** Format: int64 */
+                heartbeat_interval_ms: number;
+                /** @example wkr_01JDQ5ZK3M8Y2W0N4T6R9B7C5A */
+                id: string;
+                labels: {
+                    [key: string]: string;
+                };
+                /** Format: date-time */
+                last_heartbeat_at?: string | null;
+                /** @example host-a */
+                machine_id: string;
+                /** @example render-1 */
+                name: string;
+                offline_reason?: null | components["schemas"]["OfflineReason"];
+                /** Format: date-time */
+                registered_at: string;
+                /**
+                 * Format: int64
+                 * @description +1 on every offline → online transition and every registration.
+                 */
+                session: number;
+                /** Format: int64 */
+                stale_after_ms: number;
+                status: components["schemas"]["Status"];
+                /** Format: date-time */
+                status_changed_at: string;
+            }[];
+            /** @description Pass back as the page's cursor for the next page; null on the last. */
+            next_cursor?: string | null;
+        };
         /** @description A token as listed: never the secret. */
         TokenInfo: {
             /** Format: date-time */
@@ -1919,6 +2637,36 @@ export interface components {
             status: components["schemas"]["Status"];
             /** Format: date-time */
             status_changed_at: string;
+        };
+        /** @description Workers by status. */
+        WorkerCounts: {
+            /** Format: int64 */
+            draining: number;
+            /**
+             * Format: int64
+             * @description Offline with reason `stale`, `replaced` or `exited`: it did not say
+             *     goodbye, or its supervised process ended.
+             */
+            failed: number;
+            /** Format: int64 */
+            offline: number;
+            /** Format: int64 */
+            online: number;
+            /** Format: int64 */
+            total: number;
+        };
+        /** @description `GET /v1/workers/{id}/health`. */
+        WorkerHealth: components["schemas"]["Figures"] & {
+            /** @description The window in `buckets` equal parts (empty unless asked for). */
+            buckets: components["schemas"]["Bucket"][];
+            /** Format: date-time */
+            from: string;
+            machine_id: string;
+            /** @description Null for a worker deleted before the history recorded its name. */
+            name?: string | null;
+            /** Format: date-time */
+            to: string;
+            worker_id: string;
         };
     };
     responses: never;
