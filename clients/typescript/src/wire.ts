@@ -949,8 +949,9 @@ export interface paths {
                     status?: string;
                     /**
                      * @description Search terms separated by spaces, each of which must occur
-                     *     (case-insensitively) in the worker's name, id or labels (`k=v`), or
-                     *     its machine's id, hostname or labels. At most 256 characters.
+                     *     (case-insensitively) in the worker's name or labels (`k=v`), or its
+                     *     machine's id, hostname or labels, or must begin the worker's id. At
+                     *     most 256 characters.
                      */
                     q?: string;
                     /**

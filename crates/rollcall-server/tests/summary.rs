@@ -271,6 +271,12 @@ async fn the_summary_filters_on_the_server() {
     assert_eq!(f.names_of(&s["workers"]), ["a2"]);
     let s = f.summary("?q=m-fail%20c2").await;
     assert_eq!(f.names_of(&s["workers"]), ["c2"]);
+    // An id matches from its start (any case), not anywhere inside it.
+    let id = f.id("b2");
+    let s = f.summary(&format!("?q={}", id[..20].to_lowercase())).await;
+    assert_eq!(f.names_of(&s["workers"]), ["b2"]);
+    let s = f.summary(&format!("?q={}", &id[5..])).await;
+    assert_eq!(s["matching"]["workers"], 0, "a term inside an id");
     let s = f.summary("?q=nothing-like-this").await;
     assert_eq!(s["matching"], json!({"workers": 0, "machines": 0}));
     assert_eq!(s["machines"]["items"], json!([]));

@@ -48,8 +48,9 @@ pub struct SummaryQuery {
     #[param(pattern = r"^(online|draining|offline)$")]
     status: Option<String>,
     /// Search terms separated by spaces, each of which must occur
-    /// (case-insensitively) in the worker's name, id or labels (`k=v`), or
-    /// its machine's id, hostname or labels. At most 256 characters.
+    /// (case-insensitively) in the worker's name or labels (`k=v`), or its
+    /// machine's id, hostname or labels, or must begin the worker's id. At
+    /// most 256 characters.
     q: Option<String>,
     /// `key=value`: only workers whose own labels or whose machine's labels
     /// hold this pair. May repeat (all must hold).
@@ -307,7 +308,7 @@ impl Params {
         if self.terms.is_empty() {
             return true;
         }
-        let mut hay = format!("{} {} {}", r.name, r.id, r.machine_id);
+        let mut hay = format!("{} {}", r.name, r.machine_id);
         for (k, v) in r.labels.as_map() {
             hay.push_str(&format!(" {k}={v}"));
         }
@@ -321,7 +322,12 @@ impl Params {
             }
         }
         let hay = hay.to_lowercase();
-        self.terms.iter().all(|t| hay.contains(t.as_str()))
+        // An id matches from its start only (`wkr_01j…`): a short term such
+        // as `c2` is not meant to find every id that happens to hold it.
+        let id = r.id.as_str().to_lowercase();
+        self.terms
+            .iter()
+            .all(|t| hay.contains(t.as_str()) || id.starts_with(t.as_str()))
     }
 }
 
