@@ -22,6 +22,9 @@
 //!   heartbeat latency during the storm next to the calm one.
 //! - `rss`: the server's memory with N online workers.
 //! - `store-commit`: the store alone, K transitions in one commit.
+//! - `store-health`: the health history on SQLite: days of generated
+//!   history, the fleet query, a machine's and a worker's buckets, and the
+//!   history's share of an expiry commit.
 //! - `replicas`: PostgreSQL mode, two replicas: heartbeats through the
 //!   active replica and through a standby (which forwards them), and the
 //!   takeover time after `kill -9` of the active one.
@@ -38,6 +41,7 @@ mod replicas;
 mod server;
 mod sse;
 mod store;
+mod store_health;
 
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
@@ -182,6 +186,26 @@ enum Cmd {
         #[arg(long, default_value_t = 5)]
         rounds: usize,
     },
+    /// The health history on SQLite: generated history, its reads, and the
+    /// history's share of a K-transition expiry commit.
+    StoreHealth {
+        #[arg(long, default_value_t = 100_000)]
+        workers: usize,
+        #[arg(long, default_value_t = 1_000)]
+        machines: usize,
+        #[arg(long, default_value_t = 30)]
+        days: i64,
+        /// Offlines per worker over the days (two in three crashes).
+        #[arg(long, default_value_t = 3)]
+        offlines: usize,
+        /// Server gaps (no data) of an hour each.
+        #[arg(long, default_value_t = 3)]
+        gaps: usize,
+        #[arg(long, default_value_t = 10_000)]
+        transitions: usize,
+        #[arg(long, default_value_t = 5)]
+        rounds: usize,
+    },
     /// Internal: the do-nothing HTTP server used as the baseline.
     #[command(hide = true)]
     BaselineServer,
@@ -277,6 +301,25 @@ fn main() -> Result<()> {
             machines,
             rounds,
         } => return rt.block_on(store::commit(workers, transitions, machines, rounds)),
+        Cmd::StoreHealth {
+            workers,
+            machines,
+            days,
+            offlines,
+            gaps,
+            transitions,
+            rounds,
+        } => {
+            return rt.block_on(store_health::health(
+                workers,
+                machines,
+                days,
+                offlines,
+                gaps,
+                transitions,
+                rounds,
+            ))
+        }
         Cmd::Heartbeat(a) => vec![rt.block_on(heartbeat(bin, &redis, a))?],
         Cmd::Batch(a) => vec![rt.block_on(batch(bin, &redis, a))?],
         Cmd::Detection(a) => vec![rt.block_on(detection(bin, a))?],

@@ -22,7 +22,7 @@ use rollcall_store::{Expect, MachineUpsert, NewEvent, Store, WorkerRecord, Worke
 /// Where to find a PostgreSQL server to measure instead of SQLite.
 const POSTGRES_URL_ENV: &str = "ROLLCALL_BENCH_POSTGRES_URL";
 
-fn events(t: &rollcall_core::Transition, at: Timestamp) -> Vec<NewEvent> {
+pub(crate) fn events(t: &rollcall_core::Transition, at: Timestamp) -> Vec<NewEvent> {
     t.events
         .iter()
         .map(|e| NewEvent {

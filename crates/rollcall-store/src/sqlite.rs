@@ -52,6 +52,9 @@ pub struct SqliteStore {
     /// Held for the life of the store; dropping it releases the file lock.
     _lock: File,
     path: PathBuf,
+    /// Whether commits write the health history: always, but for the
+    /// benchmark's before/after measure of its cost (`testing` only).
+    history: std::sync::atomic::AtomicBool,
 }
 
 impl SqliteStore {
@@ -108,7 +111,17 @@ impl SqliteStore {
             reader,
             _lock: lock,
             path,
+            history: std::sync::atomic::AtomicBool::new(true),
         })
+    }
+
+    /// Turns the history writes of later commits off or on: only for
+    /// `rollcall-bench store-health`, which measures their cost on the same
+    /// data. A store without them is inconsistent; nothing else calls this.
+    #[cfg(feature = "testing")]
+    #[doc(hidden)]
+    pub fn bench_set_history_writes(&self, on: bool) {
+        self.history.store(on, std::sync::atomic::Ordering::Relaxed);
     }
 
     /// The database file.
@@ -430,7 +443,11 @@ async fn put_worker(
 }
 
 /// [`Store::commit`] on the write connection.
-async fn commit_on(conn: &mut SqliteConnection, writes: Vec<WorkerWrite>) -> Result<CommitResult> {
+async fn commit_on(
+    conn: &mut SqliteConnection,
+    writes: Vec<WorkerWrite>,
+    history: bool,
+) -> Result<CommitResult> {
     let names = history::names(&writes);
     let mut tx = conn.begin().await?;
     if let Outcome::Applied = sqlite_batch::apply_writes(&mut tx, &writes).await? {
@@ -459,7 +476,9 @@ async fn commit_on(conn: &mut SqliteConnection, writes: Vec<WorkerWrite>) -> Res
         let machine_events = sqlite_batch::derive_machines(&mut tx, &machines, &mut seq).await?;
         events.extend(machine_events);
         insert_events(&mut tx, &events).await?;
-        record_history(&mut tx, &events, &names).await?;
+        if history {
+            record_history(&mut tx, &events, &names).await?;
+        }
         tx.commit().await?;
         return Ok(CommitResult {
             applied: vec![true; writes.len()],
@@ -534,7 +553,9 @@ async fn commit_on(conn: &mut SqliteConnection, writes: Vec<WorkerWrite>) -> Res
     let machine_events = derive_machines(&mut tx, machines, &mut seq).await?;
     events.extend(machine_events);
     insert_events(&mut tx, &events).await?;
-    record_history(&mut tx, &events, &names).await?;
+    if history {
+        record_history(&mut tx, &events, &names).await?;
+    }
     tx.commit().await?;
     Ok(CommitResult { applied, events })
 }
@@ -582,7 +603,8 @@ impl Store for SqliteStore {
 
     async fn commit(&self, writes: Vec<WorkerWrite>) -> Result<CommitResult> {
         let mut conn = WriteConn::acquire(&self.writer).await?;
-        let result = commit_on(&mut conn, writes).await;
+        let history = self.history.load(std::sync::atomic::Ordering::Relaxed);
+        let result = commit_on(&mut conn, writes, history).await;
         conn.done(result)
     }
 
