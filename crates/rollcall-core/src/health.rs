@@ -187,7 +187,8 @@ pub fn parse_window(s: &str) -> Result<Duration, WindowError> {
     let err = || WindowError::Syntax(s.to_owned());
     let unit = s.chars().last().ok_or_else(err)?;
     let n = &s[..s.len() - unit.len_utf8()];
-    if n.is_empty() || !n.bytes().all(|b| b.is_ascii_digit()) || n.len() > 9 {
+    // 1 to 9 digits, without a leading zero (so never zero).
+    if n.is_empty() || !n.bytes().all(|b| b.is_ascii_digit()) || n.len() > 9 || n.starts_with('0') {
         return Err(err());
     }
     let n: u64 = n.parse().map_err(|_| err())?;
@@ -549,6 +550,7 @@ mod tests {
             "1.5h",
             "1 h",
             "1234567890d",
+            "07d",
         ] {
             assert!(parse_window(bad).is_err(), "{bad}");
         }

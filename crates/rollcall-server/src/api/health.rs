@@ -239,7 +239,7 @@ pub struct FleetHealth {
 pub struct HealthParams {
     /// The last `<n>m`, `<n>h` or `<n>d` up to now (`1h`, `24h`, `7d`,
     /// `30d`); default `24h`. Not with `from`/`to`.
-    #[param(pattern = r"^[0-9]{1,9}[mhd]$")]
+    #[param(pattern = r"^[1-9][0-9]{0,8}[mhd]$")]
     window: Option<String>,
     /// Start of the window (RFC 3339), within `health_retention`.
     #[param(value_type = Option<String>, format = DateTime)]
@@ -361,10 +361,11 @@ fn parse(
                 "{k}: the key must be 1–64 characters of [A-Za-z0-9._/-], got {key:?}"
             )));
         }
-        if value.len() > 256 {
-            return Err(ApiError::invalid(
-                "label: the value must be at most 256 bytes",
-            ));
+        if value.chars().count() > rollcall_core::Labels::MAX_VALUE {
+            return Err(ApiError::invalid(format!(
+                "label: the value must be at most {} characters",
+                rollcall_core::Labels::MAX_VALUE
+            )));
         }
         labels.push((key.to_owned(), value.to_owned()));
     }

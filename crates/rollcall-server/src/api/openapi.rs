@@ -179,7 +179,10 @@ fn exact(doc: &mut Value, policy: &LivenessPolicy) {
     // An optional query or header parameter is left out, never `null` (a
     // literal "null" is just a wrong value).
     if let Some(paths) = doc.get_mut("paths").and_then(Value::as_object_mut) {
-        for item in paths.values_mut().filter_map(Value::as_object_mut) {
+        for (path, item) in paths.iter_mut() {
+            let Some(item) = item.as_object_mut() else {
+                continue;
+            };
             for op in item.values_mut() {
                 let Some(params) = op.get_mut("parameters").and_then(Value::as_array_mut) else {
                     continue;
@@ -191,6 +194,20 @@ fn exact(doc: &mut Value, policy: &LivenessPolicy) {
                             let only = types[0].clone();
                             param["schema"]["type"] = only;
                         }
+                    }
+                    // A repeated `label=key=value` filter: the key as each
+                    // handler checks it, then any value.
+                    if param["name"] == "label" && param["schema"]["type"] == "array" {
+                        let pattern = if path.ends_with("/health") {
+                            format!(
+                                r"^[A-Za-z0-9._/-]{{1,{}}}=[\s\S]{{0,{}}}$",
+                                Labels::MAX_KEY,
+                                Labels::MAX_VALUE
+                            )
+                        } else {
+                            r"^[^=]+=[\s\S]*$".to_owned()
+                        };
+                        param["schema"]["items"] = json!({"type": "string", "pattern": pattern});
                     }
                 }
             }
