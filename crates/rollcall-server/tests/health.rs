@@ -281,8 +281,10 @@ async fn bad_requests_are_refused_in_the_contract_shape() {
             assert_error_in(&format!("{p}?{q}"), &r, 400, "invalid_request");
         }
         // More buckets than milliseconds.
-        let from = rfc(now_ms() - 5_000);
-        let to = rfc(now_ms() - 4_990);
+        // (One reading of the clock: two could be a millisecond apart and
+        // make the window 11 ms long.)
+        let now = now_ms();
+        let (from, to) = (rfc(now - 5_000), rfc(now - 4_990));
         let r = app
             .get(
                 &format!("{p}?from={}&to={}&buckets=11", encode(&from), encode(&to)),
