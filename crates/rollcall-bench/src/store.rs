@@ -58,44 +58,8 @@ pub async fn commit(workers: usize, expire: usize, machines: usize, rounds: usiz
         }
     };
     let now = Timestamp::from_millis(1_800_000_000_000);
-    let mut records = Vec::with_capacity(workers);
     let started = Instant::now();
-    for chunk in (0..workers).collect::<Vec<_>>().chunks(1000) {
-        let mut writes = Vec::new();
-        for &i in chunk {
-            let t = transition(None, Command::Register, now)?;
-            let s = t.next.expect("registered");
-            let machine_id = MachineId::parse(&format!("m{}", i % machines))?;
-            let record = WorkerRecord {
-                id: WorkerId::generate(now, rand::random()),
-                name: WorkerName::parse(&format!("w{i}"))?,
-                machine_id: machine_id.clone(),
-                status: s.status,
-                offline_reason: s.offline_reason,
-                session: s.session,
-                labels: Labels::default(),
-                heartbeat_interval: Duration::from_secs(1),
-                stale_after: Duration::from_secs(3),
-                registered_at: now,
-                last_heartbeat_at: None,
-                status_changed_at: now,
-                token_hash: TokenHash::of(&format!("rc_worker_{i}")),
-            };
-            writes.push(WorkerWrite::Put {
-                record: record.clone(),
-                expect: None,
-                machine: Some(MachineUpsert {
-                    id: machine_id,
-                    hostname: None,
-                    labels: None,
-                    seen_at: now,
-                }),
-                events: events(&t, now),
-            });
-            records.push(record);
-        }
-        store.commit(writes).await?;
-    }
+    let mut records = register_fleet(store.as_ref(), workers, machines, now).await?;
     println!("registered {workers} workers in {:?}", started.elapsed());
     let mut times = Vec::new();
     for round in 0..rounds {
@@ -136,4 +100,53 @@ pub async fn commit(workers: usize, expire: usize, machines: usize, rounds: usiz
         db.drop_database().await?;
     }
     Ok(())
+}
+
+/// Registers `workers` workers named `w<i>` on `machines` machines `m<i %
+/// machines>` at `at`, through `Store::commit` in transactions of 1,000, as
+/// the writer would; returns their records.
+pub async fn register_fleet(
+    store: &dyn Store,
+    workers: usize,
+    machines: usize,
+    at: Timestamp,
+) -> Result<Vec<WorkerRecord>> {
+    let mut records = Vec::with_capacity(workers);
+    for chunk in (0..workers).collect::<Vec<_>>().chunks(1000) {
+        let mut writes = Vec::new();
+        for &i in chunk {
+            let t = transition(None, Command::Register, at)?;
+            let s = t.next.expect("registered");
+            let machine_id = MachineId::parse(&format!("m{}", i % machines))?;
+            let record = WorkerRecord {
+                id: WorkerId::generate(at, rand::random()),
+                name: WorkerName::parse(&format!("w{i}"))?,
+                machine_id: machine_id.clone(),
+                status: s.status,
+                offline_reason: s.offline_reason,
+                session: s.session,
+                labels: Labels::default(),
+                heartbeat_interval: Duration::from_secs(1),
+                stale_after: Duration::from_secs(3),
+                registered_at: at,
+                last_heartbeat_at: None,
+                status_changed_at: at,
+                token_hash: TokenHash::of(&format!("rc_worker_{i}")),
+            };
+            writes.push(WorkerWrite::Put {
+                record: record.clone(),
+                expect: None,
+                machine: Some(MachineUpsert {
+                    id: machine_id,
+                    hostname: None,
+                    labels: None,
+                    seen_at: at,
+                }),
+                events: events(&t, at),
+            });
+            records.push(record);
+        }
+        store.commit(writes).await?;
+    }
+    Ok(records)
 }

@@ -12,16 +12,11 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
 use rollcall_core::health::{self as h, Observations, Window};
-use rollcall_core::{
-    transition, Command, Labels, MachineId, OfflineReason, Status, Timestamp, TokenHash, WorkerId,
-    WorkerName,
-};
+use rollcall_core::{transition, Command, MachineId, OfflineReason, Status, Timestamp, WorkerId};
 use rollcall_store::sqlite::SqliteStore;
-use rollcall_store::{
-    Expect, FleetQuery, HealthSpan, MachineUpsert, SpansOf, Store, WorkerRecord, WorkerWrite,
-};
+use rollcall_store::{Expect, FleetQuery, HealthSpan, SpansOf, Store, WorkerRecord, WorkerWrite};
 
-use crate::store::events;
+use crate::store::{events, register_fleet};
 
 const DAY_MS: i64 = 86_400_000;
 const HOUR_MS: i64 = 3_600_000;
@@ -107,43 +102,7 @@ pub async fn health(
 
     // Registration at t0.
     let at = Timestamp::from_millis(t0);
-    let mut records = Vec::with_capacity(workers);
-    for chunk in (0..workers).collect::<Vec<_>>().chunks(1000) {
-        let mut writes = Vec::new();
-        for &i in chunk {
-            let t = transition(None, Command::Register, at)?;
-            let s = t.next.context("registered")?;
-            let machine_id = MachineId::parse(&format!("m{}", i % machines))?;
-            let record = WorkerRecord {
-                id: WorkerId::generate(at, rand::random()),
-                name: WorkerName::parse(&format!("w{i}"))?,
-                machine_id: machine_id.clone(),
-                status: s.status,
-                offline_reason: s.offline_reason,
-                session: s.session,
-                labels: Labels::default(),
-                heartbeat_interval: Duration::from_secs(1),
-                stale_after: Duration::from_secs(3),
-                registered_at: at,
-                last_heartbeat_at: None,
-                status_changed_at: at,
-                token_hash: TokenHash::of(&format!("rc_worker_{i}")),
-            };
-            writes.push(WorkerWrite::Put {
-                record: record.clone(),
-                expect: None,
-                machine: Some(MachineUpsert {
-                    id: machine_id,
-                    hostname: None,
-                    labels: None,
-                    seen_at: at,
-                }),
-                events: events(&t, at),
-            });
-            records.push(record);
-        }
-        store.commit(writes).await?;
-    }
+    let mut records = register_fleet(&store, workers, machines, at).await?;
     println!("registered {workers} workers in {:?}", gen.elapsed());
 
     // Offlines: every 3 h a slice of the workers goes offline (two in
