@@ -722,6 +722,32 @@ impl Client {
     }
 
     // ------------------------------------------------------------------
+    // Incidents
+
+    /// `GET /v1/incidents`: one page of incidents, newest first.
+    pub async fn list_incidents(
+        &self,
+        query: &crate::IncidentQuery,
+    ) -> Result<Page<crate::Incident>, Error> {
+        self.json(Call::get(&["v1", "incidents"]).params(query.params()))
+            .await
+    }
+
+    /// `GET /v1/incidents/{id}`.
+    pub async fn get_incident(&self, id: &str) -> Result<crate::Incident, Error> {
+        self.json(Call::get(&["v1", "incidents", id])).await
+    }
+
+    /// `POST /v1/incidents/{id}/ack` (admin): someone is on it. The first
+    /// acknowledgement stands; repeating it changes nothing.
+    pub async fn ack_incident(&self, id: &str, by: &str) -> Result<crate::Incident, Error> {
+        let path = ["v1", "incidents", id, "ack"];
+        let body = crate::incidents::AckRequest { by };
+        self.json(Call::post(&path).json(&body).safe_to_repeat())
+            .await
+    }
+
+    // ------------------------------------------------------------------
     // Events
 
     /// `GET /v1/events`: one page of events, oldest first. For the next

@@ -95,6 +95,7 @@ pub mod client;
 pub mod error;
 pub mod health;
 pub mod host;
+pub mod incidents;
 pub mod model;
 pub mod query;
 pub mod secret;
@@ -107,6 +108,7 @@ pub use health::{
     Bucket, Crashes, FleetHealth, HealthQuery, LastCrash, MachineHealth, RankedMachine,
     RankedWorker, WorkerHealth,
 };
+pub use incidents::{Incident, IncidentQuery};
 pub use model::{
     BatchHeartbeat, BatchHeartbeatOk, BatchHeartbeatResult, CreatedToken, Event, FullCleanup,
     HeartbeatAck, Labels, Machine, MachineSpec, MachineWithWorkers, NewToken, Page,

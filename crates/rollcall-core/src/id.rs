@@ -115,6 +115,12 @@ generated_id!(
     "tok_",
     "token id"
 );
+generated_id!(
+    /// An incident's id, `inc_` followed by 26 base32 characters.
+    IncidentId,
+    "inc_",
+    "incident id"
+);
 
 fn validate_name(s: &str, what: &'static str) -> Result<(), IdError> {
     if s.is_empty() || s.chars().count() > 128 {

@@ -26,7 +26,7 @@ pub mod time;
 pub mod token;
 
 pub use fsm::{transition, Command, FsmError, Transition, WorkerEvent, WorkerState};
-pub use id::{MachineId, TokenId, WorkerId, WorkerName};
+pub use id::{IncidentId, MachineId, TokenId, WorkerId, WorkerName};
 pub use model::{
     check_text, forbidden_char, CrashKind, EventReason, EventType, ExitStatus, ExitStatusError,
     Labels, MachineStatus, OfflineClass, OfflineReason, Status,

@@ -48,20 +48,27 @@ pub struct RawConfig {
     pub failed_auth_burst: Option<String>,
     pub failed_auth_refill: Option<String>,
     pub re_register: Option<String>,
+    /// `[[alert]]` tables (file only).
+    pub alert: Option<Vec<crate::alerts::rules::RawRule>>,
+    /// `[[channel]]` tables (file only).
+    pub channel: Option<Vec<crate::alerts::rules::RawChannel>>,
 }
 
 /// A configuration problem, naming the key.
 #[derive(Debug, Clone, Error, PartialEq, Eq)]
 pub enum ConfigError {
     #[error("config key `{key}`: {message}")]
-    Invalid { key: &'static str, message: String },
+    Invalid {
+        key: std::borrow::Cow<'static, str>,
+        message: String,
+    },
     #[error("config file {path}: {message}")]
     File { path: String, message: String },
 }
 
 fn invalid(key: &'static str, message: impl Into<String>) -> ConfigError {
     ConfigError::Invalid {
-        key,
+        key: key.into(),
         message: message.into(),
     }
 }
@@ -93,6 +100,8 @@ pub struct Config {
     pub limits: Limits,
     /// Who may register the name of a live worker again.
     pub re_register: ReRegister,
+    /// Alert rules and notification channels.
+    pub alerting: crate::alerts::rules::Alerting,
 }
 
 /// Who may register again the name of a worker that is live (online or
@@ -184,6 +193,7 @@ impl fmt::Debug for Config {
             .field("advertise_url", &self.advertise_url)
             .field("limits", &self.limits)
             .field("re_register", &self.re_register)
+            .field("alerting", &self.alerting)
             .finish()
     }
 }
@@ -332,7 +342,9 @@ impl RawConfig {
             max_streams_per_token,
             failed_auth_burst,
             failed_auth_refill,
-            re_register
+            re_register,
+            alert,
+            channel
         )
     }
 
@@ -487,7 +499,13 @@ impl RawConfig {
                 })?,
             };
 
+        let alerting = crate::alerts::rules::resolve(
+            self.alert.unwrap_or_default(),
+            self.channel.unwrap_or_default(),
+            defaults.stale_after,
+        )?;
         Ok(Config {
+            alerting,
             listen,
             database_url,
             data_dir,

@@ -318,4 +318,65 @@ impl Store for Watched {
         let r = self.inner.prune_health(before).await;
         self.record("prune health history", r)
     }
+
+    async fn alert_cursor(&self) -> Result<i64> {
+        self.inner.alert_cursor().await
+    }
+
+    async fn commit_alerts(&self, step: &rollcall_store::AlertCommit) -> Result<bool> {
+        let r = self.inner.commit_alerts(step).await;
+        self.record("commit incidents", r)
+    }
+
+    async fn current_incidents(&self) -> Result<Vec<rollcall_store::IncidentRecord>> {
+        self.inner.current_incidents().await
+    }
+
+    async fn list_incidents(
+        &self,
+        status: Option<rollcall_store::IncidentStatus>,
+        before: Option<&rollcall_core::IncidentId>,
+        limit: usize,
+    ) -> Result<Page<rollcall_store::IncidentRecord>> {
+        self.inner.list_incidents(status, before, limit).await
+    }
+
+    async fn get_incident(
+        &self,
+        id: &rollcall_core::IncidentId,
+    ) -> Result<Option<rollcall_store::IncidentRecord>> {
+        self.inner.get_incident(id).await
+    }
+
+    async fn ack_incident(
+        &self,
+        id: &rollcall_core::IncidentId,
+        at: Timestamp,
+        by: &str,
+    ) -> Result<Option<rollcall_store::IncidentRecord>> {
+        let r = self.inner.ack_incident(id, at, by).await;
+        self.record("acknowledge an incident", r)
+    }
+
+    async fn due_notifications(
+        &self,
+        now: Timestamp,
+        limit: usize,
+    ) -> Result<Vec<rollcall_store::Notification>> {
+        self.inner.due_notifications(now, limit).await
+    }
+
+    async fn record_attempt(
+        &self,
+        id: i64,
+        at: Timestamp,
+        attempt: &rollcall_store::Attempt,
+    ) -> Result<()> {
+        let r = self.inner.record_attempt(id, at, attempt).await;
+        self.record("record a delivery", r)
+    }
+
+    async fn outbox_stats(&self) -> Result<rollcall_store::OutboxStats> {
+        self.inner.outbox_stats().await
+    }
 }

@@ -14,6 +14,8 @@
 //! - [`flush`]: writes heartbeat times behind.
 //! - [`cleanup`]: the periodic sweep (safety net) and housekeeping.
 //! - [`hub`]: committed events fan-out.
+//! - [`alerts`]: rules turn the event log into incidents; the outbox is
+//!   delivered to webhooks, Slack and Alertmanager.
 //! - [`metrics`]: Prometheus counters, histograms and the `/metrics` text.
 //! - [`auth`]: who is calling.
 //! - [`api`]: the HTTP contract (axum).
@@ -30,6 +32,7 @@
 //! flushes heartbeat times and shuts the store down (SQLite checkpoints its
 //! WAL, so `rollcall.db` alone holds every commit).
 
+pub mod alerts;
 pub mod api;
 pub mod auth;
 pub mod cleanup;
@@ -261,6 +264,7 @@ impl Shared {
             },
             shutdown: self.shutdown.child_token(),
             active_reach: None,
+            alerting: Arc::new(self.config.alerting.clone()),
         }
     }
 
@@ -380,6 +384,27 @@ impl Core {
                 stop.child_token(),
             )),
         ];
+        let outbox = Arc::new(tokio::sync::Notify::new());
+        let alerter = alerts::Alerter {
+            store: shared.store.clone(),
+            engine: engine.clone(),
+            hub: shared.hub.clone(),
+            clock: shared.clock.clone(),
+            metrics: shared.metrics.clone(),
+            alerting: config.alerting.clone(),
+            outbox: outbox.clone(),
+        };
+        let deliverer = alerts::deliver::Deliverer {
+            store: shared.store.clone(),
+            clock: shared.clock.clone(),
+            metrics: shared.metrics.clone(),
+            alerting: config.alerting.clone(),
+            wake: outbox,
+            http: alerts::deliver::Deliverer::client(),
+        };
+        let mut background = background;
+        background.push(tokio::spawn(alerter.run(stop.child_token())));
+        background.push(tokio::spawn(deliverer.run(stop.child_token())));
         let flusher = flush::Flusher::new(
             engine.clone(),
             shared.tokens.clone(),

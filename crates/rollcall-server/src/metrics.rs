@@ -152,6 +152,10 @@ pub struct Metrics {
     divergences: IntCounter,
     sweep_suspects: IntCounter,
     paused_seconds: prometheus::Counter,
+    notifications: IntCounterVec,
+    incidents: IntCounterVec,
+    outbox_pending: IntGauge,
+    outbox_oldest_age: prometheus::Gauge,
 }
 
 impl fmt::Debug for Metrics {
@@ -431,7 +435,37 @@ impl Metrics {
             "Workers the sweep read differently in the engine and in the store; the writer checked each (most changed in between: transitions in flight).",
         );
 
+        let notifications = counter_vec(
+            &r,
+            "rollcall_notifications_total",
+            "Notifications handed to a channel (result \"sent\"), failed attempts (\"failed\", retried later) and notifications given up on (\"given_up\"), by channel, channel kind and incident transition.",
+            &["channel", "kind", "transition", "result"],
+        );
+        let incidents = counter_vec(
+            &r,
+            "rollcall_incidents_total",
+            "Incidents opened and resolved by this server, by rule kind.",
+            &["kind", "transition"],
+        );
+        let outbox_pending = gauge(
+            &r,
+            "rollcall_outbox_pending",
+            "Notifications in the outbox not yet delivered, given up or suppressed (as of the deliverer's last look).",
+        );
+        let outbox_oldest_age = reg(
+            &r,
+            prometheus::Gauge::new(
+                "rollcall_outbox_oldest_age_seconds",
+                "Age of the oldest undelivered notification (0 when none waits).",
+            )
+            .expect("valid gauge"),
+        );
+
         Metrics {
+            notifications,
+            incidents,
+            outbox_pending,
+            outbox_oldest_age,
             divergences,
             sweep_suspects,
             pauses,
@@ -625,6 +659,24 @@ impl Metrics {
     pub fn paused(&self, length: Duration) {
         self.pauses.inc();
         self.paused_seconds.inc_by(length.as_secs_f64());
+    }
+
+    /// A delivery attempt of `n` notifications ended with `result`.
+    pub fn notified(&self, channel: &str, kind: &str, transition: &str, result: &str, n: u64) {
+        self.notifications
+            .with_label_values(&[channel, kind, transition, result])
+            .inc_by(n);
+    }
+
+    /// An incident of a rule kind opened or resolved (durably).
+    pub fn incident(&self, kind: &str, transition: &str) {
+        self.incidents.with_label_values(&[kind, transition]).inc();
+    }
+
+    /// The outbox as the deliverer last saw it.
+    pub fn outbox(&self, pending: u64, oldest_age: Duration) {
+        self.outbox_pending.set(pending as i64);
+        self.outbox_oldest_age.set(oldest_age.as_secs_f64());
     }
 
     /// Records whether this server is the active one.

@@ -31,6 +31,7 @@
 //! - `last_heartbeat_at` is only ever moved forward, and only within the
 //!   session it was measured in.
 
+pub mod alerts;
 pub mod history;
 pub mod postgres;
 pub mod records;
@@ -42,9 +43,13 @@ mod sqlite_batch;
 pub mod testing;
 
 use async_trait::async_trait;
-use rollcall_core::{MachineId, MachineStatus, Timestamp, TokenId, WorkerId};
+use rollcall_core::{IncidentId, MachineId, MachineStatus, Timestamp, TokenId, WorkerId};
 use thiserror::Error;
 
+pub use alerts::{
+    AlertCommit, Attempt, IncidentRecord, IncidentStatus, NewNotification, Notification,
+    OutboxStats,
+};
 pub use history::{FleetQuery, FleetSummary, HealthSpan};
 pub use records::*;
 
@@ -168,6 +173,38 @@ pub trait Store: Send + Sync + std::fmt::Debug + 'static {
     /// Deletes spans that ended, and observations that ended, at or before
     /// `before`; returns how many spans.
     async fn prune_health(&self, before: Timestamp) -> Result<u64>;
+
+    // Incidents and the outbox (see [`alerts`]).
+
+    /// The `seq` of the last event the alerter consumed.
+    async fn alert_cursor(&self) -> Result<i64>;
+    /// Applies a step of the alerter in one transaction; `false` (and
+    /// nothing written) if the cursor had moved.
+    async fn commit_alerts(&self, step: &AlertCommit) -> Result<bool>;
+    /// Pending and open incidents.
+    async fn current_incidents(&self) -> Result<Vec<IncidentRecord>>;
+    /// Incidents newest first, optionally of one status.
+    async fn list_incidents(
+        &self,
+        status: Option<IncidentStatus>,
+        before: Option<&IncidentId>,
+        limit: usize,
+    ) -> Result<Page<IncidentRecord>>;
+    async fn get_incident(&self, id: &IncidentId) -> Result<Option<IncidentRecord>>;
+    /// Acknowledges an incident (the first acknowledgement stands); `None`
+    /// if there is no such incident.
+    async fn ack_incident(
+        &self,
+        id: &IncidentId,
+        at: Timestamp,
+        by: &str,
+    ) -> Result<Option<IncidentRecord>>;
+    /// Undelivered notifications due at `now`, oldest first, each only if no
+    /// older notification of its incident to its channel is still waiting.
+    async fn due_notifications(&self, now: Timestamp, limit: usize) -> Result<Vec<Notification>>;
+    /// Records how an attempt to deliver notification `id` ended.
+    async fn record_attempt(&self, id: i64, at: Timestamp, attempt: &Attempt) -> Result<()>;
+    async fn outbox_stats(&self) -> Result<OutboxStats>;
 }
 
 /// Whose spans [`Store::health_spans`] reads.

@@ -27,7 +27,9 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use rollcall_core::health::{Observation, Window};
-use rollcall_core::{MachineId, MachineStatus, Timestamp, TokenId, WorkerId, WorkerName};
+use rollcall_core::{
+    IncidentId, MachineId, MachineStatus, Timestamp, TokenId, WorkerId, WorkerName,
+};
 use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions};
 use sqlx::{Connection, PgConnection, Postgres, QueryBuilder, Transaction};
 
@@ -824,5 +826,107 @@ impl Store for PgStore {
         .await?;
         tx.commit().await?;
         Ok(n)
+    }
+
+    async fn alert_cursor(&self) -> Result<i64> {
+        Ok(
+            sqlx::query_scalar("SELECT seq FROM alert_cursor WHERE id = 1")
+                .fetch_one(&self.pool)
+                .await?,
+        )
+    }
+
+    async fn commit_alerts(&self, step: &crate::AlertCommit) -> Result<bool> {
+        let mut tx = self.begin(true, None).await?;
+        let moved = crate::alerts::apply_step!(tx, step);
+        if moved {
+            tx.commit().await?;
+        }
+        Ok(moved)
+    }
+
+    async fn current_incidents(&self) -> Result<Vec<crate::IncidentRecord>> {
+        let rows = sqlx::query(&crate::alerts::current_incidents_sql())
+            .fetch_all(&self.pool)
+            .await?;
+        rows.iter().map(crate::alerts::incident_from).collect()
+    }
+
+    async fn list_incidents(
+        &self,
+        status: Option<crate::IncidentStatus>,
+        before: Option<&IncidentId>,
+        limit: usize,
+    ) -> Result<Page<crate::IncidentRecord>> {
+        let rows = sqlx::query(&crate::alerts::list_incidents_sql())
+            .bind(status.map(|s| s.as_str()).unwrap_or(""))
+            .bind(before.map(|b| b.as_str()).unwrap_or(""))
+            .bind(fetch_limit(limit))
+            .fetch_all(&self.pool)
+            .await?;
+        let items = rows
+            .iter()
+            .map(crate::alerts::incident_from)
+            .collect::<Result<Vec<_>>>()?;
+        Ok(page(items, limit))
+    }
+
+    async fn get_incident(&self, id: &IncidentId) -> Result<Option<crate::IncidentRecord>> {
+        let row = sqlx::query(&crate::alerts::get_incident_sql())
+            .bind(id.as_str())
+            .fetch_optional(&self.pool)
+            .await?;
+        row.as_ref().map(crate::alerts::incident_from).transpose()
+    }
+
+    async fn ack_incident(
+        &self,
+        id: &IncidentId,
+        at: Timestamp,
+        by: &str,
+    ) -> Result<Option<crate::IncidentRecord>> {
+        let mut tx = self.pool.begin().await?;
+        sqlx::query(crate::alerts::ACK)
+            .bind(id.as_str())
+            .bind(at.as_millis())
+            .bind(by)
+            .execute(&mut *tx)
+            .await?;
+        let row = sqlx::query(&crate::alerts::get_incident_sql())
+            .bind(id.as_str())
+            .fetch_optional(&mut *tx)
+            .await?;
+        tx.commit().await?;
+        row.as_ref().map(crate::alerts::incident_from).transpose()
+    }
+
+    async fn due_notifications(
+        &self,
+        now: Timestamp,
+        limit: usize,
+    ) -> Result<Vec<crate::Notification>> {
+        let rows = sqlx::query(crate::alerts::DUE)
+            .bind(now.as_millis())
+            .bind(i64::try_from(limit).unwrap_or(i64::MAX))
+            .fetch_all(&self.pool)
+            .await?;
+        rows.iter().map(crate::alerts::notification_from).collect()
+    }
+
+    async fn record_attempt(&self, id: i64, at: Timestamp, attempt: &crate::Attempt) -> Result<()> {
+        let mut tx = self.begin(true, None).await?;
+        crate::alerts::record_attempt!(&mut *tx, id, at, attempt);
+        tx.commit().await?;
+        Ok(())
+    }
+
+    async fn outbox_stats(&self) -> Result<crate::OutboxStats> {
+        let row = sqlx::query(crate::alerts::STATS)
+            .fetch_one(&self.pool)
+            .await?;
+        Ok(crate::OutboxStats {
+            pending: u64::try_from(row.int("pending")?).unwrap_or(0),
+            oldest: row.opt_int("oldest")?.map(Timestamp::from_millis),
+        })
     }
 }

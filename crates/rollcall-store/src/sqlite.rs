@@ -21,7 +21,9 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use rollcall_core::health::{Observation, Window};
-use rollcall_core::{MachineId, MachineStatus, Timestamp, TokenId, WorkerId, WorkerName};
+use rollcall_core::{
+    IncidentId, MachineId, MachineStatus, Timestamp, TokenId, WorkerId, WorkerName,
+};
 use sqlx::pool::PoolConnection;
 use sqlx::sqlite::{
     SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous,
@@ -1092,5 +1094,120 @@ impl Store for SqliteStore {
         }
         .await;
         conn.done(result)
+    }
+
+    async fn alert_cursor(&self) -> Result<i64> {
+        Ok(
+            sqlx::query_scalar("SELECT seq FROM alert_cursor WHERE id = 1")
+                .fetch_one(&self.reader)
+                .await?,
+        )
+    }
+
+    async fn commit_alerts(&self, step: &crate::AlertCommit) -> Result<bool> {
+        let mut conn = WriteConn::acquire(&self.writer).await?;
+        let result = async {
+            let mut tx = conn.begin().await?;
+            let moved = crate::alerts::apply_step!(tx, step);
+            if moved {
+                tx.commit().await?;
+            }
+            Ok(moved)
+        }
+        .await;
+        conn.done(result)
+    }
+
+    async fn current_incidents(&self) -> Result<Vec<crate::IncidentRecord>> {
+        let rows = sqlx::query(&crate::alerts::current_incidents_sql())
+            .fetch_all(&self.reader)
+            .await?;
+        rows.iter().map(crate::alerts::incident_from).collect()
+    }
+
+    async fn list_incidents(
+        &self,
+        status: Option<crate::IncidentStatus>,
+        before: Option<&IncidentId>,
+        limit: usize,
+    ) -> Result<Page<crate::IncidentRecord>> {
+        let rows = sqlx::query(&crate::alerts::list_incidents_sql())
+            .bind(status.map(|s| s.as_str()).unwrap_or(""))
+            .bind(before.map(|b| b.as_str()).unwrap_or(""))
+            .bind(fetch_limit(limit))
+            .fetch_all(&self.reader)
+            .await?;
+        let items = rows
+            .iter()
+            .map(crate::alerts::incident_from)
+            .collect::<Result<Vec<_>>>()?;
+        Ok(page(items, limit))
+    }
+
+    async fn get_incident(&self, id: &IncidentId) -> Result<Option<crate::IncidentRecord>> {
+        let row = sqlx::query(&crate::alerts::get_incident_sql())
+            .bind(id.as_str())
+            .fetch_optional(&self.reader)
+            .await?;
+        row.as_ref().map(crate::alerts::incident_from).transpose()
+    }
+
+    async fn ack_incident(
+        &self,
+        id: &IncidentId,
+        at: Timestamp,
+        by: &str,
+    ) -> Result<Option<crate::IncidentRecord>> {
+        let mut conn = WriteConn::acquire(&self.writer).await?;
+        let result = async {
+            let mut tx = conn.begin().await?;
+            sqlx::query(crate::alerts::ACK)
+                .bind(id.as_str())
+                .bind(at.as_millis())
+                .bind(by)
+                .execute(&mut *tx)
+                .await?;
+            let row = sqlx::query(&crate::alerts::get_incident_sql())
+                .bind(id.as_str())
+                .fetch_optional(&mut *tx)
+                .await?;
+            tx.commit().await?;
+            row.as_ref().map(crate::alerts::incident_from).transpose()
+        }
+        .await;
+        conn.done(result)
+    }
+
+    async fn due_notifications(
+        &self,
+        now: Timestamp,
+        limit: usize,
+    ) -> Result<Vec<crate::Notification>> {
+        let rows = sqlx::query(crate::alerts::DUE)
+            .bind(now.as_millis())
+            .bind(i64::try_from(limit).unwrap_or(i64::MAX))
+            .fetch_all(&self.reader)
+            .await?;
+        rows.iter().map(crate::alerts::notification_from).collect()
+    }
+
+    async fn record_attempt(&self, id: i64, at: Timestamp, attempt: &crate::Attempt) -> Result<()> {
+        let mut conn = WriteConn::acquire(&self.writer).await?;
+        let result = async {
+            crate::alerts::record_attempt!(&mut *conn, id, at, attempt);
+            Ok(())
+        }
+        .await;
+        conn.done(result)
+    }
+
+    async fn outbox_stats(&self) -> Result<crate::OutboxStats> {
+        let row = sqlx::query(crate::alerts::STATS)
+            .fetch_one(&self.reader)
+            .await?;
+        Ok(crate::OutboxStats {
+            pending: u64::try_from(row.int("pending")?).unwrap_or(0),
+            oldest: row.opt_int("oldest")?.map(Timestamp::from_millis),
+        })
     }
 }

@@ -26,8 +26,10 @@ use rollcall_core::{
     Command, CrashKind, EventReason, EventType, ExitStatus, MachineStatus, OfflineClass,
     OfflineReason, Status, TokenHash, TokenKind,
 };
+use rollcall_core::{IncidentId, Timestamp};
 use rollcall_store::{
-    CommitResult, EventFilter, EventRecord, FleetQuery, HealthSpan, HeartbeatMark, MachineUpsert,
+    AlertCommit, Attempt, CommitResult, EventFilter, EventRecord, FleetQuery, HealthSpan,
+    HeartbeatMark, IncidentRecord, IncidentStatus, MachineUpsert, NewNotification, Notification,
     SpansOf, Store, WorkerFilter, WorkerRecord, WorkerWrite,
 };
 
@@ -70,6 +72,8 @@ macro_rules! contract_suite {
             fleet_health_sums_and_ranks,
             observations_make_no_data,
             prune_health_keeps_open_and_recent_spans,
+            alert_steps_apply_once_and_keep_acknowledgements,
+            outbox_delivers_in_order_per_incident,
         );
     };
     (@tests $backend:ident = $make:path; $($test:ident),+ $(,)?) => {
@@ -2345,4 +2349,239 @@ mod sqlite_only {
         // Once fixed, nothing more to do.
         assert!(store.reconcile_machines(at(600)).await.unwrap().is_empty());
     }
+}
+
+// ===========================================================================
+// Incidents and the outbox
+// ===========================================================================
+
+fn incident(rule: &str, subject: &str, status: IncidentStatus, at: i64) -> IncidentRecord {
+    IncidentRecord {
+        id: IncidentId::generate(Timestamp::from_millis(at), rand_bytes()),
+        rule: rule.into(),
+        kind: "worker_offline".into(),
+        severity: "critical".into(),
+        subject: subject.into(),
+        worker_id: None,
+        machine_id: Some(rollcall_core::MachineId::parse("m1").unwrap()),
+        status,
+        since: Timestamp::from_millis(at),
+        opened_at: (status != IncidentStatus::Pending).then_some(Timestamp::from_millis(at)),
+        resolved_at: None,
+        acked_at: None,
+        acked_by: None,
+        inhibited_by: None,
+        summary: format!("{rule} {subject}"),
+        details: serde_json::json!({"n": 1}),
+        updated_at: Timestamp::from_millis(at),
+    }
+}
+
+fn rand_bytes() -> [u8; 10] {
+    use std::sync::atomic::{AtomicU8, Ordering};
+    static N: AtomicU8 = AtomicU8::new(0);
+    [N.fetch_add(1, Ordering::SeqCst); 10]
+}
+
+fn note(i: &IncidentRecord, channel: &str, transition: &str, not_before: i64) -> NewNotification {
+    NewNotification {
+        incident_id: i.id.clone(),
+        channel: channel.into(),
+        transition: transition.into(),
+        idempotency_key: format!("{}:{transition}:{channel}", i.id),
+        body: "{}".into(),
+        created_at: i.updated_at,
+        not_before: Timestamp::from_millis(not_before),
+    }
+}
+
+async fn alert_steps_apply_once_and_keep_acknowledgements(store: Arc<dyn Store>) {
+    let start = store.alert_cursor().await.unwrap();
+    assert_eq!(start, store.last_seq().await.unwrap());
+    let mut open = incident("down", "w1", IncidentStatus::Open, 1_000);
+    let pending = incident("down", "w2", IncidentStatus::Pending, 1_000);
+    let step = AlertCommit {
+        cursor: Some((start, start + 5)),
+        incidents: vec![open.clone(), pending.clone()],
+        notifications: vec![note(&open, "hook", "opened", 1_000)],
+        ..AlertCommit::default()
+    };
+    assert!(store.commit_alerts(&step).await.unwrap());
+    assert_eq!(store.alert_cursor().await.unwrap(), start + 5);
+    // The same step again: the cursor moved, nothing is written.
+    assert!(!store.commit_alerts(&step).await.unwrap());
+    assert_eq!(
+        store
+            .due_notifications(Timestamp::from_millis(1_000), 10)
+            .await
+            .unwrap()
+            .len(),
+        1
+    );
+    let mut current = store.current_incidents().await.unwrap();
+    current.sort_by(|a, b| a.subject.cmp(&b.subject));
+    assert_eq!(current, vec![open.clone(), pending.clone()]);
+
+    // An acknowledgement outlives the alerter's later writes of the incident.
+    let acked = store
+        .ack_incident(&open.id, Timestamp::from_millis(2_000), "alice")
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(acked.acked_by.as_deref(), Some("alice"));
+    let again = store
+        .ack_incident(&open.id, Timestamp::from_millis(3_000), "bob")
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(again.acked_at, Some(Timestamp::from_millis(2_000)));
+    assert_eq!(again.acked_by.as_deref(), Some("alice"));
+    open.status = IncidentStatus::Resolved;
+    open.resolved_at = Some(Timestamp::from_millis(4_000));
+    open.updated_at = Timestamp::from_millis(4_000);
+    // A clock step (no cursor) withdraws the pending one and resolves the
+    // open one; a new pending incident may take the withdrawn one's subject.
+    let replacement = incident("down", "w2", IncidentStatus::Pending, 4_000);
+    let step = AlertCommit {
+        cursor: None,
+        incidents: vec![open.clone(), replacement.clone()],
+        withdraw: vec![pending.id.clone()],
+        ..AlertCommit::default()
+    };
+    assert!(store.commit_alerts(&step).await.unwrap());
+    let got = store.get_incident(&open.id).await.unwrap().unwrap();
+    assert_eq!(got.status, IncidentStatus::Resolved);
+    assert_eq!(got.acked_by.as_deref(), Some("alice"));
+    assert_eq!(store.get_incident(&pending.id).await.unwrap(), None);
+    assert_eq!(
+        store.current_incidents().await.unwrap(),
+        vec![replacement.clone()]
+    );
+    // Newest first, by status, paged.
+    let all = store.list_incidents(None, None, 10).await.unwrap();
+    assert_eq!(
+        all.items.iter().map(|i| &i.id).collect::<Vec<_>>(),
+        vec![&replacement.id, &open.id]
+    );
+    let resolved = store
+        .list_incidents(Some(IncidentStatus::Resolved), None, 10)
+        .await
+        .unwrap();
+    assert_eq!(resolved.items, vec![got]);
+    let first = store.list_incidents(None, None, 1).await.unwrap();
+    assert!(first.more);
+    let second = store
+        .list_incidents(None, Some(&first.items[0].id), 1)
+        .await
+        .unwrap();
+    assert_eq!(second.items[0].id, open.id);
+    assert!(!second.more);
+}
+
+async fn outbox_delivers_in_order_per_incident(store: Arc<dyn Store>) {
+    let a = incident("down", "w1", IncidentStatus::Open, 1_000);
+    let b = incident("down", "w2", IncidentStatus::Open, 1_000);
+    let step = AlertCommit {
+        incidents: vec![a.clone(), b.clone()],
+        notifications: vec![
+            note(&a, "hook", "opened", 5_000),
+            note(&a, "hook", "resolved", 1_000),
+            note(&b, "hook", "opened", 1_000),
+            note(&b, "slack", "opened", 1_000),
+        ],
+        ..AlertCommit::default()
+    };
+    assert!(store.commit_alerts(&step).await.unwrap());
+    let keys = |ns: &[Notification]| {
+        ns.iter()
+            .map(|n| n.idempotency_key.clone())
+            .collect::<Vec<_>>()
+    };
+    // a's resolve waits for a's opening, which waits for its not_before.
+    let due = store
+        .due_notifications(Timestamp::from_millis(1_000), 10)
+        .await
+        .unwrap();
+    assert_eq!(
+        keys(&due),
+        vec![
+            format!("{}:opened:hook", b.id),
+            format!("{}:opened:slack", b.id)
+        ]
+    );
+    assert_eq!(store.outbox_stats().await.unwrap().pending, 4);
+    let due = store
+        .due_notifications(Timestamp::from_millis(5_000), 10)
+        .await
+        .unwrap();
+    assert_eq!(due.len(), 3);
+    let a_open = due.iter().find(|n| n.incident_id == a.id).unwrap().clone();
+    assert!(!a_open.opened_delivered);
+    // A failure delays it; the resolve still waits.
+    store
+        .record_attempt(
+            a_open.id,
+            Timestamp::from_millis(5_000),
+            &Attempt::Failed {
+                error: "503".into(),
+                retry_at: Timestamp::from_millis(6_000),
+            },
+        )
+        .await
+        .unwrap();
+    let due = store
+        .due_notifications(Timestamp::from_millis(5_500), 10)
+        .await
+        .unwrap();
+    assert!(due.iter().all(|n| n.incident_id != a.id));
+    let due = store
+        .due_notifications(Timestamp::from_millis(6_000), 10)
+        .await
+        .unwrap();
+    let a_open = due.iter().find(|n| n.incident_id == a.id).unwrap().clone();
+    assert_eq!(a_open.attempts, 1);
+    assert_eq!(a_open.last_error.as_deref(), Some("503"));
+    store
+        .record_attempt(
+            a_open.id,
+            Timestamp::from_millis(6_000),
+            &Attempt::Delivered,
+        )
+        .await
+        .unwrap();
+    let due = store
+        .due_notifications(Timestamp::from_millis(6_000), 10)
+        .await
+        .unwrap();
+    let a_resolve = due.iter().find(|n| n.incident_id == a.id).unwrap().clone();
+    assert_eq!(a_resolve.transition, "resolved");
+    assert!(a_resolve.opened_delivered);
+    // b is suppressed: its waiting notifications are gone; one given up.
+    let step = AlertCommit {
+        suppress: vec![b.id.clone()],
+        ..AlertCommit::default()
+    };
+    assert!(store.commit_alerts(&step).await.unwrap());
+    store
+        .record_attempt(
+            a_resolve.id,
+            Timestamp::from_millis(6_000),
+            &Attempt::GaveUp { error: "x".into() },
+        )
+        .await
+        .unwrap();
+    assert!(store
+        .due_notifications(Timestamp::from_millis(99_000), 10)
+        .await
+        .unwrap()
+        .is_empty());
+    let stats = store.outbox_stats().await.unwrap();
+    assert_eq!((stats.pending, stats.oldest), (0, None));
+    // An idempotency key is written once.
+    let step = AlertCommit {
+        notifications: vec![note(&a, "hook", "opened", 1_000)],
+        ..AlertCommit::default()
+    };
+    assert!(store.commit_alerts(&step).await.unwrap());
+    assert_eq!(store.outbox_stats().await.unwrap().pending, 0);
 }

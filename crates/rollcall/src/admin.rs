@@ -1279,3 +1279,123 @@ mod tests {
         assert_eq!(pad("ab", 4, true), "ab");
     }
 }
+
+/// `rollcall incidents …`
+#[derive(Debug, Subcommand)]
+pub enum IncidentsCommand {
+    /// List incidents, newest first.
+    #[command(after_help = "Example:\n  rollcall incidents ls --open")]
+    Ls {
+        /// Only open incidents.
+        #[arg(long, conflicts_with = "status")]
+        open: bool,
+        /// Only incidents of this status: pending, open or resolved.
+        #[arg(long)]
+        status: Option<String>,
+        /// At most this many (1-1000).
+        #[arg(long, default_value_t = 100)]
+        limit: u32,
+    },
+    /// Show one incident with everything the rule knows.
+    Show { id: String },
+    /// Acknowledge an incident (admin token): someone is on it.
+    #[command(after_help = "Example:\n  rollcall incidents ack inc_01JE… --by alice")]
+    Ack {
+        id: String,
+        /// Who acknowledges (default: admin).
+        #[arg(long, default_value = "admin")]
+        by: String,
+    },
+}
+
+pub async fn incidents(
+    client: Client,
+    conn: Conn,
+    cmd: Option<IncidentsCommand>,
+) -> Result<(), Failure> {
+    let cmd = cmd.unwrap_or(IncidentsCommand::Ls {
+        open: false,
+        status: None,
+        limit: 100,
+    });
+    match cmd {
+        IncidentsCommand::Ls {
+            open,
+            status,
+            limit,
+        } => {
+            let status = if open { Some("open".into()) } else { status };
+            let page = client
+                .list_incidents(&rollcall_client::IncidentQuery {
+                    status,
+                    cursor: None,
+                    limit: Some(limit),
+                })
+                .await?;
+            if conn.json {
+                return print_json(&page.items);
+            }
+            let rows = page
+                .items
+                .iter()
+                .map(|i| {
+                    vec![
+                        Cell::plain(i.id.clone()),
+                        Cell::plain(i.status.clone()),
+                        Cell::plain(i.severity.clone()),
+                        Cell::plain(i.rule.clone()),
+                        Cell::plain(i.opened_at.clone().unwrap_or_else(|| "-".into())),
+                        Cell::plain(if i.acked_by.is_some() { "yes" } else { "no" }.into()),
+                        Cell::plain(i.summary.clone()),
+                    ]
+                })
+                .collect();
+            table(
+                &[
+                    "ID", "STATUS", "SEVERITY", "RULE", "OPENED", "ACKED", "SUMMARY",
+                ],
+                rows,
+            );
+            Ok(())
+        }
+        IncidentsCommand::Show { id } => {
+            let i = client.get_incident(&id).await?;
+            if conn.json {
+                return print_json(&i);
+            }
+            print_incident(&i);
+            Ok(())
+        }
+        IncidentsCommand::Ack { id, by } => {
+            let i = client.ack_incident(&id, &by).await?;
+            if conn.json {
+                return print_json(&i);
+            }
+            print_incident(&i);
+            Ok(())
+        }
+    }
+}
+
+fn print_incident(i: &rollcall_client::Incident) {
+    let opt = |v: &Option<String>| v.clone().unwrap_or_else(|| "-".into());
+    kv(&[
+        ("id", i.id.clone()),
+        ("status", i.status.clone()),
+        ("rule", format!("{} ({})", i.rule, i.kind)),
+        ("severity", i.severity.clone()),
+        ("summary", i.summary.clone()),
+        ("since", i.since.clone()),
+        ("opened", opt(&i.opened_at)),
+        ("resolved", opt(&i.resolved_at)),
+        (
+            "acked",
+            match (&i.acked_at, &i.acked_by) {
+                (Some(at), Some(by)) => format!("{at} by {by}"),
+                _ => "-".into(),
+            },
+        ),
+        ("inhibited by", opt(&i.inhibited_by)),
+        ("details", i.details.to_string()),
+    ]);
+}

@@ -11,6 +11,7 @@
 
 mod admin;
 mod agent;
+mod alerts;
 mod backup;
 mod serve;
 
@@ -104,6 +105,20 @@ enum Command {
         #[command(subcommand)]
         cmd: admin::EventsCommand,
     },
+    /// List, show or acknowledge incidents (what the alert rules found).
+    ///
+    /// Example: rollcall incidents ls --open
+    Incidents {
+        #[command(flatten)]
+        conn: admin::Conn,
+        #[command(subcommand)]
+        cmd: Option<admin::IncidentsCommand>,
+    },
+    /// Try the notification channels of a config.
+    ///
+    /// Example: rollcall alerts test ops --config /etc/rollcall.toml
+    #[command(subcommand)]
+    Alerts(alerts::AlertsCommand),
 }
 
 fn main() -> ExitCode {
@@ -120,6 +135,10 @@ fn main() -> ExitCode {
         Command::Events { conn, cmd } => admin::main(conn, |c, conn| admin::events(c, conn, cmd)),
         Command::Health { conn, args } => admin::main(conn, |c, conn| admin::health(c, conn, args)),
         Command::Backup(args) => backup::main(args),
+        Command::Incidents { conn, cmd } => {
+            admin::main(conn, |c, conn| admin::incidents(c, conn, cmd))
+        }
+        Command::Alerts(cmd) => alerts::main(cmd),
     }
 }
 

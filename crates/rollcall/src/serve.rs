@@ -150,6 +150,8 @@ impl ServeArgs {
             failed_auth_burst: self.failed_auth_burst.clone(),
             failed_auth_refill: self.failed_auth_refill.clone(),
             re_register: self.re_register.clone(),
+            alert: None,
+            channel: None,
         }
     }
 }

@@ -8,6 +8,7 @@ pub mod error;
 pub mod events;
 pub mod extract;
 pub mod health;
+pub mod incidents;
 pub mod machines;
 pub mod openapi;
 pub mod ops;
@@ -68,6 +69,8 @@ pub struct AppState {
     /// standby that cannot reach it is not ready: it could only answer
     /// changes with 503).
     pub active_reach: Option<Arc<crate::cluster::ActiveReach>>,
+    /// The alert rules and channels (for `GET /v1/alert-rules`).
+    pub alerting: Arc<crate::alerts::rules::Alerting>,
 }
 
 /// Page sizes: 1–1000, default 100.
@@ -129,6 +132,10 @@ pub fn router(state: AppState, with_metrics: bool) -> Router {
         .route("/v1/machines/{id}/health", get(health::machine))
         .route("/v1/workers/{id}/health", get(health::worker))
         .route("/v1/health", get(health::fleet))
+        .route("/v1/incidents", get(incidents::list))
+        .route("/v1/incidents/{id}", get(incidents::get))
+        .route("/v1/incidents/{id}/ack", post(incidents::ack))
+        .route("/v1/alert-rules", get(incidents::rules))
         .route("/v1/events", get(events::list))
         .route("/v1/events/stream", get(stream::stream))
         .route("/v1/cleanup/stale", post(ops::cleanup_stale))

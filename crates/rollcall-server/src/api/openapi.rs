@@ -6,7 +6,8 @@ use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa::{Modify, OpenApi};
 
 use super::{
-    dashboard, dto, error, events, health, machines, ops, stream, summary, tokens, workers,
+    dashboard, dto, error, events, health, incidents, machines, ops, stream, summary, tokens,
+    workers,
 };
 
 struct Bearer;
@@ -150,6 +151,7 @@ impl Modify for Wire {
         workers::offline, workers::delete, workers::list, workers::get,
         machines::list, machines::get, summary::get,
         health::fleet, health::machine, health::worker,
+        incidents::list, incidents::get, incidents::ack, incidents::rules,
         events::list, stream::stream,
         ops::cleanup_stale, ops::cleanup_all, ops::healthz, ops::readyz, ops::metrics,
         dashboard::page,

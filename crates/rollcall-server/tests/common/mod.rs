@@ -18,6 +18,8 @@
 
 #![allow(dead_code)]
 
+pub mod receiver;
+
 use std::collections::BTreeMap;
 use std::future::Future;
 use std::sync::Arc;

@@ -1,0 +1,413 @@
+//! Alerting end to end: alert rules on a real server, notifications to a
+//! real HTTP receiver (a small server in this test). Crashes page, graceful
+//! stops page nobody; the signature verifies and a tampered body does not;
+//! a receiver that is down is retried; a mass failure is one page.
+
+mod common;
+
+use std::time::Duration;
+
+use common::receiver::Receiver;
+use common::*;
+use rollcall_server::alerts::deliver::{verify, SIGNATURE_HEADER};
+use rollcall_server::RawConfig;
+use serde_json::{json, Value};
+
+const SECRET: &str = "k3v9-Qz7u-2Lr8-Wm4x-Ty6p-Hb1n";
+
+/// Adds `[[channel]]` and `[[alert]]` tables (TOML) to a test config.
+fn with_alerting(raw: &mut RawConfig, toml: &str) {
+    let parsed = RawConfig::from_toml("test", toml).expect("valid alerting TOML");
+    raw.alert = parsed.alert;
+    raw.channel = parsed.channel;
+}
+
+fn webhook(url: &str, group_wait: &str) -> String {
+    format!(
+        "[[channel]]\nname = \"hook\"\nkind = \"webhook\"\nurl = \"{url}\"\nsecret = \"{SECRET}\"\ngroup_wait = \"{group_wait}\"\n"
+    )
+}
+
+async fn incidents(app: &TestApp, query: &str) -> Vec<Value> {
+    app.get(&format!("/v1/incidents{query}"), &app.admin)
+        .await
+        .expect(200)["items"]
+        .as_array()
+        .unwrap()
+        .clone()
+}
+
+fn now_secs() -> i64 {
+    now_ms() / 1000
+}
+
+#[tokio::test]
+async fn a_crash_pages_once_signed_and_a_graceful_stop_pages_nobody() {
+    let hook = Receiver::start().await;
+    let app = spawn_app_with(|raw| {
+        with_alerting(
+            raw,
+            &format!(
+                "{}\n[[alert]]\nname = \"down\"\nkind = \"worker_offline\"\nchannels = [\"hook\"]\n",
+                webhook(&hook.url, "100ms")
+            ),
+        )
+    })
+    .await;
+
+    let graceful = app.register("graceful", "m1").await;
+    let crashing = app.register("crashing", "m1").await;
+    app.offline(&graceful, "shutdown").await;
+    // `crashing` never beats: it goes stale.
+    let opened = wait_for(
+        "the opening is delivered",
+        Duration::from_secs(20),
+        || async { hook.notifications().first().cloned() },
+    )
+    .await;
+    assert_eq!(opened["transition"], "opened");
+    let incident = &opened["incident"];
+    assert_eq!(incident["kind"], "worker_offline");
+    assert_eq!(incident["worker_id"], crashing.id.as_str());
+    assert_eq!(incident["details"]["crash_kind"], "stale");
+    assert_eq!(
+        opened["idempotency_key"],
+        format!("{}:opened:hook", incident["id"].as_str().unwrap())
+    );
+
+    // The signature verifies; the same header over another body does not.
+    let req = &hook.accepted()[0];
+    let sig = req.headers[SIGNATURE_HEADER].to_str().unwrap();
+    assert!(verify(SECRET, sig, &req.body, now_secs(), 300));
+    let mut tampered = req.body.to_vec();
+    let at = tampered.iter().position(|&b| b == b'm').unwrap();
+    tampered[at] = b'n';
+    assert!(!verify(SECRET, sig, &tampered, now_secs(), 300));
+    assert!(!verify(
+        "another-secret-of-some-length",
+        sig,
+        &req.body,
+        now_secs(),
+        300
+    ));
+    // A replay long after is refused by its timestamp.
+    assert!(!verify(SECRET, sig, &req.body, now_secs() + 3_600, 300));
+
+    // The API shows it; the graceful stop opened nothing.
+    let open = incidents(&app, "?status=open").await;
+    assert_eq!(open.len(), 1, "{open:?}");
+    assert_eq!(open[0]["worker_id"], crashing.id.as_str());
+    let all = incidents(&app, "").await;
+    assert!(all.iter().all(|i| i["worker_id"] != graceful.id.as_str()));
+
+    // Acknowledged once; a second acknowledgement changes nothing.
+    let id = open[0]["id"].as_str().unwrap();
+    let acked = app
+        .post(
+            &format!("/v1/incidents/{id}/ack"),
+            &app.admin,
+            json!({"by": "alice"}),
+        )
+        .await
+        .expect(200)
+        .clone();
+    assert_eq!(acked["acked_by"], "alice");
+    let again = app
+        .post(
+            &format!("/v1/incidents/{id}/ack"),
+            &app.admin,
+            json!({"by": "bob"}),
+        )
+        .await
+        .expect(200)
+        .clone();
+    assert_eq!(again["acked_by"], "alice");
+    assert_eq!(again["acked_at"], acked["acked_at"]);
+
+    // It comes back: resolved, and told.
+    app.heartbeat(&crashing).await;
+    let resolved = wait_for(
+        "the resolve is delivered",
+        Duration::from_secs(20),
+        || async { hook.notifications().get(1).cloned() },
+    )
+    .await;
+    assert_eq!(resolved["transition"], "resolved");
+    assert_eq!(resolved["incident"]["id"], id);
+    assert_eq!(resolved["incident"]["status"], "resolved");
+    let got = app.get(&format!("/v1/incidents/{id}"), &app.admin).await;
+    assert_eq!(got.expect(200)["status"], "resolved");
+    assert!(incidents(&app, "?status=open").await.is_empty());
+    assert_eq!(hook.notifications().len(), 2);
+}
+
+#[tokio::test]
+async fn a_receiver_that_is_down_is_retried_with_the_same_key() {
+    let hook = Receiver::start().await;
+    hook.fail_next(2);
+    let app = spawn_app_with(|raw| {
+        with_alerting(
+            raw,
+            &format!(
+                "{}\n[[alert]]\nname = \"down\"\nkind = \"worker_offline\"\nchannels = [\"hook\"]\n",
+                webhook(&hook.url, "10ms")
+            ),
+        )
+    })
+    .await;
+    let w = app.register("w", "m1").await;
+    let delivered = wait_for(
+        "delivered after two failures",
+        Duration::from_secs(30),
+        || async { hook.notifications().first().cloned() },
+    )
+    .await;
+    let all = hook.all();
+    assert_eq!(all.len(), 3, "two refused, then accepted");
+    for r in &all {
+        assert_eq!(
+            r.json()["notifications"][0]["idempotency_key"],
+            delivered["idempotency_key"]
+        );
+    }
+    assert_eq!(delivered["incident"]["worker_id"], w.id.as_str());
+    // The delivery is recorded (and counted) just after the receiver got it.
+    let sent = "rollcall_notifications_total{channel=\"hook\",kind=\"webhook\",result=\"sent\",transition=\"opened\"} 1";
+    wait_until(
+        "the delivery is counted",
+        Duration::from_secs(10),
+        || async { app.get("/metrics", &app.admin).await.text.contains(sent) },
+    )
+    .await;
+    let metrics = app.get("/metrics", &app.admin).await.text;
+    assert!(
+        metrics.contains(
+            "rollcall_notifications_total{channel=\"hook\",kind=\"webhook\",result=\"failed\",transition=\"opened\"} 2"
+        ),
+        "{metrics}"
+    );
+}
+
+#[tokio::test]
+async fn repeated_crashes_open_one_incident_and_clean_exits_do_not_count() {
+    let hook = Receiver::start().await;
+    let app = spawn_app_with(|raw| {
+        with_alerting(
+            raw,
+            &format!(
+                "{}\n[[alert]]\nname = \"flaky\"\nkind = \"worker_crashes\"\ncrashes = 2\nwithin = \"1h\"\nseverity = \"warning\"\nchannels = [\"hook\"]\n",
+                webhook(&hook.url, "10ms")
+            ),
+        )
+    })
+    .await;
+    let body = json!({"name": "job", "machine": {"id": "m1"}, "stale_after_ms": 60_000});
+    let exit = |code: u8| json!({"reason": "exited", "exit_code": code});
+    let w = app.register_body(body.clone()).await;
+    app.post(&format!("/v1/workers/{}/offline", w.id), &w.token, exit(3))
+        .await
+        .expect(200);
+    let w = app.register_body(body.clone()).await;
+    app.post(&format!("/v1/workers/{}/offline", w.id), &w.token, exit(0))
+        .await
+        .expect(200);
+    // One crash and a clean exit: pending, nobody told.
+    let pending = wait_for(
+        "the first crash is counted",
+        Duration::from_secs(10),
+        || async { incidents(&app, "?status=pending").await.first().cloned() },
+    )
+    .await;
+    assert_eq!(pending["kind"], "worker_crashes");
+    assert_eq!(pending["details"]["crashes"].as_array().unwrap().len(), 1);
+    let w = app.register_body(body.clone()).await;
+    app.post(
+        &format!("/v1/workers/{}/offline", w.id),
+        &w.token,
+        json!({"reason": "exited", "signal": 9}),
+    )
+    .await
+    .expect(200);
+    let opened = wait_for(
+        "the second crash pages",
+        Duration::from_secs(20),
+        || async { hook.notifications().first().cloned() },
+    )
+    .await;
+    assert_eq!(opened["incident"]["kind"], "worker_crashes");
+    assert_eq!(opened["incident"]["severity"], "warning");
+    assert_eq!(opened["incident"]["id"], pending["id"]);
+    // A third crash is the same incident, not another page.
+    let w = app.register_body(body).await;
+    app.post(&format!("/v1/workers/{}/offline", w.id), &w.token, exit(1))
+        .await
+        .expect(200);
+    wait_until(
+        "the third crash is counted",
+        Duration::from_secs(10),
+        || async {
+            let open = incidents(&app, "?status=open").await;
+            open.len() == 1 && open[0]["details"]["crashes"].as_array().unwrap().len() == 3
+        },
+    )
+    .await;
+    assert_eq!(hook.notifications().len(), 1);
+}
+
+#[tokio::test]
+async fn a_mass_failure_is_one_page_not_one_per_worker() {
+    let hook = Receiver::start().await;
+    let app = spawn_app_with(|raw| {
+        with_alerting(
+            raw,
+            &format!(
+                "{}\n[[alert]]\nname = \"down\"\nkind = \"worker_offline\"\nchannels = [\"hook\"]\n\
+                 [[alert]]\nname = \"machine-down\"\nkind = \"machine_offline\"\nchannels = [\"hook\"]\n\
+                 [[alert]]\nname = \"outage\"\nkind = \"mass_failure\"\npercent = 20\nwindow = \"10s\"\nchannels = [\"hook\"]\n",
+                webhook(&hook.url, "2s")
+            ),
+        )
+    })
+    .await;
+    // 40 workers on 4 machines; the 20 on m0 and m1 stop beating at once.
+    let mut live = Vec::new();
+    let mut dying = Vec::new();
+    for i in 0..40 {
+        let machine = format!("m{}", i % 4);
+        let body =
+            json!({"name": format!("w{i}"), "machine": {"id": machine}, "stale_after_ms": 3_000});
+        let w = app.register_body(body).await;
+        if i % 4 < 2 {
+            dying.push(w);
+        } else {
+            live.push(w);
+        }
+    }
+    let keep = {
+        let client = app.client.clone();
+        let base = app.base.clone();
+        let live: Vec<(String, String)> = live
+            .iter()
+            .map(|w| (w.id.clone(), w.token.clone()))
+            .collect();
+        tokio::spawn(async move {
+            loop {
+                for (id, token) in &live {
+                    let _ = client
+                        .post(format!("{base}/v1/workers/{id}/heartbeat"))
+                        .bearer_auth(token)
+                        .send()
+                        .await;
+                }
+                tokio::time::sleep(Duration::from_millis(300)).await;
+            }
+        })
+    };
+    let opened = wait_for(
+        "the mass failure pages",
+        Duration::from_secs(30),
+        || async { hook.notifications().first().cloned() },
+    )
+    .await;
+    assert_eq!(opened["incident"]["kind"], "mass_failure");
+    // Every dying worker goes offline; the mass failure covers them all.
+    wait_until(
+        "all 20 are offline and covered",
+        Duration::from_secs(30),
+        || async {
+            let open = incidents(&app, "?status=open&limit=1000").await;
+            open.iter().any(|i| {
+                i["kind"] == "mass_failure"
+                    && i["details"]["covered"]
+                        .as_array()
+                        .is_some_and(|c| c.len() == 20)
+            })
+        },
+    )
+    .await;
+    let open = incidents(&app, "?status=open&limit=1000").await;
+    let mass = open
+        .iter()
+        .find(|i| i["kind"] == "mass_failure")
+        .unwrap()
+        .clone();
+    let covered = open.iter().filter(|i| i["kind"] != "mass_failure").count();
+    assert!(
+        covered >= 20,
+        "per-worker and per-machine incidents exist: {covered}"
+    );
+    assert!(open
+        .iter()
+        .filter(|i| i["kind"] != "mass_failure")
+        .all(|i| i["inhibited_by"] == mass["id"]));
+    assert_eq!(mass["details"]["machines"].as_array().unwrap().len(), 2);
+
+    // They come back: the mass failure resolves, and everything it covered.
+    for w in &dying {
+        app.heartbeat(w).await;
+    }
+    let resolved = wait_for(
+        "the resolve is delivered",
+        Duration::from_secs(30),
+        || async { hook.notifications().get(1).cloned() },
+    )
+    .await;
+    assert_eq!(resolved["transition"], "resolved");
+    assert_eq!(resolved["incident"]["id"], mass["id"]);
+    wait_until("nothing is open", Duration::from_secs(10), || async {
+        incidents(&app, "?status=open").await.is_empty()
+    })
+    .await;
+    wait_until("the outbox is empty", Duration::from_secs(10), || async {
+        app.get("/metrics", &app.admin)
+            .await
+            .text
+            .contains("rollcall_outbox_pending 0")
+    })
+    .await;
+    keep.abort();
+    let sent = hook.notifications();
+    assert_eq!(sent.len(), 2, "one opening and one resolve: {sent:#?}");
+}
+
+#[tokio::test]
+async fn alert_endpoints_refuse_bad_input_and_change_nothing() {
+    let app = spawn_app().await;
+    let read = app.token("read").await;
+    for q in ["?status=firing", "?cursor=nope", "?limit=0"] {
+        let r = app.get(&format!("/v1/incidents{q}"), &app.admin).await;
+        assert_eq!(r.status, 400, "{q}: {:?}", r.body);
+        assert_eq!(r.body["error"]["code"], "invalid_request");
+    }
+    let r = app
+        .get("/v1/incidents/inc_01JDQ3Z6X8A1B2C3D4E5F6G7H8", &read)
+        .await;
+    assert_eq!(r.status, 404);
+    let r = app
+        .post(
+            "/v1/incidents/inc_01JDQ3Z6X8A1B2C3D4E5F6G7H8/ack",
+            &read,
+            json!({}),
+        )
+        .await;
+    assert_eq!(r.status, 403);
+    let r = app
+        .post(
+            "/v1/incidents/inc_01JDQ3Z6X8A1B2C3D4E5F6G7H8/ack",
+            &app.admin,
+            json!({"by": ""}),
+        )
+        .await;
+    assert_eq!(r.status, 400);
+    let r = app
+        .post(
+            "/v1/incidents/inc_01JDQ3Z6X8A1B2C3D4E5F6G7H8/ack",
+            &app.admin,
+            json!({"by": "x".repeat(129)}),
+        )
+        .await;
+    assert_eq!(r.status, 400);
+    let r = app.get("/v1/alert-rules", &read).await;
+    assert_eq!(r.expect(200)["items"], json!([]));
+    assert!(incidents(&app, "").await.is_empty());
+}
