@@ -195,6 +195,68 @@ export interface paths {
         patch?: never;
         trace?: never;
     };
+    "/v1/alert-rules": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        /** List the alert rules. */
+        get: {
+            parameters: {
+                query?: never;
+                header?: never;
+                path?: never;
+                cookie?: never;
+            };
+            requestBody?: never;
+            responses: {
+                200: {
+                    headers: {
+                        [name: string]: unknown;
+                    };
+                    content: {
+                        "application/json": components["schemas"]["AlertRules"];
+                    };
+                };
+                401: {
+                    headers: {
+                        [name: string]: unknown;
+                    };
+                    content: {
+                        "application/json": components["schemas"]["ErrorBody"];
+                    };
+                };
+                403: {
+                    headers: {
+                        [name: string]: unknown;
+                    };
+                    content: {
+                        "application/json": components["schemas"]["ErrorBody"];
+                    };
+                };
+                /** @description Too many failed authentications from this client address; retry after `Retry-After` seconds with a valid token */
+                429: {
+                    headers: {
+                        /** @description Seconds to wait */
+                        "Retry-After"?: number;
+                        [name: string]: unknown;
+                    };
+                    content: {
+                        "application/json": components["schemas"]["ErrorBody"];
+                    };
+                };
+            };
+        };
+        put?: never;
+        post?: never;
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
     "/v1/cleanup/all": {
         parameters: {
             query?: never;
@@ -652,6 +714,245 @@ export interface paths {
                     };
                 };
                 413: {
+                    headers: {
+                        [name: string]: unknown;
+                    };
+                    content: {
+                        "application/json": components["schemas"]["ErrorBody"];
+                    };
+                };
+                /** @description Too many failed authentications from this client address; retry after `Retry-After` seconds with a valid token */
+                429: {
+                    headers: {
+                        /** @description Seconds to wait */
+                        "Retry-After"?: number;
+                        [name: string]: unknown;
+                    };
+                    content: {
+                        "application/json": components["schemas"]["ErrorBody"];
+                    };
+                };
+            };
+        };
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
+    "/v1/incidents": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        /** List incidents, newest first. */
+        get: {
+            parameters: {
+                query?: {
+                    /** @description Only incidents of this status. */
+                    status?: string;
+                    /** @description The `next_cursor` of the previous page. */
+                    cursor?: string;
+                    /** @description 1–1000, default 100. */
+                    limit?: number;
+                };
+                header?: never;
+                path?: never;
+                cookie?: never;
+            };
+            requestBody?: never;
+            responses: {
+                200: {
+                    headers: {
+                        [name: string]: unknown;
+                    };
+                    content: {
+                        "application/json": components["schemas"]["Page_Incident"];
+                    };
+                };
+                400: {
+                    headers: {
+                        [name: string]: unknown;
+                    };
+                    content: {
+                        "application/json": components["schemas"]["ErrorBody"];
+                    };
+                };
+                401: {
+                    headers: {
+                        [name: string]: unknown;
+                    };
+                    content: {
+                        "application/json": components["schemas"]["ErrorBody"];
+                    };
+                };
+                403: {
+                    headers: {
+                        [name: string]: unknown;
+                    };
+                    content: {
+                        "application/json": components["schemas"]["ErrorBody"];
+                    };
+                };
+                /** @description Too many failed authentications from this client address; retry after `Retry-After` seconds with a valid token */
+                429: {
+                    headers: {
+                        /** @description Seconds to wait */
+                        "Retry-After"?: number;
+                        [name: string]: unknown;
+                    };
+                    content: {
+                        "application/json": components["schemas"]["ErrorBody"];
+                    };
+                };
+            };
+        };
+        put?: never;
+        post?: never;
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
+    "/v1/incidents/{id}": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        /** Get one incident. */
+        get: {
+            parameters: {
+                query?: never;
+                header?: never;
+                path: {
+                    /** @description Incident id */
+                    id: string;
+                };
+                cookie?: never;
+            };
+            requestBody?: never;
+            responses: {
+                200: {
+                    headers: {
+                        [name: string]: unknown;
+                    };
+                    content: {
+                        "application/json": components["schemas"]["Incident"];
+                    };
+                };
+                401: {
+                    headers: {
+                        [name: string]: unknown;
+                    };
+                    content: {
+                        "application/json": components["schemas"]["ErrorBody"];
+                    };
+                };
+                403: {
+                    headers: {
+                        [name: string]: unknown;
+                    };
+                    content: {
+                        "application/json": components["schemas"]["ErrorBody"];
+                    };
+                };
+                404: {
+                    headers: {
+                        [name: string]: unknown;
+                    };
+                    content: {
+                        "application/json": components["schemas"]["ErrorBody"];
+                    };
+                };
+                /** @description Too many failed authentications from this client address; retry after `Retry-After` seconds with a valid token */
+                429: {
+                    headers: {
+                        /** @description Seconds to wait */
+                        "Retry-After"?: number;
+                        [name: string]: unknown;
+                    };
+                    content: {
+                        "application/json": components["schemas"]["ErrorBody"];
+                    };
+                };
+            };
+        };
+        put?: never;
+        post?: never;
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
+    "/v1/incidents/{id}/ack": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        get?: never;
+        put?: never;
+        /**
+         * Acknowledge an incident: someone is on it. The first acknowledgement
+         *     stands; acknowledging again changes nothing.
+         */
+        post: {
+            parameters: {
+                query?: never;
+                header?: never;
+                path: {
+                    /** @description Incident id */
+                    id: string;
+                };
+                cookie?: never;
+            };
+            /** @description Optional: who acknowledges */
+            requestBody: {
+                content: {
+                    "application/json": components["schemas"]["AckRequest"];
+                };
+            };
+            responses: {
+                200: {
+                    headers: {
+                        [name: string]: unknown;
+                    };
+                    content: {
+                        "application/json": components["schemas"]["Incident"];
+                    };
+                };
+                400: {
+                    headers: {
+                        [name: string]: unknown;
+                    };
+                    content: {
+                        "application/json": components["schemas"]["ErrorBody"];
+                    };
+                };
+                401: {
+                    headers: {
+                        [name: string]: unknown;
+                    };
+                    content: {
+                        "application/json": components["schemas"]["ErrorBody"];
+                    };
+                };
+                403: {
+                    headers: {
+                        [name: string]: unknown;
+                    };
+                    content: {
+                        "application/json": components["schemas"]["ErrorBody"];
+                    };
+                };
+                404: {
                     headers: {
                         [name: string]: unknown;
                     };
@@ -1914,6 +2215,56 @@ export interface paths {
 export type webhooks = Record<string, never>;
 export interface components {
     schemas: {
+        /** @description The body of an acknowledgement (optional). */
+        AckRequest: {
+            /**
+             * @description Who acknowledges (default `admin`); no control or bidirectional
+             *     formatting characters.
+             */
+            by?: string | null;
+        };
+        /** @description An alert rule as configured. */
+        AlertRule: {
+            /** @description The channels it notifies. */
+            channels: string[];
+            /**
+             * Format: int32
+             * @description `worker_crashes`: this many crashes…
+             */
+            crashes?: number | null;
+            /**
+             * Format: int64
+             * @description `worker_offline`, `machine_offline`: how long, in ms, the condition
+             *     must hold before the incident opens.
+             */
+            for_ms?: number | null;
+            kind: string;
+            name: string;
+            /**
+             * Format: int32
+             * @description `mass_failure`: this share of the selected live workers…
+             */
+            percent?: number | null;
+            /** @description Labels a worker (a machine, for `machine_offline`) must carry. */
+            select: {
+                [key: string]: string;
+            };
+            severity: string;
+            /**
+             * Format: int64
+             * @description …crashing within this many ms.
+             */
+            window_ms?: number | null;
+            /**
+             * Format: int64
+             * @description …within this many ms.
+             */
+            within_ms?: number | null;
+        };
+        /** @description The alert rules of this server (from its config). */
+        AlertRules: {
+            items: components["schemas"]["AlertRule"][];
+        };
         /** @description One entry of a batch heartbeat. */
         BatchEntry: {
             token: string;
@@ -2194,6 +2545,40 @@ export interface components {
             session: number;
             status: components["schemas"]["Status"];
         };
+        /** @description An incident: a rule's finding about a worker, a machine or the fleet. */
+        Incident: {
+            acked_at?: string | null;
+            acked_by?: string | null;
+            /**
+             * @description What the rule knows: for `worker_crashes` the crash times (ms),
+             *     for `mass_failure` the workers it covers (`covered`), their machines
+             *     (`machines`), those live again (`recovered`) and how many selected
+             *     workers were live when the window began (`live_at_start`).
+             */
+            details: Record<string, never>;
+            id: string;
+            /** @description The open mass failure that covers it: it is not notified on its own. */
+            inhibited_by?: string | null;
+            /** @description The rule's kind. */
+            kind: string;
+            machine_id?: string | null;
+            opened_at?: string | null;
+            resolved_at?: string | null;
+            /** @description The rule that opened it. */
+            rule: string;
+            severity: string;
+            /** @description When its condition began (RFC 3339). */
+            since: string;
+            /**
+             * @description `pending`: its condition holds but not yet for the rule's `for`
+             *     (nobody was told); `open`: notified; `resolved`: over.
+             */
+            status: string;
+            /** @description A worker id, a machine id, or the rule's name (fleet-wide). */
+            subject: string;
+            summary: string;
+            worker_id?: string | null;
+        };
         /** @description The latest crash in the window. */
         LastCrash: {
             /** Format: date-time */
@@ -2333,6 +2718,47 @@ export interface components {
                  */
                 signal?: number | null;
                 type: components["schemas"]["EventType"];
+                worker_id?: string | null;
+            }[];
+            /**
+             * @description Pass back as `cursor` (events: as `after`) for the next page; null on
+             *     the last page.
+             */
+            next_cursor?: string | null;
+        };
+        /** @description A page of a list. */
+        Page_Incident: {
+            items: {
+                acked_at?: string | null;
+                acked_by?: string | null;
+                /**
+                 * @description What the rule knows: for `worker_crashes` the crash times (ms),
+                 *     for `mass_failure` the workers it covers (`covered`), their machines
+                 *     (`machines`), those live again (`recovered`) and how many selected
+                 *     workers were live when the window began (`live_at_start`).
+                 */
+                details: Record<string, never>;
+                id: string;
+                /** @description The open mass failure that covers it: it is not notified on its own. */
+                inhibited_by?: string | null;
+                /** @description The rule's kind. */
+                kind: string;
+                machine_id?: string | null;
+                opened_at?: string | null;
+                resolved_at?: string | null;
+                /** @description The rule that opened it. */
+                rule: string;
+                severity: string;
+                /** @description When its condition began (RFC 3339). */
+                since: string;
+                /**
+                 * @description `pending`: its condition holds but not yet for the rule's `for`
+                 *     (nobody was told); `open`: notified; `resolved`: over.
+                 */
+                status: string;
+                /** @description A worker id, a machine id, or the rule's name (fleet-wide). */
+                subject: string;
+                summary: string;
                 worker_id?: string | null;
             }[];
             /**

@@ -186,7 +186,7 @@ pub struct AckRequest {
 #[utoipa::path(
     post, path = "/v1/incidents/{id}/ack", tag = "incidents",
     params(("id" = String, Path, description = "Incident id")),
-    request_body(content = Option<AckRequest>),
+    request_body(content = AckRequest, description = "Optional: who acknowledges"),
     responses(
         (status = 200, body = Incident),
         (status = 400, body = ErrorBody), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody),
