@@ -30,6 +30,8 @@ const ATTENTION_LIMIT = 10;
 // A filter that matches at most this many workers shows them all at once.
 const AUTO_EXPAND_WORKERS = 300;
 const FEED_LIMIT = 100;
+// Open incidents shown in the banner (the rest are counted).
+const INCIDENT_LIMIT = 20;
 const FEED_INTERVAL_MS = 250;
 // A summary is read at most this often when events ask for one, or as
 // often as three times what the last one took, whichever is longer.
@@ -473,6 +475,34 @@ class Dashboard {
     }, wait);
   }
 
+  /** The banner of open incidents (a server without alerting: none). */
+  applyIncidents(page) {
+    const items = page && Array.isArray(page.items) ? page.items : [];
+    const banner = $('incidents');
+    banner.hidden = items.length === 0;
+    const more = page && page.next_cursor ? '+' : '';
+    setText($('incidents-title'), `Open incidents: ${items.length}${more}`);
+    const rows = items.map((i) => {
+      const li = document.createElement('li');
+      li.dataset.severity = i.severity;
+      const sev = document.createElement('span');
+      sev.className = 'severity';
+      sev.textContent = i.severity;
+      const text = document.createElement('span');
+      text.textContent = ` ${i.summary}`;
+      const when = document.createElement('span');
+      when.className = 'muted small';
+      const opened = parseTime(i.opened_at);
+      when.textContent = opened === null ? '' : ` — opened ${ago(Date.now() + this.skewMs - opened)}`;
+      const acked = document.createElement('span');
+      acked.className = 'muted small';
+      acked.textContent = i.acked_by ? ` (acknowledged by ${i.acked_by})` : '';
+      li.append(sev, text, when, acked);
+      return li;
+    });
+    $('incidents-list').replaceChildren(...rows);
+  }
+
   async refresh() {
     if (this.refreshing || this.stopped) return;
     this.refreshing = true;
@@ -485,8 +515,12 @@ class Dashboard {
       p.set('limit', String(Math.min(1000, this.machinesWanted)));
       p.set('workers_limit', String(ATTENTION_LIMIT));
       p.set('machine_workers', String(this.auto ? AUTO_EXPAND_WORKERS : 0));
-      const s = await this.api(`/v1/summary?${p}`);
+      const [s, incidents] = await Promise.all([
+        this.api(`/v1/summary?${p}`),
+        this.api(`/v1/incidents?status=open&limit=${INCIDENT_LIMIT}`),
+      ]);
       if (this.stopped) return;
+      this.applyIncidents(incidents);
       if (generation !== this.filterGeneration) {
         this.refreshWanted = true;
         return;

@@ -76,6 +76,19 @@ async fn spawn(stale_after: &str) -> App {
         admin_token: Some(ADMIN.into()),
         ..RawConfig::default()
     };
+    // A crash opens an incident, which the page shows in its banner. (The
+    // channel is a closed port: the notifications wait in the outbox.)
+    let alerting = RawConfig::from_toml(
+        "alerting",
+        "[[channel]]\nname = \"nowhere\"\nkind = \"slack\"\nurl = \"http://127.0.0.1:9/\"\n\
+         [[alert]]\nname = \"down\"\nkind = \"worker_offline\"\nchannels = [\"nowhere\"]\n",
+    )
+    .expect("valid alerting");
+    let raw = RawConfig {
+        alert: alerting.alert,
+        channel: alerting.channel,
+        ..raw
+    };
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let running = rollcall_server::start(
         raw.resolve().expect("a valid config"),
@@ -987,6 +1000,20 @@ async fn the_health_view_shows_a_crash_without_a_reload() {
     let stopped = app.wait_offline("calm-node", "calm").await;
     assert_eq!(stopped["offline_reason"], "shutdown");
 
+    // The crash is an open incident in the banner; the graceful stop is not.
+    page.wait_for(
+        "the crash's incident in the banner, without a reload",
+        "!document.getElementById('incidents').hidden \
+         && document.getElementById('incidents-list').textContent.includes('crasher')",
+        PATIENCE,
+    )
+    .await
+    .unwrap();
+    let banner = page
+        .eval("document.getElementById('incidents-list').textContent")
+        .await
+        .unwrap();
+    assert!(!banner.to_string().contains("calm"), "{banner}");
     page.wait_for(
         "the crash in the Health view, without a reload",
         "document.querySelector('#health-machines article[data-machine-id=\"crash-node\"]')\
