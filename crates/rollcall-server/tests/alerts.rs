@@ -411,3 +411,60 @@ async fn alert_endpoints_refuse_bad_input_and_change_nothing() {
     assert_eq!(r.expect(200)["items"], json!([]));
     assert!(incidents(&app, "").await.is_empty());
 }
+
+/// The time from a worker's deadline to its notification's arrival at a
+/// real receiver, for 1 and for 1,000 workers that stop at once (every
+/// opening is its own incident: no mass-failure rule). A measurement, not a
+/// check: run by hand, numbers in docs/PERFORMANCE.md.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "a measurement, not a check; run by hand"]
+async fn measure_deadline_to_delivery() {
+    for n in [1usize, 1000] {
+        let hook = Receiver::start().await;
+        let app = spawn_app_with(|raw| {
+            with_alerting(
+                raw,
+                &format!(
+                    "{}\n[[alert]]\nname = \"down\"\nkind = \"worker_offline\"\nchannels = [\"hook\"]\n",
+                    webhook(&hook.url, "1ms")
+                ),
+            )
+        })
+        .await;
+        let mut deadlines = std::collections::HashMap::new();
+        for i in 0..n {
+            let body = json!({"name": format!("w{i}"), "machine": {"id": format!("m{}", i % 20)}, "stale_after_ms": 2_000});
+            let w = app.register_body(body).await;
+            deadlines.insert(w.id.clone(), w.deadline_ms());
+        }
+        wait_until(
+            "every opening arrived",
+            Duration::from_secs(120),
+            || async { hook.notifications().len() >= n },
+        )
+        .await;
+        let mut lags: Vec<i64> = hook
+            .accepted()
+            .iter()
+            .flat_map(|r| {
+                let at = r.received_ms;
+                r.json()["notifications"]
+                    .as_array()
+                    .cloned()
+                    .unwrap_or_default()
+                    .into_iter()
+                    .map(move |x| (at, x))
+            })
+            .map(|(at, x)| at - deadlines[x["incident"]["worker_id"].as_str().unwrap()])
+            .collect();
+        lags.sort_unstable();
+        let p = |q: f64| lags[((lags.len() - 1) as f64 * q).round() as usize];
+        println!(
+            "{n} crashes: deadline → delivered p50 {} ms, p99 {} ms, max {} ms ({} requests)",
+            p(0.5),
+            p(0.99),
+            lags[lags.len() - 1],
+            hook.accepted().len()
+        );
+    }
+}

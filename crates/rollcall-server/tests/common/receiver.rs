@@ -22,6 +22,8 @@ pub struct Received {
     pub body: Bytes,
     /// Whether it was answered 200.
     pub accepted: bool,
+    /// When it arrived (Unix ms).
+    pub received_ms: i64,
 }
 
 impl Received {
@@ -96,6 +98,9 @@ async fn take(State(inner): State<Arc<Inner>>, headers: HeaderMap, body: Bytes) 
         headers,
         body,
         accepted: !fail,
+        received_ms: std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_millis() as i64),
     });
     if fail {
         StatusCode::SERVICE_UNAVAILABLE
