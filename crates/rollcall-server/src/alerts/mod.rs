@@ -42,6 +42,9 @@ use rules::{Alerting, Rule, RuleKind};
 /// How often the clock-driven part of the rules runs (`for`, windows).
 pub const TICK: Duration = Duration::from_secs(1);
 
+/// How often the cursor moves when there are no rules.
+const IDLE_CURSOR_INTERVAL: Duration = Duration::from_secs(10);
+
 /// Events read per step.
 const STEP_EVENTS: usize = 1_000;
 
@@ -64,6 +67,11 @@ impl Alerter {
         let mut tick = tokio::time::interval(TICK);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut state: Option<(Evaluator, i64)> = None;
+        // Without rules nothing is evaluated: the cursor only has to keep
+        // up (so that rules added later start from the present), which it
+        // does now and then instead of after every commit of the writer.
+        let idle = self.alerting.rules.is_empty();
+        let mut last_step = tokio::time::Instant::now();
         loop {
             if state.is_none() {
                 state = match self.load().await {
@@ -74,7 +82,9 @@ impl Alerter {
                     }
                 };
             }
-            if let Some((evaluator, cursor)) = state.as_mut() {
+            let due = !idle || last_step.elapsed() >= IDLE_CURSOR_INTERVAL;
+            if let (Some((evaluator, cursor)), true) = (state.as_mut(), due) {
+                last_step = tokio::time::Instant::now();
                 match self.step(evaluator, cursor).await {
                     Ok(more) if more => continue,
                     Ok(_) => {}
@@ -107,6 +117,22 @@ impl Alerter {
     /// Returns whether more events wait. On an error the evaluator must be
     /// reloaded (its memory may be ahead of the store).
     async fn step(&self, evaluator: &mut Evaluator, cursor: &mut i64) -> anyhow::Result<bool> {
+        if self.alerting.rules.is_empty() {
+            let last = self.store.last_seq().await?;
+            if last > *cursor {
+                let step = rollcall_store::AlertCommit {
+                    cursor: Some((*cursor, last)),
+                    ..Default::default()
+                };
+                if !self.store.commit_alerts(&step).await? {
+                    anyhow::bail!(
+                        "the alert cursor moved under this server (another replica is active)"
+                    );
+                }
+                *cursor = last;
+            }
+            return Ok(false);
+        }
         let page = self
             .store
             .list_events(&EventFilter::default(), *cursor, STEP_EVENTS)
