@@ -41,6 +41,23 @@ def test_every_call_of_the_contract(server: Server) -> None:
     tokens = admin.list_tokens(limit=1000)["items"]
     assert any(t["id"] == enroll["id"] and t["name"] == "py-fleet" for t in tokens)
     assert all("token" not in t for t in tokens), "the secret is never listed"
+    assert enroll["scope"] is None
+
+    # A scoped enroll token registers only the workers inside its scope.
+    gpus = admin.create_token("enroll", "py-gpus", machines=["gpu-*"], labels={"pool": "gpu"})
+    assert gpus["scope"] == {"machines": ["gpu-*"], "labels": {"pool": "gpu"}}
+    listed = [t for t in admin.list_tokens(limit=1000)["items"] if t["id"] == gpus["id"]]
+    assert listed[0]["scope"] == gpus["scope"]
+    scoped = Rollcall(server.url, token=gpus["token"])
+    inside = scoped.register("gpu-w", "gpu-1", labels={"pool": "gpu"})
+    with pytest.raises(ApiError) as refused:
+        scoped.register("gpu-w", "cpu-1", labels={"pool": "gpu"})
+    assert (refused.value.status, refused.value.code) == (403, "forbidden")
+    with pytest.raises(ApiError) as bad:
+        admin.create_token("read", "py-bad", machines=["gpu-*"])
+    assert bad.value.code == "invalid_request"
+    admin.delete_worker(inside["worker"]["id"])
+    admin.delete_token(gpus["id"])
 
     rc = Rollcall(server.url, token=enroll["token"])
     reg = rc.register(

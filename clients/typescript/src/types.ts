@@ -157,6 +157,27 @@ export interface NewToken {
   kind: "enroll" | "read";
   name: string;
   expires_in_ms?: number;
+  /** Enroll tokens only: the workers the token may register; absent or null: any worker. */
+  scope?: ScopeSpec | null;
+}
+
+/**
+ * The scope asked for when creating an enroll token; at least one of the two
+ * limits. Rules: docs/API.md, "Scoped enroll tokens".
+ */
+export interface ScopeSpec {
+  /** Machine-id patterns (1–32), one of which the worker's machine id must match; `*` stands for any run of characters. */
+  machines?: string[] | null;
+  /** Labels the worker's `labels` must all carry, with exactly these values. */
+  labels?: Labels | null;
+}
+
+/** An enroll token's scope: which workers it may register. */
+export interface TokenScope {
+  /** Machine-id patterns; null: any machine. */
+  machines: string[] | null;
+  /** Labels the worker must carry with exactly these values; `{}`: none. */
+  labels: Labels;
 }
 
 export interface Token {
@@ -166,6 +187,8 @@ export interface Token {
   created_at: string;
   expires_at: string | null;
   last_used_at: string | null;
+  /** Enroll tokens: the workers it may register; null: any worker. */
+  scope: TokenScope | null;
 }
 
 export interface CreatedToken {
@@ -175,6 +198,8 @@ export interface CreatedToken {
   /** The secret, shown once. */
   token: string;
   expires_at: string | null;
+  /** Enroll tokens: the workers it may register; null: any worker. */
+  scope: TokenScope | null;
 }
 
 export interface Page<T> {
@@ -239,6 +264,8 @@ export const schemasAgree: [
   SameKeys<NewToken, Schemas["CreateTokenRequest"]>,
   SameKeys<CreatedToken, Schemas["CreatedToken"]>,
   SameKeys<Token, Schemas["TokenInfo"]>,
+  SameKeys<ScopeSpec, Schemas["ScopeSpec"]>,
+  SameKeys<TokenScope, Schemas["TokenScope"]>,
   SameKeys<StaleCleanup, Schemas["StaleReport"]>,
   SameKeys<FullCleanup, Schemas["CleanupReport"]>,
-] = [true, true, true, true, true, true, true, true, true, true, true, true, true, true];
+] = [true, true, true, true, true, true, true, true, true, true, true, true, true, true, true, true];

@@ -1403,7 +1403,10 @@ export interface paths {
             };
         };
         put?: never;
-        /** Create an enroll or read token. */
+        /**
+         * Create an enroll or read token; an enroll token may be given a scope
+         *     (the workers it may register).
+         */
         post: {
             parameters: {
                 query?: never;
@@ -1670,6 +1673,7 @@ export interface paths {
                         "application/json": components["schemas"]["ErrorBody"];
                     };
                 };
+                /** @description A token that may not register workers, or an enroll token whose scope the worker is outside of */
                 403: {
                     headers: {
                         [name: string]: unknown;
@@ -2362,6 +2366,7 @@ export interface components {
             kind: "enroll" | "read";
             /** @description No control or bidirectional formatting characters. */
             name: string;
+            scope?: null | components["schemas"]["ScopeSpec"];
         };
         /** @description A created token, with its secret (shown once). */
         CreatedToken: {
@@ -2370,6 +2375,7 @@ export interface components {
             id: string;
             kind: components["schemas"]["TokenKind"];
             name: string;
+            scope?: null | components["schemas"]["TokenScope"];
             token: string;
         };
         /** @description The body of every error response. */
@@ -2809,6 +2815,7 @@ export interface components {
                 /** Format: date-time */
                 last_used_at?: string | null;
                 name: string;
+                scope?: null | components["schemas"]["TokenScope"];
             }[];
             /**
              * @description Pass back as `cursor` (events: as `after`) for the next page; null on
@@ -2901,6 +2908,25 @@ export interface components {
             /** @example rc_worker_… */
             token: string;
             worker: components["schemas"]["Worker"];
+        };
+        /**
+         * @description The scope asked for in `POST /v1/tokens`: which workers an enroll token
+         *     may register. At least one of the two limits is given.
+         */
+        ScopeSpec: {
+            /**
+             * @description Labels the worker's `labels` must all carry, with exactly these
+             *     values. Absent, null or `{}`: none required.
+             */
+            labels?: {
+                [key: string]: string;
+            } | null;
+            /**
+             * @description Machine-id patterns (1 to 32); the worker's `machine.id` must match
+             *     one. `*` stands for any run of characters; everything else for
+             *     itself; a pattern matches the whole id. Absent or null: any machine.
+             */
+            machines?: string[] | null;
         };
         /** @description The result of a stale sweep. */
         StaleReport: {
@@ -3025,12 +3051,25 @@ export interface components {
             /** Format: date-time */
             last_used_at?: string | null;
             name: string;
+            scope?: null | components["schemas"]["TokenScope"];
         };
         /**
          * @description What a token may do (see the HTTP contract for the full table).
          * @enum {string}
          */
         TokenKind: "admin" | "enroll" | "read" | "worker";
+        /** @description An enroll token's scope: which workers it may register. */
+        TokenScope: {
+            /** @description Labels the worker must carry with exactly these values; `{}`: none. */
+            labels: {
+                [key: string]: string;
+            };
+            /**
+             * @description Machine-id patterns, one of which the worker's machine id must match
+             *     (`*`: any run of characters); null: any machine.
+             */
+            machines?: string[] | null;
+        };
         /** @description A worker. */
         Worker: {
             /**

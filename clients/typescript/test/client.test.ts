@@ -81,6 +81,7 @@ describe("the client against a real server", () => {
     const tokens = await admin.listTokens({ limit: 1000 });
     assert.ok(tokens.items.some((t) => t.id === enroll.id && t.name === "ts-fleet"));
     assert.ok(tokens.items.every((t) => !("token" in t)), "the secret is never listed");
+    assert.equal(enroll.scope, null);
 
     const rc = new Rollcall({ url: server.url, token: enroll.token });
     const reg = await rc.register({
@@ -162,6 +163,27 @@ describe("the client against a real server", () => {
     await assert.rejects(reader.getWorker(id), (e) => isApiError(e, "not_found"));
     await admin.deleteToken(read.id);
     await assert.rejects(reader.listWorkers(), (e) => isApiError(e, "unauthorized"));
+  });
+
+  it("limits a scoped enroll token to the workers inside its scope", async () => {
+    const scope = { machines: ["gpu-*"], labels: { pool: "gpu" } };
+    const gpus = await admin.createToken({ kind: "enroll", name: "ts-gpus", scope });
+    assert.deepEqual(gpus.scope, scope);
+    const listed = await admin.listTokens({ limit: 1000 });
+    assert.deepEqual(listed.items.find((t) => t.id === gpus.id)?.scope, scope);
+    const scoped = new Rollcall({ url: server.url, token: gpus.token });
+    const inside = await scoped.register({ name: "gpu-w", machine: { id: "gpu-1" }, labels: { pool: "gpu" } });
+    assert.equal(inside.worker.machine_id, "gpu-1");
+    await assert.rejects(
+      scoped.register({ name: "gpu-w", machine: { id: "cpu-1" }, labels: { pool: "gpu" } }),
+      (e) => isApiError(e, "forbidden"),
+    );
+    await assert.rejects(
+      admin.createToken({ kind: "read", name: "ts-bad", scope }),
+      (e) => isApiError(e, "invalid_request"),
+    );
+    await admin.deleteWorker(inside.worker.id);
+    await admin.deleteToken(gpus.id);
   });
 
   it("reports how a process ended, and classifies the offline", async () => {

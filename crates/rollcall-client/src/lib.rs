@@ -122,5 +122,6 @@ pub use worker::{Phase, WorkerHandle, WorkerOptions, WorkerState};
 pub use reqwest::{StatusCode, Url};
 pub use rollcall_core::{
     CrashKind, EventReason, EventType, ExitStatus, ExitStatusError, MachineId, MachineStatus,
-    OfflineClass, OfflineReason, Status, Timestamp, TokenId, TokenKind, WorkerId, WorkerName,
+    OfflineClass, OfflineReason, ScopeError, Status, Timestamp, TokenId, TokenKind, TokenScope,
+    WorkerId, WorkerName,
 };

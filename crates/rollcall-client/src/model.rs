@@ -25,7 +25,7 @@ use std::time::Duration;
 
 use rollcall_core::{
     CrashKind, EventReason, EventType, ExitStatus, MachineId, MachineStatus, OfflineClass,
-    OfflineReason, Status, Timestamp, TokenId, TokenKind, WorkerId, WorkerName,
+    OfflineReason, Status, Timestamp, TokenId, TokenKind, TokenScope, WorkerId, WorkerName,
 };
 use serde::{Deserialize, Serialize};
 
@@ -92,6 +92,9 @@ pub struct Token {
     pub expires_at: Option<Timestamp>,
     /// When it was last presented; `None` = never used.
     pub last_used_at: Option<Timestamp>,
+    /// Enroll tokens: the workers it may register; `None` = any worker.
+    #[serde(default)]
+    pub scope: Option<TokenScope>,
 }
 
 /// The body of `POST /v1/tokens`.
@@ -104,6 +107,10 @@ pub struct NewToken {
     /// Lifetime in milliseconds; `None` = never expires.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub expires_in_ms: Option<u64>,
+    /// Enroll tokens only: the workers it may register (machine-id patterns,
+    /// required labels); `None` = any worker.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub scope: Option<TokenScope>,
 }
 
 impl NewToken {
@@ -113,12 +120,21 @@ impl NewToken {
             kind,
             name: name.into(),
             expires_in_ms: None,
+            scope: None,
         }
     }
 
     /// Sets the lifetime.
     pub fn expires_in(mut self, d: Duration) -> Self {
         self.expires_in_ms = Some(to_ms(d));
+        self
+    }
+
+    /// Limits an enroll token to the workers inside `scope` (build it with
+    /// [`TokenScope::parse_input`]); the server refuses a scope on a read
+    /// token with 400.
+    pub fn scope(mut self, scope: TokenScope) -> Self {
+        self.scope = Some(scope);
         self
     }
 }
@@ -136,6 +152,9 @@ pub struct CreatedToken {
     pub token: TokenSecret,
     /// When it stops working; `None` = never.
     pub expires_at: Option<Timestamp>,
+    /// Enroll tokens: the workers it may register; `None` = any worker.
+    #[serde(default)]
+    pub scope: Option<TokenScope>,
 }
 
 // ----------------------------------------------------------------------------
@@ -873,7 +892,7 @@ mod tests {
     fn tokens() {
         let created: CreatedToken = round_trip(json!({
             "id": "tok_01JDQ3Z6X8A1B2C3D4E5F6G7H8", "kind": "enroll", "name": "fleet-a",
-            "token": "rc_enroll_secret", "expires_at": null
+            "token": "rc_enroll_secret", "expires_at": null, "scope": null
         }));
         assert_eq!(created.kind, TokenKind::Enroll);
         assert!(!format!("{created:?}").contains("secret"));
@@ -881,7 +900,8 @@ mod tests {
         let page: Page<Token> = round_trip(json!({
             "items": [{"id": "tok_01JDQ3Z6X8A1B2C3D4E5F6G7H8", "kind": "read", "name": "dash",
                        "created_at": "2026-11-28T07:18:40.123Z",
-                       "expires_at": "2026-11-29T07:18:40.123Z", "last_used_at": null}],
+                       "expires_at": "2026-11-29T07:18:40.123Z", "last_used_at": null,
+                       "scope": null}],
             "next_cursor": null
         }));
         assert_eq!(page.items[0].kind, TokenKind::Read);
@@ -897,6 +917,31 @@ mod tests {
             serde_json::to_value(NewToken::new(TokenKind::Read, "y")).unwrap(),
             json!({"kind": "read", "name": "y"})
         );
+
+        let scope = TokenScope::parse_input(
+            Some(vec!["gpu-*".into()]),
+            [("pool".to_owned(), "gpu".to_owned())].into(),
+        )
+        .unwrap();
+        assert_eq!(
+            serde_json::to_value(NewToken::new(TokenKind::Enroll, "gpus").scope(scope.clone()))
+                .unwrap(),
+            json!({"kind": "enroll", "name": "gpus",
+                   "scope": {"machines": ["gpu-*"], "labels": {"pool": "gpu"}}})
+        );
+        let scoped: Token = round_trip(json!({
+            "id": "tok_01JDQ3Z6X8A1B2C3D4E5F6G7H8", "kind": "enroll", "name": "gpus",
+            "created_at": "2026-11-28T07:18:40.123Z", "expires_at": null,
+            "last_used_at": null,
+            "scope": {"machines": ["gpu-*"], "labels": {"pool": "gpu"}}
+        }));
+        assert_eq!(scoped.scope, Some(scope));
+        let unscoped: Token = round_trip(json!({
+            "id": "tok_01JDQ3Z6X8A1B2C3D4E5F6G7H8", "kind": "read", "name": "dash",
+            "created_at": "2026-11-28T07:18:40.123Z", "expires_at": null,
+            "last_used_at": null, "scope": null
+        }));
+        assert_eq!(unscoped.scope, None);
     }
 
     #[test]

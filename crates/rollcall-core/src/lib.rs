@@ -16,12 +16,15 @@
 //! - [`policy`]: the liveness policy — interval resolution and deadline
 //!   arithmetic, including the restart grace.
 //! - [`token`]: token kinds, prefixes, hashing and constant-time comparison.
+//! - [`scope`]: the scope of an enroll token (machine-id patterns, required
+//!   labels) and its matching rules.
 
 pub mod fsm;
 pub mod health;
 pub mod id;
 pub mod model;
 pub mod policy;
+pub mod scope;
 pub mod time;
 pub mod token;
 
@@ -32,5 +35,6 @@ pub use model::{
     Labels, MachineStatus, OfflineClass, OfflineReason, Status,
 };
 pub use policy::{Intervals, IntervalsError, LivenessPolicy};
+pub use scope::{ScopeError, TokenScope};
 pub use time::Timestamp;
 pub use token::{TokenHash, TokenKind};

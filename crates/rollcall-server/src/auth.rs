@@ -10,9 +10,12 @@
 //! constant time; the secret itself is never stored, logged or echoed.
 
 use std::collections::HashMap;
+use std::sync::Arc;
 
 use parking_lot::{Mutex, RwLock};
-use rollcall_core::{Timestamp, TokenHash, TokenId, TokenKind, WorkerId};
+use rollcall_core::{
+    Labels, MachineId, Timestamp, TokenHash, TokenId, TokenKind, TokenScope, WorkerId, WorkerName,
+};
 use rollcall_store::TokenRecord;
 
 use crate::engine::{Engine, TokenOwner};
@@ -21,7 +24,8 @@ use crate::engine::{Engine, TokenOwner};
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Principal {
     Admin,
-    Enroll,
+    /// An enroll token, with its scope if it has one.
+    Enroll(Option<Arc<TokenScope>>),
     Read,
     Worker(WorkerId),
 }
@@ -31,7 +35,7 @@ impl Principal {
     pub fn kind(&self) -> TokenKind {
         match self {
             Principal::Admin => TokenKind::Admin,
-            Principal::Enroll => TokenKind::Enroll,
+            Principal::Enroll(_) => TokenKind::Enroll,
             Principal::Read => TokenKind::Read,
             Principal::Worker(_) => TokenKind::Worker,
         }
@@ -54,6 +58,18 @@ struct Cached {
     id: TokenId,
     kind: TokenKind,
     expires_at: Option<Timestamp>,
+    scope: Option<Arc<TokenScope>>,
+}
+
+impl From<&TokenRecord> for Cached {
+    fn from(r: &TokenRecord) -> Self {
+        Cached {
+            id: r.id.clone(),
+            kind: r.kind,
+            expires_at: r.expires_at,
+            scope: r.scope.clone().map(Arc::new),
+        }
+    }
 }
 
 /// The cache of admin, enroll and read tokens.
@@ -81,32 +97,14 @@ impl Tokens {
 
     /// Adds a token (after it was stored).
     pub fn insert(&self, r: &TokenRecord) {
-        self.by_hash.write().insert(
-            r.hash,
-            Cached {
-                id: r.id.clone(),
-                kind: r.kind,
-                expires_at: r.expires_at,
-            },
-        );
+        self.by_hash.write().insert(r.hash, Cached::from(r));
     }
 
     /// Replaces every stored token by `records` (a replica that did not
     /// make the change reloads them from the store).
     pub fn replace_stored(&self, records: Vec<TokenRecord>) {
-        let fresh: HashMap<TokenHash, Cached> = records
-            .into_iter()
-            .map(|r| {
-                (
-                    r.hash,
-                    Cached {
-                        id: r.id,
-                        kind: r.kind,
-                        expires_at: r.expires_at,
-                    },
-                )
-            })
-            .collect();
+        let fresh: HashMap<TokenHash, Cached> =
+            records.iter().map(|r| (r.hash, Cached::from(r))).collect();
         *self.by_hash.write() = fresh;
     }
 
@@ -168,7 +166,7 @@ impl Tokens {
                         self.uses.lock().insert(c.id, now);
                         Ok(match c.kind {
                             TokenKind::Admin => Principal::Admin,
-                            TokenKind::Enroll => Principal::Enroll,
+                            TokenKind::Enroll => Principal::Enroll(c.scope),
                             TokenKind::Read => Principal::Read,
                             TokenKind::Worker => return Err(AuthError::Invalid),
                         })
@@ -199,6 +197,41 @@ impl Tokens {
             .values()
             .any(|c| c.kind == TokenKind::Admin)
     }
+}
+
+/// Why a registration by an enroll token with `scope` is refused (403), or
+/// `None` when the worker is inside the scope: its machine id matches one
+/// of the scope's patterns, and both the labels it is registered with and,
+/// when the name is already registered on that machine, the labels it has
+/// now carry every label the scope requires. (The second keeps a scoped
+/// token from taking over a worker outside its scope by registering its
+/// name with new labels.)
+pub fn outside_scope(
+    scope: &TokenScope,
+    machine: &MachineId,
+    name: &WorkerName,
+    labels: &Labels,
+    existing: Option<&Labels>,
+) -> Option<String> {
+    if !scope.admits_machine(machine) {
+        return Some(format!(
+            "machine.id {machine} is outside this enroll token's scope (machines {})",
+            scope.machines().unwrap_or_default().join(", ")
+        ));
+    }
+    if let Some((k, v)) = scope.missing_label(labels) {
+        return Some(format!(
+            "labels must include {k}={v}: this enroll token's scope requires it"
+        ));
+    }
+    if let Some((k, v)) = existing.and_then(|l| scope.missing_label(l)) {
+        return Some(format!(
+            "worker {name} on {machine} is registered without the label {k}={v} this enroll \
+             token's scope requires; only a token whose scope it is in, or an admin token, may \
+             register it again"
+        ));
+    }
+    None
 }
 
 /// Failed authentication, throttled per client address: a token bucket of
@@ -312,6 +345,67 @@ mod tests {
     }
 
     #[test]
+    fn an_enroll_token_carries_its_scope() {
+        let engine = Engine::new();
+        let now = Timestamp::from_millis(10_000);
+        let secret = TokenKind::Enroll.secret([2; 32]);
+        let scope =
+            TokenScope::parse_input(Some(vec!["gpu-*".into()]), Default::default()).unwrap();
+        let rec = TokenRecord {
+            id: TokenId::generate(now, [2; 10]),
+            kind: TokenKind::Enroll,
+            name: "gpus".into(),
+            hash: TokenHash::of(&secret),
+            created_at: now,
+            expires_at: None,
+            last_used_at: None,
+            scope: Some(scope.clone()),
+        };
+        let tokens = Tokens::new(vec![rec.clone()], None);
+        let scoped = Principal::Enroll(Some(Arc::new(scope)));
+        assert_eq!(
+            tokens.authenticate_token(&engine, &secret, now),
+            Ok(scoped.clone())
+        );
+        // A replica reloading the tokens from the store keeps the scope.
+        tokens.replace_stored(vec![rec.clone()]);
+        assert_eq!(tokens.authenticate_token(&engine, &secret, now), Ok(scoped));
+        let unscoped = TokenRecord { scope: None, ..rec };
+        tokens.replace_stored(vec![unscoped]);
+        assert_eq!(
+            tokens.authenticate_token(&engine, &secret, now),
+            Ok(Principal::Enroll(None))
+        );
+    }
+
+    #[test]
+    fn outside_scope_names_what_is_outside() {
+        let scope = TokenScope::parse_input(
+            Some(vec!["gpu-*".into()]),
+            [("pool".to_owned(), "gpu".to_owned())].into(),
+        )
+        .unwrap();
+        let m = |s: &str| MachineId::parse(s).unwrap();
+        let name = WorkerName::parse("w").unwrap();
+        let gpu = Labels::parse([("pool".to_owned(), "gpu".to_owned())].into()).unwrap();
+        let none = Labels::default();
+        assert_eq!(outside_scope(&scope, &m("gpu-1"), &name, &gpu, None), None);
+        assert_eq!(
+            outside_scope(&scope, &m("gpu-1"), &name, &gpu, Some(&gpu)),
+            None
+        );
+        let why = outside_scope(&scope, &m("cpu-1"), &name, &gpu, None).unwrap();
+        assert!(why.starts_with("machine.id cpu-1 is outside"), "{why}");
+        let why = outside_scope(&scope, &m("gpu-1"), &name, &none, None).unwrap();
+        assert!(why.starts_with("labels must include pool=gpu"), "{why}");
+        let why = outside_scope(&scope, &m("gpu-1"), &name, &gpu, Some(&none)).unwrap();
+        assert!(
+            why.starts_with("worker w on gpu-1 is registered without"),
+            "{why}"
+        );
+    }
+
+    #[test]
     fn kinds_expiry_and_configured_admin() {
         let engine = Engine::new();
         let now = Timestamp::from_millis(10_000);
@@ -324,6 +418,7 @@ mod tests {
             created_at: now,
             expires_at: Some(Timestamp::from_millis(20_000)),
             last_used_at: None,
+            scope: None,
         };
         let tokens = Tokens::new(vec![rec.clone()], Some("my-admin-secret"));
         assert_eq!(

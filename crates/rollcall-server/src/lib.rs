@@ -542,6 +542,7 @@ async fn admin_token(
         created_at: now,
         expires_at: None,
         last_used_at: None,
+        scope: None,
     };
     let path = config.data_dir.join("admin.token");
     write_secret(&path, &secret)

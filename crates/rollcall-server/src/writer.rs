@@ -17,7 +17,7 @@ use std::time::{Duration, Instant};
 use rollcall_core::fsm::{self, Command, FsmError, Transition};
 use rollcall_core::{
     ExitStatus, Intervals, Labels, MachineId, OfflineReason, Status, Timestamp, TokenHash,
-    TokenKind, WorkerId, WorkerName,
+    TokenKind, TokenScope, WorkerId, WorkerName,
 };
 use rollcall_store::{
     EventFilter, EventRecord, Expect, MachineUpsert, NewEvent, Store, WorkerRecord, WorkerWrite,
@@ -46,6 +46,9 @@ pub struct Registration {
     pub machine_labels: Option<Labels>,
     pub labels: Labels,
     pub intervals: Intervals,
+    /// The scope of the enroll token that asked, if it has one: the worker
+    /// must be inside it, as it is when the registration commits.
+    pub scope: Option<Arc<TokenScope>>,
 }
 
 /// A change to make.
@@ -150,6 +153,9 @@ pub enum WriteError {
     NotFound,
     #[error("{0}")]
     Conflict(String),
+    /// Outside the scope of the token that asked.
+    #[error("{0}")]
+    Forbidden(String),
     #[error("the store is unavailable: {0}")]
     Unavailable(String),
 }
@@ -745,6 +751,20 @@ impl WriterTask {
                 let current = existing
                     .as_ref()
                     .and_then(|id| self.slot(work, id).state.clone());
+                if let Some(scope) = &reg.scope {
+                    if let Some(why) = crate::auth::outside_scope(
+                        scope,
+                        &reg.machine_id,
+                        &reg.name,
+                        &reg.labels,
+                        current.as_ref().map(|(r, _)| &r.labels),
+                    ) {
+                        return Planned {
+                            worker: existing,
+                            result: Err(WriteError::Forbidden(why)),
+                        };
+                    }
+                }
                 let t = match fsm::transition(
                     current.as_ref().map(|(r, _)| r.state()),
                     Command::Register,

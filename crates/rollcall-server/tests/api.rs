@@ -216,7 +216,11 @@ async fn tokens_are_created_listed_without_secrets_and_deleted() {
         .create_token("enroll", "fleet enrolment", Some(86_400_000))
         .await;
     let after = now_ms();
-    assert_keys(&enroll, &["id", "kind", "name", "token", "expires_at"]);
+    assert_keys(
+        &enroll,
+        &["id", "kind", "name", "token", "expires_at", "scope"],
+    );
+    assert!(enroll["scope"].is_null());
     assert!(enroll["id"].as_str().unwrap().starts_with("tok_"));
     assert_eq!(enroll["kind"], "enroll");
     assert_eq!(enroll["name"], "fleet enrolment");
@@ -253,8 +257,10 @@ async fn tokens_are_created_listed_without_secrets_and_deleted() {
                 "created_at",
                 "expires_at",
                 "last_used_at",
+                "scope",
             ],
         );
+        assert!(t["scope"].is_null());
         ts(&t["created_at"]);
         opt_ts(&t["expires_at"]);
         opt_ts(&t["last_used_at"]);
@@ -1694,6 +1700,14 @@ async fn invariant_8_bad_input_is_400_and_changes_nothing() {
         json!({"kind": "read", "name": "x", "expires_in_ms": "10"}),
         json!({"kind": "read", "name": "x", "expires_in_ms": 1e30}),
         json!({"kind": "read", "name": "x", "expires_in_ms": 3_153_600_000_001u64}),
+        json!({"kind": "read", "name": "x", "scope": {"machines": ["gpu-*"]}}),
+        json!({"kind": "enroll", "name": "x", "scope": {}}),
+        json!({"kind": "enroll", "name": "x", "scope": {"machines": []}}),
+        json!({"kind": "enroll", "name": "x", "scope": {"machines": ["gpu?"]}}),
+        json!({"kind": "enroll", "name": "x", "scope": {"machines": "gpu-*"}}),
+        json!({"kind": "enroll", "name": "x", "scope": {"labels": {"pool": 1}}}),
+        json!({"kind": "enroll", "name": "x", "scope": {"labels": {"pool": "a\u{1b}"}}}),
+        json!({"kind": "enroll", "name": "x", "scope": ["gpu-*"]}),
     ] {
         cases.push(tok(j(body)));
     }
@@ -3531,6 +3545,336 @@ async fn re_register_own_token_keeps_a_live_worker_from_being_taken_over() {
         .expect(200);
     let (status, body) = take_over(fleet_b.clone(), None).await;
     assert_eq!(status, 200, "{body}");
+}
+
+// ---------------------------------------------------------------------------
+// Scoped enroll tokens
+// ---------------------------------------------------------------------------
+
+/// Creates an enroll token with `scope`; returns its secret.
+async fn scoped_token(app: &TestApp, scope: Value) -> String {
+    let body = json!({"kind": "enroll", "name": "scoped", "scope": scope});
+    let r = app.post("/v1/tokens", &app.admin, body).await;
+    r.expect(201)["token"].as_str().unwrap().to_owned()
+}
+
+/// Asserts a 403 `forbidden` whose message contains `says`, and that the
+/// refused registration changed nothing.
+async fn assert_refused(app: &TestApp, token: &str, body: Value, says: &str) {
+    let before = app.snapshot().await;
+    let r = app.post("/v1/workers", token, body.clone()).await;
+    assert_error_in(&body.to_string(), &r, 403, "forbidden");
+    let message = r.body["error"]["message"].as_str().unwrap();
+    assert!(message.contains(says), "{body}: {message}");
+    assert!(
+        app.snapshot().await == before,
+        "{body}: a refused registration changed the state"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn scoped_enroll_tokens_register_only_workers_inside_their_scope() {
+    let app = spawn_app().await;
+    let body = json!({"kind": "enroll", "name": "gpu fleet", "scope": {
+        "machines": ["gpu-*", "render"], "labels": {"pool": "gpu"}}});
+    let created = app
+        .post("/v1/tokens", &app.admin, body)
+        .await
+        .expect(201)
+        .clone();
+    let scope = json!({"machines": ["gpu-*", "render"], "labels": {"pool": "gpu"}});
+    assert_eq!(created["scope"], scope);
+    let gpus = created["token"].as_str().unwrap().to_owned();
+    let listed = app.tokens().await;
+    let t = listed.iter().find(|t| t["id"] == created["id"]).unwrap();
+    assert_eq!(t["scope"], scope);
+
+    // Inside the scope: a machine id matching a pattern, the required label
+    // with its value (other labels are fine).
+    let w = app
+        .register_as(
+            &gpus,
+            json!({"name": "w1", "machine": {"id": "gpu-1", "labels": {"rack": "7"}},
+                   "labels": {"pool": "gpu", "team": "ml"}}),
+        )
+        .await;
+    assert_eq!(w.status, 201);
+    assert_eq!(app.heartbeat_raw(&w.id, &w.token).await.status, 200);
+    let r = app
+        .register_as(
+            &gpus,
+            json!({"name": "w2", "machine": {"id": "render"}, "labels": {"pool": "gpu"}}),
+        )
+        .await;
+    assert_eq!(r.status, 201);
+    // Registering its own worker again (a restart) is inside the scope too.
+    let again = app
+        .register_as(
+            &gpus,
+            json!({"name": "w1", "machine": {"id": "gpu-1"}, "labels": {"pool": "gpu"}}),
+        )
+        .await;
+    assert_eq!((again.status, again.id.as_str()), (200, w.id.as_str()));
+    assert_eq!(app.workers().await.len(), 2);
+
+    // Outside: 403 forbidden, no worker, no machine, no event.
+    for (body, says) in [
+        (
+            json!({"name": "w3", "machine": {"id": "cpu-1"}, "labels": {"pool": "gpu"}}),
+            "machine.id cpu-1",
+        ),
+        // Patterns match the whole id, case-sensitively.
+        (
+            json!({"name": "w3", "machine": {"id": "xgpu-1"}, "labels": {"pool": "gpu"}}),
+            "machine.id xgpu-1",
+        ),
+        (
+            json!({"name": "w3", "machine": {"id": "GPU-1"}, "labels": {"pool": "gpu"}}),
+            "machine.id GPU-1",
+        ),
+        (
+            json!({"name": "w3", "machine": {"id": "render-2"}, "labels": {"pool": "gpu"}}),
+            "machine.id render-2",
+        ),
+        (
+            json!({"name": "w3", "machine": {"id": "gpu-2"}}),
+            "labels must include pool=gpu",
+        ),
+        (
+            json!({"name": "w3", "machine": {"id": "gpu-2"}, "labels": {"pool": "cpu"}}),
+            "labels must include pool=gpu",
+        ),
+        // The worker's labels count, not the machine's.
+        (
+            json!({"name": "w3", "machine": {"id": "gpu-2", "labels": {"pool": "gpu"}}}),
+            "labels must include pool=gpu",
+        ),
+    ] {
+        assert_refused(&app, &gpus, body, says).await;
+    }
+    assert_eq!(app.workers().await.len(), 2);
+    let r = app.get("/v1/machines/cpu-1", &app.admin).await;
+    assert_error(&r, 404, "not_found");
+
+    // Content is checked before the scope: a bad body is 400 whatever it names.
+    let bad = json!({"name": "w 3", "machine": {"id": "cpu-1"}});
+    let r = app.post("/v1/workers", &gpus, bad).await;
+    assert_error(&r, 400, "invalid_request");
+
+    // Unscoped enroll tokens and admin tokens register anywhere.
+    let any = app.token("enroll").await;
+    let body = json!({"name": "w4", "machine": {"id": "cpu-1"}});
+    assert_eq!(app.register_as(&any, body).await.status, 201);
+    assert_eq!(app.register("w5", "cpu-2").await.status, 201);
+
+    // A scope with only machines, or only labels.
+    let machines_only = scoped_token(&app, json!({"machines": ["rack*-a*"]})).await;
+    let body = json!({"name": "w6", "machine": {"id": "rack12-a7"}});
+    assert_eq!(app.register_as(&machines_only, body).await.status, 201);
+    let body = json!({"name": "w6", "machine": {"id": "rack12-b7"}});
+    assert_refused(&app, &machines_only, body, "machine.id rack12-b7").await;
+    let labels_only = scoped_token(&app, json!({"machines": null, "labels": {"team": "ml"}})).await;
+    let body = json!({"name": "w7", "machine": {"id": "anywhere"}, "labels": {"team": "ml"}});
+    assert_eq!(app.register_as(&labels_only, body).await.status, 201);
+    let body = json!({"name": "w8", "machine": {"id": "anywhere"}, "labels": {"team": "ops"}});
+    assert_refused(&app, &labels_only, body, "labels must include team=ml").await;
+    assert_eq!(app.workers().await.len(), 6);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_scoped_enroll_token_cannot_take_over_workers_outside_its_scope() {
+    let app = spawn_app().await;
+    let gpus = scoped_token(
+        &app,
+        json!({"machines": ["gpu-*"], "labels": {"pool": "gpu"}}),
+    )
+    .await;
+    // Workers registered by others: one on a machine outside the scope, one
+    // on a machine inside it but without the required label.
+    let outside = app
+        .register_body(json!({"name": "render-1",
+            "machine": {"id": "host-a", "hostname": "a.example", "labels": {"rack": "1"}}}))
+        .await;
+    let unlabelled = app
+        .register_body(
+            json!({"name": "render-2", "machine": {"id": "gpu-9", "hostname": "g.example"}}),
+        )
+        .await;
+    let count = app.workers().await.len();
+
+    // Its name, on a machine outside the scope: refused, nothing changed.
+    assert_refused(
+        &app,
+        &gpus,
+        json!({"name": "render-1", "machine": {"id": "host-a", "hostname": "evil"},
+               "labels": {"pool": "gpu"}}),
+        "machine.id host-a",
+    )
+    .await;
+    // A machine inside the scope, but the worker registered there does not
+    // carry the scope's label: giving it the label now does not make it ours.
+    assert_refused(
+        &app,
+        &gpus,
+        json!({"name": "render-2", "machine": {"id": "gpu-9", "hostname": "evil"},
+               "labels": {"pool": "gpu"}}),
+        "worker render-2 on gpu-9 is registered without the label pool=gpu",
+    )
+    .await;
+    assert_eq!(app.workers().await.len(), count);
+    for w in [&outside, &unlabelled] {
+        assert_eq!(app.worker(&w.id).await["session"], 1);
+        assert_eq!(app.heartbeat_raw(&w.id, &w.token).await.status, 200);
+    }
+    assert_eq!(app.machine("host-a").await["hostname"], "a.example");
+    assert_eq!(app.machine("gpu-9").await["hostname"], "g.example");
+
+    // Offline, it is still not the scoped token's to take.
+    app.offline(&unlabelled, "shutdown").await;
+    assert_refused(
+        &app,
+        &gpus,
+        json!({"name": "render-2", "machine": {"id": "gpu-9"}, "labels": {"pool": "gpu"}}),
+        "registered without the label pool=gpu",
+    )
+    .await;
+    // An admin token may, and once it carries the label, so may the scoped one.
+    let relabelled = app
+        .register_body(json!({"name": "render-2", "machine": {"id": "gpu-9"},
+                              "labels": {"pool": "gpu"}}))
+        .await;
+    let taken = app
+        .register_as(
+            &gpus,
+            json!({"name": "render-2", "machine": {"id": "gpu-9"}, "labels": {"pool": "gpu"}}),
+        )
+        .await;
+    assert_eq!(
+        (taken.status, taken.id.as_str()),
+        (200, relabelled.id.as_str())
+    );
+    assert_eq!(
+        app.heartbeat_raw(&relabelled.id, &relabelled.token)
+            .await
+            .status,
+        401
+    );
+}
+
+#[tokio::test]
+async fn scope_refusals_come_before_re_register_conflicts() {
+    let app = spawn_app_with(|c| c.re_register = Some("own_token".into())).await;
+    let gpus = scoped_token(&app, json!({"machines": ["gpu-*"]})).await;
+    let any = app.token("enroll").await;
+    app.register_as(&any, json!({"name": "w", "machine": {"id": "host-a"}}))
+        .await;
+    let mine = app
+        .register_as(&gpus, json!({"name": "w", "machine": {"id": "gpu-1"}}))
+        .await;
+    // A live worker outside the scope: 403, not the 409 of re_register.
+    assert_refused(
+        &app,
+        &gpus,
+        json!({"name": "w", "machine": {"id": "host-a"}}),
+        "machine.id host-a",
+    )
+    .await;
+    // Its own live worker, without the worker's token: the 409 as usual.
+    let r = app
+        .post(
+            "/v1/workers",
+            &gpus,
+            json!({"name": "w", "machine": {"id": "gpu-1"}}),
+        )
+        .await;
+    assert_error(&r, 409, "conflict");
+    assert_eq!(app.heartbeat_raw(&mine.id, &mine.token).await.status, 200);
+}
+
+#[tokio::test]
+async fn bad_scopes_are_400_naming_the_field() {
+    let app = spawn_app().await;
+    let scope = |kind: &str, scope: Value| json!({"kind": kind, "name": "x", "scope": scope});
+    for (body, says) in [
+        (
+            scope("read", json!({"machines": ["gpu-*"]})),
+            "scope: only enroll tokens",
+        ),
+        (
+            scope("enroll", json!({})),
+            "scope must limit machines or labels",
+        ),
+        (
+            scope("enroll", json!({"machines": null, "labels": {}})),
+            "scope must limit machines or labels",
+        ),
+        (
+            scope("enroll", json!({"machines": []})),
+            "scope.machines must list 1 to 32",
+        ),
+        (
+            scope("enroll", json!({"machines": vec!["m"; 33]})),
+            "scope.machines must list 1 to 32",
+        ),
+        (
+            scope("enroll", json!({"machines": ["gpu-*", "gpu?"]})),
+            "scope.machines[1]",
+        ),
+        (
+            scope("enroll", json!({"machines": [""]})),
+            "scope.machines[0]",
+        ),
+        (
+            scope("enroll", json!({"machines": ["a".repeat(129)]})),
+            "scope.machines[0]",
+        ),
+        (
+            scope("enroll", json!({"machines": ["gpu 1"]})),
+            "scope.machines[0]",
+        ),
+        (
+            scope("enroll", json!({"labels": {"": "x"}})),
+            "scope.labels",
+        ),
+        (
+            scope("enroll", json!({"labels": {"k": "v".repeat(257)}})),
+            "scope.labels",
+        ),
+        (
+            scope("enroll", json!({"labels": {"k": "a\u{202e}b"}})),
+            "scope.labels",
+        ),
+    ] {
+        let before = app.snapshot().await;
+        let r = app.post("/v1/tokens", &app.admin, body.clone()).await;
+        assert_error_in(&body.to_string(), &r, 400, "invalid_request");
+        let message = r.body["error"]["message"].as_str().unwrap();
+        assert!(message.contains(says), "{body}: {message}");
+        assert!(app.snapshot().await == before, "{body} created a token");
+    }
+    // A null scope is no scope, for any kind.
+    for kind in ["enroll", "read"] {
+        let r = app
+            .post("/v1/tokens", &app.admin, scope(kind, Value::Null))
+            .await;
+        assert!(r.expect(201)["scope"].is_null());
+    }
+    // The largest scope there is: 32 patterns of 128 characters, 32 labels.
+    let machines: Vec<String> = (0..32).map(|i| format!("{i:0>127}*")).collect();
+    let labels: serde_json::Map<String, Value> = (0..32)
+        .map(|i| (format!("k{i}"), json!("v".repeat(256))))
+        .collect();
+    let r = app
+        .post(
+            "/v1/tokens",
+            &app.admin,
+            scope("enroll", json!({"machines": machines, "labels": labels})),
+        )
+        .await;
+    assert_eq!(
+        r.expect(201)["scope"]["machines"].as_array().unwrap().len(),
+        32
+    );
 }
 
 #[tokio::test]

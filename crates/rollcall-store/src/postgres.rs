@@ -569,7 +569,7 @@ impl Store for PgStore {
 
     async fn insert_token(&self, t: &TokenRecord) -> Result<()> {
         sqlx::query(&format!(
-            "INSERT INTO tokens ({TOKEN_COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, $7)"
+            "INSERT INTO tokens ({TOKEN_COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8)"
         ))
         .bind(t.id.as_str())
         .bind(t.kind.as_str())
@@ -578,6 +578,7 @@ impl Store for PgStore {
         .bind(t.created_at.as_millis())
         .bind(t.expires_at.map(|x| x.as_millis()))
         .bind(t.last_used_at.map(|x| x.as_millis()))
+        .bind(scope_json(t.scope.as_ref()))
         .execute(&self.pool)
         .await?;
         Ok(())

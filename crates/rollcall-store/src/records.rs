@@ -4,7 +4,7 @@ use std::time::Duration;
 
 use rollcall_core::{
     EventReason, EventType, ExitStatus, Labels, MachineId, MachineStatus, OfflineReason, Status,
-    Timestamp, TokenHash, TokenId, TokenKind, WorkerId, WorkerName, WorkerState,
+    Timestamp, TokenHash, TokenId, TokenKind, TokenScope, WorkerId, WorkerName, WorkerState,
 };
 
 /// A worker as stored.
@@ -101,6 +101,8 @@ pub struct TokenRecord {
     pub created_at: Timestamp,
     pub expires_at: Option<Timestamp>,
     pub last_used_at: Option<Timestamp>,
+    /// Enroll tokens only: which workers it may register; `None`: any.
+    pub scope: Option<TokenScope>,
 }
 
 /// What a conditional write expects to find.

@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use rollcall_core::{
     EventReason, EventType, ExitStatus, Labels, MachineId, MachineStatus, OfflineReason, Status,
-    Timestamp, TokenHash, TokenId, TokenKind, WorkerId, WorkerName,
+    Timestamp, TokenHash, TokenId, TokenKind, TokenScope, WorkerId, WorkerName,
 };
 use sqlx::{ColumnIndex, Decode, Row, Type};
 
@@ -23,7 +23,8 @@ pub(crate) const EVENT_COLUMNS: &str =
     "seq, at, type, worker_id, machine_id, reason, session, detection_lag_ms, exit_code, signal";
 
 /// Fields of a token row.
-pub(crate) const TOKEN_COLUMNS: &str = "id, kind, name, hash, created_at, expires_at, last_used_at";
+pub(crate) const TOKEN_COLUMNS: &str =
+    "id, kind, name, hash, created_at, expires_at, last_used_at, scope";
 
 /// A machine with its worker counts; both backends accept this SQL. (The
 /// PostgreSQL schema stores no labels as NULL.) A live worker is one that is
@@ -157,7 +158,16 @@ pub(crate) fn token_from(row: &impl Columns) -> Result<TokenRecord> {
         created_at: Timestamp::from_millis(row.int("created_at")?),
         expires_at: row.opt_int("expires_at")?.map(Timestamp::from_millis),
         last_used_at: row.opt_int("last_used_at")?.map(Timestamp::from_millis),
+        scope: row
+            .opt_text("scope")?
+            .map(|s| serde_json::from_str(&s).map_err(|e| corrupt(format!("token scope: {e}"))))
+            .transpose()?,
     })
+}
+
+/// A token's scope as stored: JSON, or NULL for an unscoped token.
+pub(crate) fn scope_json(scope: Option<&TokenScope>) -> Option<String> {
+    scope.map(|s| serde_json::to_string(s).expect("a scope serialises"))
 }
 
 /// The SQL `LIMIT` that fetches one row more than `limit` (to tell whether

@@ -795,10 +795,9 @@ impl Store for SqliteStore {
     async fn insert_token(&self, t: &TokenRecord) -> Result<()> {
         let mut conn = WriteConn::acquire(&self.writer).await?;
         let result = async {
-            sqlx::query(
-                "INSERT INTO tokens (id, kind, name, hash, created_at, expires_at, last_used_at) \
-                 VALUES (?, ?, ?, ?, ?, ?, ?)",
-            )
+            sqlx::query(&format!(
+                "INSERT INTO tokens ({TOKEN_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?)"
+            ))
             .bind(t.id.as_str())
             .bind(t.kind.as_str())
             .bind(&t.name)
@@ -806,6 +805,7 @@ impl Store for SqliteStore {
             .bind(t.created_at.as_millis())
             .bind(t.expires_at.map(|x| x.as_millis()))
             .bind(t.last_used_at.map(|x| x.as_millis()))
+            .bind(scope_json(t.scope.as_ref()))
             .execute(&mut *conn)
             .await?;
             Ok(())
@@ -819,10 +819,9 @@ impl Store for SqliteStore {
         after: Option<&TokenId>,
         limit: usize,
     ) -> Result<Page<TokenRecord>> {
-        let rows = sqlx::query(
-            "SELECT id, kind, name, hash, created_at, expires_at, last_used_at FROM tokens \
-             WHERE id > ? ORDER BY id LIMIT ?",
-        )
+        let rows = sqlx::query(&format!(
+            "SELECT {TOKEN_COLUMNS} FROM tokens WHERE id > ? ORDER BY id LIMIT ?"
+        ))
         .bind(after.map(|a| a.as_str()).unwrap_or(""))
         .bind(fetch_limit(limit))
         .fetch_all(&self.reader)
@@ -834,11 +833,9 @@ impl Store for SqliteStore {
     async fn all_tokens(&self) -> Result<Vec<TokenRecord>> {
         let mut conn = WriteConn::acquire(&self.writer).await?;
         let result = async {
-            let rows = sqlx::query(
-                "SELECT id, kind, name, hash, created_at, expires_at, last_used_at FROM tokens",
-            )
-            .fetch_all(&mut *conn)
-            .await?;
+            let rows = sqlx::query(&format!("SELECT {TOKEN_COLUMNS} FROM tokens"))
+                .fetch_all(&mut *conn)
+                .await?;
             rows.iter().map(token_from).collect()
         }
         .await;

@@ -24,7 +24,7 @@ use common::*;
 use rollcall_core::health::{Observation, Observations, Span, Window};
 use rollcall_core::{
     Command, CrashKind, EventReason, EventType, ExitStatus, MachineStatus, OfflineClass,
-    OfflineReason, Status, TokenHash, TokenKind,
+    OfflineReason, Status, TokenHash, TokenKind, TokenScope,
 };
 use rollcall_core::{IncidentId, Timestamp};
 use rollcall_store::{
@@ -63,6 +63,7 @@ macro_rules! contract_suite {
             list_machines_pages_and_filters,
             list_events_pages_and_filters,
             tokens_insert_list_all_delete,
+            token_scopes_round_trip,
             touch_tokens_moves_last_used_forward,
             delete_expired_tokens_deletes_at_or_before_now,
             offline_workers_since_lists_long_offline_workers,
@@ -1564,6 +1565,59 @@ async fn tokens_insert_list_all_delete(store: Arc<dyn Store>) {
     assert_eq!(left.items.len(), 24);
     assert!(!left.items.iter().any(|t| t.id == tokens[3].id));
     assert_eq!(s.all_tokens().await.unwrap().len(), 24);
+}
+
+async fn token_scopes_round_trip(store: Arc<dyn Store>) {
+    let s = &*store;
+    let labels = |pairs: &[(&str, &str)]| -> BTreeMap<String, String> {
+        pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
+    };
+    let scopes = [
+        None,
+        Some(
+            TokenScope::parse_input(
+                Some(vec!["gpu-*".into(), "render.example:7".into(), "*".into()]),
+                labels(&[("pool", "gpu"), ("zone", "eu-west \u{2603} \"quoted\"")]),
+            )
+            .unwrap(),
+        ),
+        Some(TokenScope::parse_input(Some(vec!["rack*-a*".into()]), labels(&[])).unwrap()),
+        Some(TokenScope::parse_input(None, labels(&[("team", "")])).unwrap()),
+    ];
+    let mut tokens = Vec::new();
+    for (n, scope) in scopes.iter().enumerate() {
+        let mut t = token(n as u32 + 1, TokenKind::Enroll, None);
+        t.scope = scope.clone();
+        s.insert_token(&t).await.unwrap();
+        tokens.push(t);
+    }
+    let listed = s.list_tokens(None, 100).await.unwrap();
+    assert_eq!(listed.items, tokens);
+    let mut all = s.all_tokens().await.unwrap();
+    all.sort_by(|a, b| a.id.cmp(&b.id));
+    assert_eq!(all, tokens);
+    assert_eq!(
+        all[2].scope.as_ref().unwrap().machines(),
+        Some(&["rack*-a*".to_owned()][..])
+    );
+    assert!(all[3].scope.as_ref().unwrap().machines().is_none());
+
+    // Writing behind a token's use keeps its scope.
+    s.touch_tokens(&[(tokens[1].id.clone(), at(500))])
+        .await
+        .unwrap();
+    let touched = s
+        .all_tokens()
+        .await
+        .unwrap()
+        .into_iter()
+        .find(|t| t.id == tokens[1].id)
+        .unwrap();
+    assert_eq!(touched.last_used_at, Some(at(500)));
+    assert_eq!(touched.scope, tokens[1].scope);
 }
 
 async fn touch_tokens_moves_last_used_forward(store: Arc<dyn Store>) {

@@ -13,7 +13,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use clap::{Args, Subcommand, ValueEnum};
 use rollcall_client::{
     Client, Crashes, Error, ErrorCode, EventQuery, HealthQuery, LastCrash, MachineId, MachineQuery,
-    NewToken, OfflineReason, Timestamp, TokenId, TokenKind, WorkerId, WorkerQuery,
+    NewToken, OfflineReason, Timestamp, TokenId, TokenKind, TokenScope, WorkerId, WorkerQuery,
 };
 use serde::Serialize;
 
@@ -150,9 +150,13 @@ pub enum KindArg {
 #[derive(Debug, Subcommand)]
 pub enum TokensCommand {
     /// Create an enroll or read token; the secret is shown only once.
-    #[command(
-        after_help = "Example:\n  rollcall tokens create --kind enroll --name render-fleet --expires-in 30d"
-    )]
+    #[command(after_help = "Examples:\n  \
+        rollcall tokens create --kind enroll --name render-fleet --expires-in 30d\n  \
+        rollcall tokens create --kind enroll --name gpus --machine 'gpu-*' --label pool=gpu\n\n\
+        With --machine or --label, the enroll token registers only workers inside its scope:\n\
+        the machine id matches one of the --machine patterns ('*' stands for any run of\n\
+        characters, the pattern matches the whole id), and the worker's labels carry every\n\
+        --label KEY=VALUE. Other registrations are refused (403).")]
     Create {
         /// What the token may do.
         #[arg(long)]
@@ -163,6 +167,14 @@ pub enum TokensCommand {
         /// Lifetime (e.g. 12h, 30d); default: never expires.
         #[arg(long, value_parser = humantime::parse_duration)]
         expires_in: Option<Duration>,
+        /// Enroll tokens: register only on machines whose id matches this
+        /// pattern ('*' = any run of characters); repeatable (any one).
+        #[arg(long = "machine", value_name = "PATTERN")]
+        machines: Vec<String>,
+        /// Enroll tokens: register only workers with this label; repeatable
+        /// (all of them).
+        #[arg(long = "label", value_name = "KEY=VALUE")]
+        labels: Vec<String>,
     },
     /// List tokens (never their secrets).
     #[command(after_help = "Example:\n  rollcall tokens ls --json")]
@@ -791,6 +803,8 @@ pub async fn tokens(client: Client, conn: Conn, cmd: TokensCommand) -> Result<()
             kind,
             name,
             expires_in,
+            machines,
+            labels,
         } => {
             let kind = match kind {
                 KindArg::Enroll => TokenKind::Enroll,
@@ -800,15 +814,19 @@ pub async fn tokens(client: Client, conn: Conn, cmd: TokensCommand) -> Result<()
             if let Some(d) = expires_in {
                 new = new.expires_in(d);
             }
+            if let Some(scope) = scope_args(kind, machines, &labels)? {
+                new = new.scope(scope);
+            }
             let t = client.create_token(&new).await?;
             if conn.json {
                 return print_json(&serde_json::json!({
                     "id": t.id, "kind": t.kind, "name": t.name,
                     "token": t.token.expose(), "expires_at": t.expires_at,
+                    "scope": t.scope,
                 }));
             }
             let now = now_ms();
-            kv(&[
+            let mut pairs = vec![
                 ("id", t.id.to_string()),
                 ("kind", t.kind.to_string()),
                 ("name", t.name.clone()),
@@ -816,8 +834,12 @@ pub async fn tokens(client: Client, conn: Conn, cmd: TokensCommand) -> Result<()
                     "expires",
                     t.expires_at.map_or_else(|| "never".into(), |e| ago(now, e)),
                 ),
-                ("token", t.token.expose().to_owned()),
-            ]);
+            ];
+            if let Some(scope) = &t.scope {
+                pairs.push(("scope", scope_text(scope)));
+            }
+            pairs.push(("token", t.token.expose().to_owned()));
+            kv(&pairs);
             eprintln!("(the token is shown only this once)");
         }
         TokensCommand::Ls => {
@@ -839,11 +861,20 @@ pub async fn tokens(client: Client, conn: Conn, cmd: TokensCommand) -> Result<()
                             t.last_used_at
                                 .map_or_else(|| "never".into(), |e| ago(now, e)),
                         ),
+                        Cell::plain(t.scope.as_ref().map_or_else(|| "-".into(), scope_text)),
                     ]
                 })
                 .collect();
             table(
-                &["ID", "KIND", "NAME", "CREATED", "EXPIRES", "LAST USED"],
+                &[
+                    "ID",
+                    "KIND",
+                    "NAME",
+                    "CREATED",
+                    "EXPIRES",
+                    "LAST USED",
+                    "SCOPE",
+                ],
                 rows,
             );
         }
@@ -858,6 +889,47 @@ pub async fn tokens(client: Client, conn: Conn, cmd: TokensCommand) -> Result<()
         }
     }
     Ok(())
+}
+
+/// The scope `--machine` and `--label` ask for, if any.
+fn scope_args(
+    kind: TokenKind,
+    machines: Vec<String>,
+    labels: &[String],
+) -> Result<Option<TokenScope>, Failure> {
+    if machines.is_empty() && labels.is_empty() {
+        return Ok(None);
+    }
+    if kind != TokenKind::Enroll {
+        return Err(usage(
+            "--machine and --label limit enroll tokens only (--kind enroll)".into(),
+        ));
+    }
+    let mut required = std::collections::BTreeMap::new();
+    for l in labels {
+        let (k, v) = l
+            .split_once('=')
+            .ok_or_else(|| usage(format!("--label must be KEY=VALUE, got {l:?}")))?;
+        if required.insert(k.to_owned(), v.to_owned()).is_some() {
+            return Err(usage(format!("--label {k}=… is given twice")));
+        }
+    }
+    let machines = (!machines.is_empty()).then_some(machines);
+    TokenScope::parse_input(machines, required)
+        .map(Some)
+        .map_err(|e| usage(format!("invalid --machine or --label: {e}")))
+}
+
+/// A scope on one line: `machines gpu-*,render-*; labels pool=gpu`.
+fn scope_text(scope: &TokenScope) -> String {
+    let mut parts = Vec::new();
+    if let Some(m) = scope.machines() {
+        parts.push(format!("machines {}", m.join(",")));
+    }
+    if !scope.labels().is_empty() {
+        parts.push(format!("labels {}", labels(scope.labels().as_map())));
+    }
+    parts.join("; ")
 }
 
 /// `rollcall cleanup …`

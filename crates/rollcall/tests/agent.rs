@@ -509,6 +509,76 @@ fn child_starts_while_the_server_is_down() {
     wait_online(&server.url, "early", "host-g");
 }
 
+/// `tokens create --machine --label`: a scoped enroll token, shown by
+/// `tokens ls`; its agent registers inside the scope only.
+#[test]
+fn cli_creates_scoped_enroll_tokens() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(dir.path());
+    let url = server.url.clone();
+    let created = cli_json(
+        &url,
+        &[
+            "tokens",
+            "create",
+            "--kind",
+            "enroll",
+            "--name",
+            "gpus",
+            "--machine",
+            "gpu-*",
+            "--machine",
+            "render",
+            "--label",
+            "pool=gpu",
+        ],
+    );
+    let scope = serde_json::json!({"machines": ["gpu-*", "render"], "labels": {"pool": "gpu"}});
+    assert_eq!(created["scope"], scope, "{created}");
+    let listed = cli_json(&url, &["tokens", "ls"]);
+    let t = listed
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|t| t["id"] == created["id"])
+        .unwrap();
+    assert_eq!(t["scope"], scope);
+    let (code, table, err) = cli(&url, ADMIN, &["tokens", "ls"]);
+    assert_eq!(code, 0, "{err}");
+    assert!(table.lines().next().unwrap().ends_with("SCOPE"), "{table}");
+    assert!(
+        table.contains("machines gpu-*,render; labels pool=gpu"),
+        "{table}"
+    );
+
+    // Usage errors (2), before anything is sent.
+    for args in [
+        &["--kind", "read", "--name", "r", "--machine", "gpu-*"][..],
+        &["--kind", "enroll", "--name", "e", "--machine", "gpu?"],
+        &["--kind", "enroll", "--name", "e", "--label", "pool"],
+        &[
+            "--kind", "enroll", "--name", "e", "--label", "a=1", "--label", "a=2",
+        ],
+    ] {
+        let mut full = vec!["tokens", "create"];
+        full.extend_from_slice(args);
+        let (code, _, err) = cli(&url, ADMIN, &full);
+        assert_eq!(code, 2, "{args:?}: {err}");
+    }
+
+    // An agent with the scoped token registers inside the scope.
+    let gpus = created["token"].as_str().unwrap();
+    let _inside = agent_with(
+        &url,
+        gpus,
+        "w1",
+        "gpu-1",
+        &["--label", "pool=gpu"],
+        &["sleep", "30"],
+    );
+    wait_online(&url, "w1", "gpu-1");
+}
+
 /// The admin CLI: JSON that parses, tokens create/ls, and the exit codes.
 #[test]
 fn cli_json_and_exit_codes() {

@@ -132,6 +132,24 @@ def _offline_body(reason: str, exit_code: Optional[int], signal: Optional[int]) 
     return body
 
 
+def _token_body(
+    kind: str,
+    name: str,
+    expires_in_ms: Optional[int],
+    machines: Optional[Sequence[str]],
+    labels: Optional[Labels],
+) -> Dict[str, Any]:
+    body: Dict[str, Any] = {"kind": kind, "name": name}
+    if expires_in_ms is not None:
+        body["expires_in_ms"] = expires_in_ms
+    if machines is not None or labels is not None:
+        body["scope"] = {
+            "machines": None if machines is None else list(machines),
+            "labels": dict(labels or {}),
+        }
+    return body
+
+
 def _machine_spec(
     machine: Union[str, Mapping[str, Any]],
     hostname: Optional[str],
@@ -334,11 +352,22 @@ class Rollcall(_Base):
 
     # tokens
 
-    def create_token(self, kind: str, name: str, *, expires_in_ms: Optional[int] = None) -> CreatedToken:
-        """``POST /v1/tokens`` (admin): an enroll or read token; the secret is in the answer only."""
-        body: Dict[str, Any] = {"kind": kind, "name": name}
-        if expires_in_ms is not None:
-            body["expires_in_ms"] = expires_in_ms
+    def create_token(
+        self,
+        kind: str,
+        name: str,
+        *,
+        expires_in_ms: Optional[int] = None,
+        machines: Optional[Sequence[str]] = None,
+        labels: Optional[Labels] = None,
+    ) -> CreatedToken:
+        """``POST /v1/tokens`` (admin): an enroll or read token; the secret is in the answer only.
+
+        ``machines`` (machine-id patterns, ``*`` for any run of characters) and
+        ``labels`` (pairs every worker must carry) give an enroll token a scope:
+        it then registers only the workers inside it (403 for others).
+        """
+        body = _token_body(kind, name, expires_in_ms, machines, labels)
         return cast(CreatedToken, self._json(_Call("POST", "/v1/tokens", body=body)))
 
     def list_tokens(self, *, limit: Optional[int] = None, cursor: Optional[str] = None) -> Page[Token]:
@@ -591,10 +620,16 @@ class AsyncRollcall(_Base):
         response = await self._send(call)
         return self._decode(response, str(response.url))
 
-    async def create_token(self, kind: str, name: str, *, expires_in_ms: Optional[int] = None) -> CreatedToken:
-        body: Dict[str, Any] = {"kind": kind, "name": name}
-        if expires_in_ms is not None:
-            body["expires_in_ms"] = expires_in_ms
+    async def create_token(
+        self,
+        kind: str,
+        name: str,
+        *,
+        expires_in_ms: Optional[int] = None,
+        machines: Optional[Sequence[str]] = None,
+        labels: Optional[Labels] = None,
+    ) -> CreatedToken:
+        body = _token_body(kind, name, expires_in_ms, machines, labels)
         return cast(CreatedToken, await self._json(_Call("POST", "/v1/tokens", body=body)))
 
     async def list_tokens(self, *, limit: Optional[int] = None, cursor: Optional[str] = None) -> Page[Token]:

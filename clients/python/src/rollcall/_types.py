@@ -117,6 +117,15 @@ class BatchFailed(TypedDict):
 BatchResult = Union[BatchOk, BatchFailed]
 
 
+class TokenScope(TypedDict):
+    """Which workers an enroll token may register: the worker's machine id
+    matches one of ``machines`` (``*`` stands for any run of characters;
+    ``None``: any machine), and its labels carry every pair of ``labels``."""
+
+    machines: Optional[List[str]]
+    labels: Labels
+
+
 class Token(TypedDict):
     id: str
     kind: TokenKind
@@ -124,6 +133,8 @@ class Token(TypedDict):
     created_at: str
     expires_at: Optional[str]
     last_used_at: Optional[str]
+    #: Enroll tokens: the workers it may register; ``None``: any worker.
+    scope: Optional[TokenScope]
 
 
 class CreatedToken(TypedDict):
@@ -132,6 +143,8 @@ class CreatedToken(TypedDict):
     name: str
     token: str
     expires_at: Optional[str]
+    #: Enroll tokens: the workers it may register; ``None``: any worker.
+    scope: Optional[TokenScope]
 
 
 class Page(TypedDict, Generic[T]):

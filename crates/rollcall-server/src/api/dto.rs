@@ -294,6 +294,41 @@ pub struct CreateTokenRequest {
     #[schema(minimum = 1, maximum = 3_153_600_000_000_u64)]
     #[serde(default, deserialize_with = "whole::u64")]
     pub expires_in_ms: Option<u64>,
+    /// Enroll tokens only: the workers the token may register. Absent or
+    /// null: any worker.
+    pub scope: Option<ScopeSpec>,
+}
+
+/// The scope asked for in `POST /v1/tokens`: which workers an enroll token
+/// may register. At least one of the two limits is given.
+#[derive(Debug, Clone, Deserialize, ToSchema)]
+pub struct ScopeSpec {
+    /// Machine-id patterns (1 to 32); the worker's `machine.id` must match
+    /// one. `*` stands for any run of characters; everything else for
+    /// itself; a pattern matches the whole id. Absent or null: any machine.
+    pub machines: Option<Vec<String>>,
+    /// Labels the worker's `labels` must all carry, with exactly these
+    /// values. Absent, null or `{}`: none required.
+    pub labels: Option<BTreeMap<String, String>>,
+}
+
+/// An enroll token's scope: which workers it may register.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct TokenScope {
+    /// Machine-id patterns, one of which the worker's machine id must match
+    /// (`*`: any run of characters); null: any machine.
+    pub machines: Option<Vec<String>>,
+    /// Labels the worker must carry with exactly these values; `{}`: none.
+    pub labels: BTreeMap<String, String>,
+}
+
+impl From<&rollcall_core::TokenScope> for TokenScope {
+    fn from(s: &rollcall_core::TokenScope) -> Self {
+        TokenScope {
+            machines: s.machines().map(<[String]>::to_vec),
+            labels: s.labels().as_map().clone(),
+        }
+    }
 }
 
 /// A created token, with its secret (shown once).
@@ -305,6 +340,9 @@ pub struct CreatedToken {
     pub token: String,
     #[schema(value_type = Option<String>, format = DateTime)]
     pub expires_at: Option<Timestamp>,
+    /// Enroll tokens: the workers it may register; null: any worker (and
+    /// always null for read tokens).
+    pub scope: Option<TokenScope>,
 }
 
 /// A token as listed: never the secret.
@@ -319,6 +357,9 @@ pub struct TokenInfo {
     pub expires_at: Option<Timestamp>,
     #[schema(value_type = Option<String>, format = DateTime)]
     pub last_used_at: Option<Timestamp>,
+    /// Enroll tokens: the workers it may register; null: any worker (and
+    /// always null for other kinds).
+    pub scope: Option<TokenScope>,
 }
 
 impl From<&TokenRecord> for TokenInfo {
@@ -330,6 +371,7 @@ impl From<&TokenRecord> for TokenInfo {
             created_at: t.created_at,
             expires_at: t.expires_at,
             last_used_at: t.last_used_at,
+            scope: t.scope.as_ref().map(TokenScope::from),
         }
     }
 }

@@ -207,6 +207,7 @@ impl From<WriteError> for ApiError {
         match e {
             WriteError::NotFound => ApiError::not_found("worker not found"),
             WriteError::Conflict(m) => ApiError::Conflict(m),
+            WriteError::Forbidden(m) => ApiError::Forbidden(m),
             WriteError::Unavailable(m) => ApiError::Unavailable(m),
         }
     }

@@ -1,6 +1,6 @@
 //! The OpenAPI document, generated from the handlers' annotations.
 
-use rollcall_core::{ExitStatus, Labels, LivenessPolicy};
+use rollcall_core::{ExitStatus, Labels, LivenessPolicy, TokenScope};
 use serde_json::{json, Value};
 use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa::{Modify, OpenApi};
@@ -259,7 +259,7 @@ fn exact(doc: &mut Value, policy: &LivenessPolicy) {
         machine["properties"]["labels"] = labels.clone();
     }
     if let Some(register) = schemas.get_mut("RegisterRequest") {
-        register["properties"]["labels"] = labels;
+        register["properties"]["labels"] = labels.clone();
         register_intervals(register, policy);
     }
     if let Some(batch) = schemas.get_mut("BatchRequest") {
@@ -270,6 +270,27 @@ fn exact(doc: &mut Value, policy: &LivenessPolicy) {
             "type": "string", "enum": ["enroll", "read"],
             "description": "`enroll` or `read`.",
         });
+        // Only enroll tokens have a scope.
+        token["anyOf"] = json!([
+            {"properties": {"kind": {"const": "enroll"}}},
+            {"properties": {"kind": {"const": "read"}, "scope": {"type": "null"}}},
+        ]);
+    }
+    if let Some(scope) = schemas.get_mut("ScopeSpec") {
+        scope["properties"]["machines"]["minItems"] = json!(1);
+        scope["properties"]["machines"]["maxItems"] = json!(TokenScope::MAX_PATTERNS);
+        scope["properties"]["machines"]["items"] = json!({
+            "type": "string",
+            "pattern": format!(r"^[A-Za-z0-9._:*-]{{1,{}}}$", TokenScope::MAX_PATTERN),
+        });
+        let description = scope["properties"]["labels"]["description"].clone();
+        scope["properties"]["labels"] = labels.clone();
+        scope["properties"]["labels"]["description"] = description;
+        // A scope limits something: a list of patterns, or a label.
+        scope["anyOf"] = json!([
+            {"required": ["machines"], "properties": {"machines": {"type": "array"}}},
+            {"required": ["labels"], "properties": {"labels": {"type": "object", "minProperties": 1}}},
+        ]);
     }
     if let Some(offline) = schemas.get_mut("OfflineRequest") {
         offline_rules(offline);

@@ -6,11 +6,11 @@ use axum::body::Body;
 use axum::extract::State;
 use axum::http::StatusCode;
 use axum::Json;
-use rollcall_core::{TokenHash, TokenId, TokenKind};
+use rollcall_core::{TokenHash, TokenId, TokenKind, TokenScope};
 use rollcall_store::TokenRecord;
 use serde::Deserialize;
 
-use super::dto::{CreateTokenRequest, CreatedToken, Page, TokenInfo};
+use super::dto::{self, CreateTokenRequest, CreatedToken, Page, TokenInfo};
 use super::error::{ApiError, ErrorBody};
 use super::extract::{json_body, Caller, PathId, BODY_LIMIT, Q};
 use super::{next_cursor, parse_limit, AppState};
@@ -18,7 +18,8 @@ use super::{next_cursor, parse_limit, AppState};
 /// The longest a token may be created for (about 100 years).
 const MAX_EXPIRES_IN_MS: u64 = 100 * 365 * 24 * 3600 * 1000;
 
-/// Create an enroll or read token.
+/// Create an enroll or read token; an enroll token may be given a scope
+/// (the workers it may register).
 #[utoipa::path(
     post, path = "/v1/tokens", tag = "tokens",
     request_body = CreateTokenRequest,
@@ -68,6 +69,18 @@ pub async fn create(
         }
         Some(ms) => Some(now.plus(Duration::from_millis(ms))),
     };
+    let scope = match req.scope {
+        None => None,
+        Some(_) if kind != TokenKind::Enroll => {
+            return Err(ApiError::invalid(
+                "scope: only enroll tokens have a scope (leave it out, or null)",
+            ))
+        }
+        Some(spec) => Some(
+            TokenScope::parse_input(spec.machines, spec.labels.unwrap_or_default())
+                .map_err(|e| ApiError::invalid(e.to_string()))?,
+        ),
+    };
     let secret = kind.secret(rand::random());
     let record = TokenRecord {
         id: TokenId::generate(now, rand::random()),
@@ -77,6 +90,7 @@ pub async fn create(
         created_at: now,
         expires_at,
         last_used_at: None,
+        scope,
     };
     s.store.insert_token(&record).await?;
     s.tokens.insert(&record);
@@ -89,6 +103,7 @@ pub async fn create(
             name: record.name,
             token: secret,
             expires_at,
+            scope: record.scope.as_ref().map(dto::TokenScope::from),
         }),
     ))
 }

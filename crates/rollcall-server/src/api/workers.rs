@@ -1,5 +1,6 @@
 //! Worker endpoints: registration, heartbeats, drain, offline, delete, reads.
 
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use axum::body::Body;
@@ -7,8 +8,8 @@ use axum::extract::State;
 use axum::http::StatusCode;
 use axum::Json;
 use rollcall_core::{
-    ExitStatus, Labels, MachineId, OfflineReason, Status, Timestamp, TokenKind, WorkerId,
-    WorkerName,
+    ExitStatus, Labels, MachineId, OfflineReason, Status, Timestamp, TokenKind, TokenScope,
+    WorkerId, WorkerName,
 };
 use rollcall_store::WorkerFilter;
 use serde::Deserialize;
@@ -72,6 +73,31 @@ fn check_re_register(
     )))
 }
 
+/// An enroll token with a scope registers only workers inside it (403
+/// otherwise). Checked here, after the content, so that a refusal comes
+/// before the `re_register` conflict; the writer checks again against the
+/// worker as it is when the registration commits.
+fn check_scope(
+    s: &AppState,
+    caller: &Caller,
+    machine_id: &MachineId,
+    name: &WorkerName,
+    labels: &Labels,
+) -> Result<Option<Arc<TokenScope>>, ApiError> {
+    let crate::auth::Principal::Enroll(Some(scope)) = &caller.0 else {
+        return Ok(None);
+    };
+    let existing = s
+        .engine
+        .by_name(machine_id, name)
+        .and_then(|id| s.engine.get(&id))
+        .map(|w| w.record.labels.clone());
+    match crate::auth::outside_scope(scope, machine_id, name, labels, existing.as_ref()) {
+        Some(why) => Err(ApiError::forbidden(why)),
+        None => Ok(Some(scope.clone())),
+    }
+}
+
 /// Register a worker (or register it again).
 #[utoipa::path(
     post, path = "/v1/workers", tag = "workers",
@@ -79,7 +105,8 @@ fn check_re_register(
     responses(
         (status = 201, description = "Registered a new worker", body = Registered),
         (status = 200, description = "Registered an existing worker again: new session, new token", body = Registered),
-        (status = 400, body = ErrorBody), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody),
+        (status = 400, body = ErrorBody), (status = 401, body = ErrorBody),
+        (status = 403, description = "A token that may not register workers, or an enroll token whose scope the worker is outside of", body = ErrorBody),
         (status = 409, description = "With `re_register = own_token`: the name is a live worker's, and its current token was not presented", body = ErrorBody),
         (status = 413, body = ErrorBody),
     ),
@@ -128,8 +155,9 @@ pub async fn register(
             req.stale_after_ms.map(Duration::from_millis),
         )
         .map_err(|e| ApiError::invalid(e.to_string()))?;
-    // Content is checked before conflicts: a bad request is 400 whoever holds
-    // the name.
+    // Content is checked before the scope and conflicts: a bad request is
+    // 400 whoever holds the name.
+    let scope = check_scope(&s, &caller, &machine_id, &name, &labels)?;
     check_re_register(&s, &caller, &headers, &machine_id, &name)?;
     let reply = s
         .writer
@@ -140,6 +168,7 @@ pub async fn register(
             machine_labels,
             labels,
             intervals,
+            scope,
         }))
         .await?;
     let Reply::Registered {

@@ -379,5 +379,6 @@ pub fn token(n: u32, kind: TokenKind, expires_at: Option<Timestamp>) -> TokenRec
         created_at: at(i64::from(n)),
         expires_at,
         last_used_at: None,
+        scope: None,
     }
 }
