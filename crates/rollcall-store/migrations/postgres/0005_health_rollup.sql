@@ -70,7 +70,7 @@ SELECT at, series, COUNT(*), SUM(at), SUM(obs) FROM (
     UNION ALL
     SELECT start_ms, 'off:' || class || ':' || COALESCE(crash_kind, ''), 0
     FROM health_spans WHERE entity = 'worker' AND class IS NOT NULL
-)
+) AS spans
 GROUP BY at, series;
 
 INSERT INTO health_rollup_hourly (hour, series, n, sum_ms, sum_obs)
