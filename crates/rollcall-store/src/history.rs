@@ -253,16 +253,11 @@ pub(crate) struct FleetSql {
 pub(crate) const HOUR_MS: i64 = 3_600_000;
 pub(crate) const DAY_MS: i64 = 86_400_000;
 
-/// The rollup rows of `[lo, hi)` from `table_ms` (per instant) and
-/// `table_coarse` (per `grain` from its column `unit`): whole units from
-/// the coarse table, the partial ones at each end from the fine one.
-fn range_rows(
-    select_coarse: &str,
-    select_fine: &str,
-    grain: i64,
-    lo: i64,
-    hi: i64,
-) -> String {
+/// The rows of `[lo, hi)`: whole units of `grain` ms from `select_coarse`
+/// (whose condition is completed on `{unit}`), the partial units at each
+/// end from `select_fine` (completed on `{at}`, an instant). The caller
+/// replaces the two placeholders with its column names.
+fn range_rows(select_coarse: &str, select_fine: &str, grain: i64, lo: i64, hi: i64) -> String {
     let first = lo.div_euclid(grain) + i64::from(lo.rem_euclid(grain) != 0);
     let last = hi.div_euclid(grain);
     if first < last {
@@ -612,8 +607,7 @@ pub(crate) fn rollup(plan: &Plan, closed: &[Closed], n: i64) -> Rollup {
             }
         }
         if !had_open.contains(s.id.as_str()) && begun.insert(s.id.as_str()) {
-            r.lives
-                .push((s.id.clone(), s.machine_id.clone(), s.start));
+            r.lives.push((s.id.clone(), s.machine_id.clone(), s.start));
         }
     }
     r

@@ -327,13 +327,16 @@ async fn record_history(
         );
         let rows: Vec<(String, String, bool, i64, i64)> =
             qb.build_query_as().fetch_all(&mut **tx).await?;
-        closed.extend(rows.into_iter().map(|(entity, id, live, end, n_end)| history::Closed {
-            entity,
-            id,
-            live,
-            end,
-            n_end,
-        }));
+        closed.extend(
+            rows.into_iter()
+                .map(|(entity, id, live, end, n_end)| history::Closed {
+                    entity,
+                    id,
+                    live,
+                    end,
+                    n_end,
+                }),
+        );
     }
     for chunk in plan.inserts.chunks(300) {
         let mut qb: QueryBuilder<Sqlite> = QueryBuilder::new(

@@ -23,8 +23,8 @@ use std::time::Duration;
 use common::*;
 use rollcall_core::health::{Observation, Observations, Span, Window};
 use rollcall_core::{
-    Command, Timestamp, CrashKind, EventReason, EventType, ExitStatus, MachineStatus, OfflineClass,
-    OfflineReason, Status, TokenHash, TokenKind,
+    Command, CrashKind, EventReason, EventType, ExitStatus, MachineStatus, OfflineClass,
+    OfflineReason, Status, Timestamp, TokenHash, TokenKind,
 };
 use rollcall_store::{
     CommitResult, EventFilter, EventRecord, FleetQuery, HealthSpan, HeartbeatMark, MachineUpsert,
@@ -2422,7 +2422,10 @@ fn fleet_from_spans(
     let rank = |m: BTreeMap<String, i64>| -> Vec<String> {
         let mut v: Vec<(String, i64)> = m.into_iter().filter(|(_, n)| *n > 0).collect();
         v.sort_by(|a, b| b.1.cmp(&a.1).then(a.0.cmp(&b.0)));
-        v.into_iter().take(q.top as usize).map(|(id, _)| id).collect()
+        v.into_iter()
+            .take(q.top as usize)
+            .map(|(id, _)| id)
+            .collect()
     };
     out.machines_by_crashes = rank(mc).iter().map(|m| mid(m)).collect();
     out.machines_by_downtime = rank(md).iter().map(|m| mid(m)).collect();
@@ -2483,7 +2486,10 @@ async fn fleet_rollup_equals_the_spans(store: Arc<dyn Store>) {
                 }
                 let write = match write {
                     WorkerWrite::Put {
-                        machine, events, expect, ..
+                        machine,
+                        events,
+                        expect,
+                        ..
                     } => WorkerWrite::Put {
                         record: record.clone(),
                         expect,
@@ -2527,7 +2533,11 @@ async fn fleet_rollup_equals_the_spans(store: Arc<dyn Store>) {
         let res = s.commit(writes).await.unwrap();
         assert!(res.applied.iter().all(|a| *a));
     }
-    assert!(gaps >= 5 && ever.len() > 20, "{gaps} gaps, {} workers", ever.len());
+    assert!(
+        gaps >= 5 && ever.len() > 20,
+        "{gaps} gaps, {} workers",
+        ever.len()
+    );
     let end = now;
     s.extend_observation(at(obs_start), at(end)).await.unwrap();
     let obs = Observations::new(s.observations().await.unwrap(), None);
@@ -2588,7 +2598,10 @@ async fn fleet_rollup_equals_the_spans(store: Arc<dyn Store>) {
             } else {
                 fleet_from_spans(&spans, &obs, &q, None, None)
             };
-            assert_eq!(got, want, "window {from}..{to}, top {top}, labels {labelled}");
+            assert_eq!(
+                got, want,
+                "window {from}..{to}, top {top}, labels {labelled}"
+            );
         }
     }
 }
