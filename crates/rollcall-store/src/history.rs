@@ -247,6 +247,12 @@ pub(crate) struct FleetSql {
     pub machines_by_downtime: String,
     pub workers_by_crashes: String,
     pub workers_by_downtime: String,
+    /// The same two rankings' raw material for SQLite, which groups by
+    /// sorting: one text of the ids of the window's crashes
+    /// (`id,id,…`), and one of each down span's observed time
+    /// (`id value,…`), counted and summed in [`rank_text`].
+    pub worker_crash_ids: String,
+    pub worker_down_times: String,
 }
 
 /// One hour and one day, in milliseconds: the grains of the rollup.
@@ -420,7 +426,16 @@ pub(crate) fn fleet_sql(d: Dialect, q: &FleetQuery) -> FleetSql {
             overlapping(entity, filter),
         )
     };
+    let worker_crash_ids = format!(
+        "SELECT COALESCE(group_concat(s.id, ','), '') {offlines_in} AND s.class = 'crash'"
+    );
+    let worker_down_times = format!(
+        "SELECT COALESCE(group_concat(s.id || ' ' || ({observed}), ','), '') {} AND s.live = {fals}",
+        overlapping(WORKER, wf),
+    );
     FleetSql {
+        worker_crash_ids,
+        worker_down_times,
         counts,
         rollup,
         time,
@@ -430,6 +445,37 @@ pub(crate) fn fleet_sql(d: Dialect, q: &FleetQuery) -> FleetSql {
         workers_by_crashes,
         workers_by_downtime: by_downtime(WORKER, wf),
     }
+}
+
+/// The `top` ids with the largest totals (ties by id), only positive
+/// ones, from the text of a `worker_crash_ids` (`valued` false: each id
+/// counts 1) or `worker_down_times` (`valued`: `id value` items) statement:
+/// the same ranking as the `GROUP BY` statements.
+pub(crate) fn rank_text(text: &str, valued: bool, top: u32) -> Result<Vec<String>> {
+    let mut totals: HashMap<&str, i64> = HashMap::new();
+    for item in text.split(',').filter(|i| !i.is_empty()) {
+        let (id, v) = if valued {
+            let (id, v) = item
+                .split_once(' ')
+                .ok_or_else(|| crate::StoreError::Corrupt(format!("ranking item {item:?}")))?;
+            let v: i64 = v
+                .parse()
+                .map_err(|_| crate::StoreError::Corrupt(format!("ranking item {item:?}")))?;
+            (id, v)
+        } else {
+            (item, 1)
+        };
+        *totals.entry(id).or_insert(0) += v;
+    }
+    let mut v: Vec<(&str, i64)> = totals.into_iter().filter(|(_, n)| *n > 0).collect();
+    let top = top as usize;
+    let by = |a: &(&str, i64), b: &(&str, i64)| b.1.cmp(&a.1).then(a.0.cmp(b.0));
+    if v.len() > top {
+        v.select_nth_unstable_by(top, by);
+        v.truncate(top);
+    }
+    v.sort_by(by);
+    Ok(v.into_iter().map(|(id, _)| id.to_owned()).collect())
 }
 
 /// A rollup row of the fleet query: `part` is `p` (the counts before

@@ -1156,16 +1156,15 @@ impl Store for SqliteStore {
                 .fetch_all(&mut *tx)
                 .await?,
         );
-        let wbc = ranked(
-            sqlx::query_as(&sql.workers_by_crashes)
-                .fetch_all(&mut *tx)
-                .await?,
-        );
-        let wbd = ranked(
-            sqlx::query_as(&sql.workers_by_downtime)
-                .fetch_all(&mut *tx)
-                .await?,
-        );
+        // Ranked in Rust: SQLite's GROUP BY sorts every row of the window.
+        let ids: String = sqlx::query_scalar(&sql.worker_crash_ids)
+            .fetch_one(&mut *tx)
+            .await?;
+        let wbc = history::rank_text(&ids, false, query.top)?;
+        let times: String = sqlx::query_scalar(&sql.worker_down_times)
+            .fetch_one(&mut *tx)
+            .await?;
+        let wbd = history::rank_text(&times, true, query.top)?;
         tx.rollback().await?;
         history::summary(counts, totals, [mbc, mbd, wbc, wbd])
     }
