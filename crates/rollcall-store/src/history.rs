@@ -316,9 +316,14 @@ pub(crate) fn fleet_sql(d: Dialect, q: &FleetQuery) -> FleetSql {
         String::new()
     };
     let fals = d.false_();
+    // Worker down spans are read through `health_spans_down`; without
+    // statistics SQLite would take `health_spans_by_id (entity=?)` and
+    // visit every worker span.
+    let down = d.down_index();
     let overlapping = |entity: &str, filter: &str| {
+        let hint = if entity == WORKER { down } else { "" };
         format!(
-            "FROM health_spans s WHERE s.entity = '{entity}' AND s.start_ms < {t} \
+            "FROM health_spans s{hint} WHERE s.entity = '{entity}' AND s.start_ms < {t} \
              AND (s.end_ms IS NULL OR s.end_ms >= {f}){filter}"
         )
     };
@@ -343,11 +348,12 @@ pub(crate) fn fleet_sql(d: Dialect, q: &FleetQuery) -> FleetSql {
         let time = format!(
             "SELECT CAST(COALESCE(SUM({existed}), 0) AS BIGINT), \
              CAST(COALESCE(SUM(CASE WHEN s.live THEN {observed} ELSE 0 END), 0) AS BIGINT), \
-             CAST(COALESCE(SUM(CASE WHEN s.live THEN 0 ELSE {observed} END), 0) AS BIGINT) {}",
-            overlapping(WORKER, wf)
+             CAST(COALESCE(SUM(CASE WHEN s.live THEN 0 ELSE {observed} END), 0) AS BIGINT) \
+             FROM health_spans s WHERE s.entity = '{WORKER}' AND s.start_ms < {t} \
+             AND (s.end_ms IS NULL OR s.end_ms >= {f}){wf}"
         );
         let offlines = format!(
-            "SELECT s.class, s.crash_kind, COUNT(*) FROM health_spans s \
+            "SELECT s.class, s.crash_kind, COUNT(*) FROM health_spans s{down} \
              WHERE s.entity = '{WORKER}' AND s.live = {fals} AND s.class IS NOT NULL \
              AND s.start_ms >= {f} AND s.start_ms < {t}{wf} GROUP BY s.class, s.crash_kind"
         );
@@ -386,7 +392,7 @@ pub(crate) fn fleet_sql(d: Dialect, q: &FleetQuery) -> FleetSql {
         )
     };
     let offlines_in = format!(
-        "FROM health_spans s WHERE s.entity = '{WORKER}' AND s.live = {fals} AND s.class IS NOT NULL \
+        "FROM health_spans s{down} WHERE s.entity = '{WORKER}' AND s.live = {fals} AND s.class IS NOT NULL \
          AND s.start_ms >= {f} AND s.start_ms < {t}{wf}"
     );
     let top = q.top;
@@ -401,7 +407,7 @@ pub(crate) fn fleet_sql(d: Dialect, q: &FleetQuery) -> FleetSql {
         let rows = range_rows(
             "SELECT machine_id, crashes AS n FROM health_rollup_machines WHERE day",
             &format!(
-                "SELECT s.machine_id, 1 AS n FROM health_spans s WHERE s.entity = '{WORKER}' \
+                "SELECT s.machine_id, 1 AS n FROM health_spans s{down} WHERE s.entity = '{WORKER}' \
                  AND s.live = {fals} AND s.class = 'crash' AND s.start_ms"
             ),
             DAY_MS,
@@ -426,9 +432,8 @@ pub(crate) fn fleet_sql(d: Dialect, q: &FleetQuery) -> FleetSql {
             overlapping(entity, filter),
         )
     };
-    let worker_crash_ids = format!(
-        "SELECT COALESCE(group_concat(s.id, ','), '') {offlines_in} AND s.class = 'crash'"
-    );
+    let worker_crash_ids =
+        format!("SELECT COALESCE(group_concat(s.id, ','), '') {offlines_in} AND s.class = 'crash'");
     let worker_down_times = format!(
         "SELECT COALESCE(group_concat(s.id || ' ' || ({observed}), ','), '') {} AND s.live = {fals}",
         overlapping(WORKER, wf),
@@ -660,6 +665,15 @@ pub(crate) fn rollup(plan: &Plan, closed: &[Closed], n: i64) -> Rollup {
 }
 
 impl Dialect {
+    /// The hint that makes a statement read worker down spans through
+    /// `health_spans_down` (PostgreSQL's planner has statistics).
+    fn down_index(self) -> &'static str {
+        match self {
+            Dialect::Sqlite => " INDEXED BY health_spans_down",
+            Dialect::Postgres => "",
+        }
+    }
+
     fn false_(self) -> &'static str {
         match self {
             Dialect::Sqlite => "0",
