@@ -499,10 +499,7 @@ pub(crate) type RollupRow = (String, String, i64, i64, i64);
 /// observed time is the same sum on the observed clock `x − N(x)`, which
 /// each span end carries (`sum_obs`). Every term is a count or a sum of a
 /// series over a range of instants: exactly the old per-span sums.
-pub(crate) fn rollup_totals(
-    q: &FleetQuery,
-    rows: Vec<RollupRow>,
-) -> Result<(i64, i64, i64, Vec<(OfflineClass, Option<CrashKind>, u64)>)> {
+pub(crate) fn rollup_totals(q: &FleetQuery, rows: Vec<RollupRow>) -> Result<Totals> {
     let (f, t) = (
         i128::from(q.window.from.as_millis()),
         i128::from(q.window.to.as_millis()),

@@ -2365,8 +2365,8 @@ fn fleet_from_spans(
     let mut out = rollcall_store::FleetSummary::default();
     let mut ws = BTreeSet::new();
     let mut ms = BTreeSet::new();
-    let mut offlines: BTreeMap<(&str, Option<&str>), (OfflineClass, Option<CrashKind>, u64)> =
-        BTreeMap::new();
+    type Offline = (OfflineClass, Option<CrashKind>, u64);
+    let mut offlines: BTreeMap<(&str, Option<&str>), Offline> = BTreeMap::new();
     let mut mc: BTreeMap<String, i64> = BTreeMap::new();
     let mut wc: BTreeMap<String, i64> = BTreeMap::new();
     let mut md: BTreeMap<String, i64> = BTreeMap::new();
