@@ -293,17 +293,28 @@ async fn record_history(
     let entity: Vec<&str> = plan.closes.iter().map(|c| c.0).collect();
     let id: Vec<&str> = plan.closes.iter().map(|c| c.1.as_str()).collect();
     let at: Vec<i64> = plan.closes.iter().map(|c| c.2).collect();
-    sqlx::query(
+    let rows: Vec<(String, String, bool, i64, i64)> = sqlx::query_as(
         "UPDATE health_spans s SET end_ms = GREATEST(s.start_ms, v.at), n_end = $4 \
          FROM UNNEST($1::text[], $2::text[], $3::bigint[]) AS v (entity, id, at) \
-         WHERE s.entity = v.entity AND s.id = v.id AND s.end_ms IS NULL",
+         WHERE s.entity = v.entity AND s.id = v.id AND s.end_ms IS NULL \
+         RETURNING s.entity, s.id, s.live, s.end_ms, s.n_end",
     )
     .bind(&entity)
     .bind(&id)
     .bind(&at)
     .bind(n)
-    .execute(&mut **tx)
+    .fetch_all(&mut **tx)
     .await?;
+    let closed: Vec<history::Closed> = rows
+        .into_iter()
+        .map(|(entity, id, live, end, n_end)| history::Closed {
+            entity,
+            id,
+            live,
+            end,
+            n_end,
+        })
+        .collect();
     let p = &plan.inserts;
     let entity: Vec<&str> = p.iter().map(|s| s.entity).collect();
     let id: Vec<&str> = p.iter().map(|s| s.id.as_str()).collect();
@@ -335,6 +346,81 @@ async fn record_history(
     .bind(n)
     .execute(&mut **tx)
     .await?;
+    write_rollup(tx, &plan, &history::rollup(&plan, &closed, n)).await
+}
+
+/// Adds a batch's rollup to the rollup tables, and begins and ends the
+/// workers' histories in `health_lives`.
+async fn write_rollup(
+    tx: &mut Transaction<'static, Postgres>,
+    plan: &history::Plan,
+    r: &history::Rollup,
+) -> Result<()> {
+    for (table, unit, rows) in [
+        ("health_rollup", "at", r.at.clone()),
+        ("health_rollup_hourly", "hour", r.hourly()),
+    ] {
+        if rows.is_empty() {
+            continue;
+        }
+        let key: Vec<i64> = rows.keys().map(|k| k.0).collect();
+        let series: Vec<&str> = rows.keys().map(|k| k.1.as_str()).collect();
+        let n: Vec<i64> = rows.values().map(|v| v.0).collect();
+        let ms: Vec<i64> = rows.values().map(|v| v.1).collect();
+        let obs: Vec<i64> = rows.values().map(|v| v.2).collect();
+        sqlx::query(&format!(
+            "INSERT INTO {table} AS r ({unit}, series, n, sum_ms, sum_obs) \
+             SELECT * FROM UNNEST($1::bigint[], $2::text[], $3::bigint[], $4::bigint[], $5::bigint[]) \
+             ON CONFLICT ({unit}, series) DO UPDATE SET n = r.n + excluded.n, \
+             sum_ms = r.sum_ms + excluded.sum_ms, sum_obs = r.sum_obs + excluded.sum_obs"
+        ))
+        .bind(&key)
+        .bind(&series)
+        .bind(&n)
+        .bind(&ms)
+        .bind(&obs)
+        .execute(&mut **tx)
+        .await?;
+    }
+    if !r.machine_days.is_empty() {
+        let day: Vec<i64> = r.machine_days.keys().map(|k| k.0).collect();
+        let machine: Vec<&str> = r.machine_days.keys().map(|k| k.1.as_str()).collect();
+        let n: Vec<i64> = r.machine_days.values().copied().collect();
+        sqlx::query(
+            "INSERT INTO health_rollup_machines AS r (day, machine_id, crashes) \
+             SELECT * FROM UNNEST($1::bigint[], $2::text[], $3::bigint[]) \
+             ON CONFLICT (day, machine_id) DO UPDATE SET crashes = r.crashes + excluded.crashes",
+        )
+        .bind(&day)
+        .bind(&machine)
+        .bind(&n)
+        .execute(&mut **tx)
+        .await?;
+    }
+    if !r.lives.is_empty() {
+        let id: Vec<&str> = r.lives.iter().map(|l| l.0.as_str()).collect();
+        let machine: Vec<&str> = r.lives.iter().map(|l| l.1.as_str()).collect();
+        let start: Vec<i64> = r.lives.iter().map(|l| l.2).collect();
+        sqlx::query(
+            "INSERT INTO health_lives (id, machine_id, start_ms) \
+             SELECT * FROM UNNEST($1::text[], $2::text[], $3::bigint[]) \
+             ON CONFLICT (id) DO NOTHING",
+        )
+        .bind(&id)
+        .bind(&machine)
+        .bind(&start)
+        .execute(&mut **tx)
+        .await?;
+    }
+    if !plan.gone.is_empty() {
+        sqlx::query(
+            "UPDATE health_lives l SET end_ms = (SELECT MAX(s.end_ms) FROM health_spans s \
+             WHERE s.entity = 'worker' AND s.id = l.id) WHERE l.id = ANY($1::text[])",
+        )
+        .bind(&plan.gone)
+        .execute(&mut **tx)
+        .await?;
+    }
     Ok(())
 }
 
@@ -777,10 +863,21 @@ impl Store for PgStore {
         sqlx::query("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ READ ONLY")
             .execute(&mut *tx)
             .await?;
-        let (workers, machines, existed, live, down): (i64, i64, i64, i64, i64) =
-            sqlx::query_as(&sql.time).fetch_one(&mut *tx).await?;
-        let offlines: Vec<(String, Option<String>, i64)> =
-            sqlx::query_as(&sql.offlines).fetch_all(&mut *tx).await?;
+        let counts: (i64, i64) = sqlx::query_as(&sql.counts).fetch_one(&mut *tx).await?;
+        let totals = match (&sql.rollup, &sql.time, &sql.offlines) {
+            (Some(rollup), _, _) => {
+                let rows: Vec<history::RollupRow> =
+                    sqlx::query_as(rollup).fetch_all(&mut *tx).await?;
+                history::rollup_totals(query, rows)?
+            }
+            (None, Some(time), Some(offlines)) => {
+                let time: (i64, i64, i64) = sqlx::query_as(time).fetch_one(&mut *tx).await?;
+                let offlines: Vec<(String, Option<String>, i64)> =
+                    sqlx::query_as(offlines).fetch_all(&mut *tx).await?;
+                history::span_totals(time, offlines)?
+            }
+            _ => unreachable!("fleet_sql gives the rollup or the span sums"),
+        };
         let ranked =
             |rows: Vec<(String, i64)>| rows.into_iter().map(|(id, _)| id).collect::<Vec<_>>();
         let mbc = ranked(
@@ -804,11 +901,7 @@ impl Store for PgStore {
                 .await?,
         );
         tx.rollback().await?;
-        history::summary(
-            (workers, machines, existed, live, down),
-            offlines,
-            [mbc, mbd, wbc, wbd],
-        )
+        history::summary(counts, totals, [mbc, mbd, wbc, wbd])
     }
 
     async fn prune_health(&self, before: Timestamp) -> Result<u64> {
@@ -818,6 +911,22 @@ impl Store for PgStore {
             .execute(&mut *tx)
             .await?
             .rows_affected();
+        // Histories that ended by then, and the rollup rows no window within
+        // the retention reads (the hourly rows stay: they give the counts
+        // before every later instant).
+        let before_ms = before.as_millis();
+        sqlx::query("DELETE FROM health_lives WHERE end_ms IS NOT NULL AND end_ms <= $1")
+            .bind(before_ms)
+            .execute(&mut *tx)
+            .await?;
+        sqlx::query("DELETE FROM health_rollup WHERE at < $1")
+            .bind(before_ms.div_euclid(history::HOUR_MS) * history::HOUR_MS)
+            .execute(&mut *tx)
+            .await?;
+        sqlx::query("DELETE FROM health_rollup_machines WHERE day < $1")
+            .bind(before_ms.div_euclid(history::DAY_MS))
+            .execute(&mut *tx)
+            .await?;
         sqlx::query(
             "DELETE FROM health_observations WHERE end_ms <= $1 AND start_ms < \
              (SELECT MAX(start_ms) FROM health_observations WHERE end_ms <= $1)",

@@ -313,6 +313,7 @@ async fn record_history(
     )
     .fetch_one(&mut **tx)
     .await?;
+    let mut closed: Vec<history::Closed> = Vec::with_capacity(plan.closes.len());
     for chunk in plan.closes.chunks(300) {
         let mut qb: QueryBuilder<Sqlite> = QueryBuilder::new("WITH v (entity, id, at) AS (");
         qb.push_values(chunk, |mut b, (entity, id, at)| {
@@ -322,9 +323,22 @@ async fn record_history(
         qb.push_bind(n);
         qb.push(
             " FROM v WHERE health_spans.entity = v.entity AND health_spans.id = v.id \
-             AND health_spans.end_ms IS NULL",
+             AND health_spans.end_ms IS NULL \
+             RETURNING health_spans.entity, health_spans.id, health_spans.live, \
+             health_spans.end_ms, health_spans.n_end",
         );
-        qb.build().execute(&mut **tx).await?;
+        let rows: Vec<(String, String, bool, i64, i64)> =
+            qb.build_query_as().fetch_all(&mut **tx).await?;
+        closed.extend(
+            rows.into_iter()
+                .map(|(entity, id, live, end, n_end)| history::Closed {
+                    entity,
+                    id,
+                    live,
+                    end,
+                    n_end,
+                }),
+        );
     }
     for chunk in plan.inserts.chunks(300) {
         let mut qb: QueryBuilder<Sqlite> = QueryBuilder::new(
@@ -344,6 +358,87 @@ async fn record_history(
                 .push_bind(n)
                 .push_bind(s.end.map(|_| n));
         });
+        qb.build().execute(&mut **tx).await?;
+    }
+    write_rollup(tx, &plan, &history::rollup(&plan, &closed, n)).await
+}
+
+/// Adds a batch's rollup to the rollup tables, and begins and ends the
+/// workers' histories in `health_lives`.
+async fn write_rollup(
+    tx: &mut Transaction<'_, Sqlite>,
+    plan: &history::Plan,
+    r: &history::Rollup,
+) -> Result<()> {
+    let rows: Vec<_> = r.at.iter().collect();
+    for chunk in rows.chunks(500) {
+        let mut qb: QueryBuilder<Sqlite> =
+            QueryBuilder::new("INSERT INTO health_rollup (at, series, n, sum_ms, sum_obs) ");
+        qb.push_values(chunk, |mut b, ((at, series), (n, ms, obs))| {
+            b.push_bind(*at)
+                .push_bind(series.clone())
+                .push_bind(*n)
+                .push_bind(*ms)
+                .push_bind(*obs);
+        });
+        qb.push(
+            " ON CONFLICT (at, series) DO UPDATE SET n = n + excluded.n, \
+             sum_ms = sum_ms + excluded.sum_ms, sum_obs = sum_obs + excluded.sum_obs",
+        );
+        qb.build().execute(&mut **tx).await?;
+    }
+    let hourly = r.hourly();
+    let rows: Vec<_> = hourly.iter().collect();
+    for chunk in rows.chunks(500) {
+        let mut qb: QueryBuilder<Sqlite> = QueryBuilder::new(
+            "INSERT INTO health_rollup_hourly (hour, series, n, sum_ms, sum_obs) ",
+        );
+        qb.push_values(chunk, |mut b, ((hour, series), (n, ms, obs))| {
+            b.push_bind(*hour)
+                .push_bind(series.clone())
+                .push_bind(*n)
+                .push_bind(*ms)
+                .push_bind(*obs);
+        });
+        qb.push(
+            " ON CONFLICT (hour, series) DO UPDATE SET n = n + excluded.n, \
+             sum_ms = sum_ms + excluded.sum_ms, sum_obs = sum_obs + excluded.sum_obs",
+        );
+        qb.build().execute(&mut **tx).await?;
+    }
+    let rows: Vec<_> = r.machine_days.iter().collect();
+    for chunk in rows.chunks(500) {
+        let mut qb: QueryBuilder<Sqlite> =
+            QueryBuilder::new("INSERT INTO health_rollup_machines (day, machine_id, crashes) ");
+        qb.push_values(chunk, |mut b, ((day, machine), n)| {
+            b.push_bind(*day).push_bind(machine.clone()).push_bind(**n);
+        });
+        qb.push(
+            " ON CONFLICT (day, machine_id) DO UPDATE SET crashes = crashes + excluded.crashes",
+        );
+        qb.build().execute(&mut **tx).await?;
+    }
+    for chunk in r.lives.chunks(500) {
+        let mut qb: QueryBuilder<Sqlite> =
+            QueryBuilder::new("INSERT INTO health_lives (id, machine_id, start_ms) ");
+        qb.push_values(chunk, |mut b, (id, machine, start)| {
+            b.push_bind(id.clone())
+                .push_bind(machine.clone())
+                .push_bind(*start);
+        });
+        qb.push(" ON CONFLICT (id) DO NOTHING");
+        qb.build().execute(&mut **tx).await?;
+    }
+    for chunk in plan.gone.chunks(500) {
+        let mut qb: QueryBuilder<Sqlite> = QueryBuilder::new(
+            "UPDATE health_lives SET end_ms = (SELECT MAX(s.end_ms) FROM health_spans s \
+             WHERE s.entity = 'worker' AND s.id = health_lives.id) WHERE id IN (",
+        );
+        let mut sep = qb.separated(", ");
+        for id in chunk {
+            sep.push_bind(id.clone());
+        }
+        qb.push(")");
         qb.build().execute(&mut **tx).await?;
     }
     Ok(())
@@ -1033,10 +1128,21 @@ impl Store for SqliteStore {
         let mut conn = self.reader.acquire().await?;
         // One read transaction: every statement sees the same history.
         let mut tx = conn.begin().await?;
-        let (workers, machines, existed, live, down): (i64, i64, i64, i64, i64) =
-            sqlx::query_as(&sql.time).fetch_one(&mut *tx).await?;
-        let offlines: Vec<(String, Option<String>, i64)> =
-            sqlx::query_as(&sql.offlines).fetch_all(&mut *tx).await?;
+        let counts: (i64, i64) = sqlx::query_as(&sql.counts).fetch_one(&mut *tx).await?;
+        let totals = match (&sql.rollup, &sql.time, &sql.offlines) {
+            (Some(rollup), _, _) => {
+                let rows: Vec<history::RollupRow> =
+                    sqlx::query_as(rollup).fetch_all(&mut *tx).await?;
+                history::rollup_totals(query, rows)?
+            }
+            (None, Some(time), Some(offlines)) => {
+                let time: (i64, i64, i64) = sqlx::query_as(time).fetch_one(&mut *tx).await?;
+                let offlines: Vec<(String, Option<String>, i64)> =
+                    sqlx::query_as(offlines).fetch_all(&mut *tx).await?;
+                history::span_totals(time, offlines)?
+            }
+            _ => unreachable!("fleet_sql gives the rollup or the span sums"),
+        };
         let ranked =
             |rows: Vec<(String, i64)>| rows.into_iter().map(|(id, _)| id).collect::<Vec<_>>();
         let mbc = ranked(
@@ -1049,34 +1155,45 @@ impl Store for SqliteStore {
                 .fetch_all(&mut *tx)
                 .await?,
         );
-        let wbc = ranked(
-            sqlx::query_as(&sql.workers_by_crashes)
-                .fetch_all(&mut *tx)
-                .await?,
-        );
-        let wbd = ranked(
-            sqlx::query_as(&sql.workers_by_downtime)
-                .fetch_all(&mut *tx)
-                .await?,
-        );
+        // Ranked in Rust: SQLite's GROUP BY sorts every row of the window.
+        let ids: String = sqlx::query_scalar(&sql.worker_crash_ids)
+            .fetch_one(&mut *tx)
+            .await?;
+        let wbc = history::rank_text(&ids, false, query.top)?;
+        let times: String = sqlx::query_scalar(&sql.worker_down_times)
+            .fetch_one(&mut *tx)
+            .await?;
+        let wbd = history::rank_text(&times, true, query.top)?;
         tx.rollback().await?;
-        history::summary(
-            (workers, machines, existed, live, down),
-            offlines,
-            [mbc, mbd, wbc, wbd],
-        )
+        history::summary(counts, totals, [mbc, mbd, wbc, wbd])
     }
 
     async fn prune_health(&self, before: Timestamp) -> Result<u64> {
         let mut conn = WriteConn::acquire(&self.writer).await?;
         let result = async {
             let mut tx = conn.begin().await?;
+            let before_ms = before.as_millis();
             let n =
                 sqlx::query("DELETE FROM health_spans WHERE end_ms IS NOT NULL AND end_ms <= ?")
-                    .bind(before.as_millis())
+                    .bind(before_ms)
                     .execute(&mut *tx)
                     .await?
                     .rows_affected();
+            // Histories that ended by then, and the rollup rows no window
+            // within the retention reads (the hourly rows stay: they give
+            // the counts before every later instant).
+            sqlx::query("DELETE FROM health_lives WHERE end_ms IS NOT NULL AND end_ms <= ?")
+                .bind(before_ms)
+                .execute(&mut *tx)
+                .await?;
+            sqlx::query("DELETE FROM health_rollup WHERE at < ?")
+                .bind(before_ms.div_euclid(history::HOUR_MS) * history::HOUR_MS)
+                .execute(&mut *tx)
+                .await?;
+            sqlx::query("DELETE FROM health_rollup_machines WHERE day < ?")
+                .bind(before_ms.div_euclid(history::DAY_MS))
+                .execute(&mut *tx)
+                .await?;
             // The latest observation that ended by then stays: it gives the
             // no-data time before every later instant.
             sqlx::query(

@@ -75,6 +75,7 @@ macro_rules! contract_suite {
             prune_health_keeps_open_and_recent_spans,
             alert_steps_apply_once_and_keep_acknowledgements,
             outbox_delivers_in_order_per_incident,
+            fleet_rollup_equals_the_spans,
         );
     };
     (@tests $backend:ident = $make:path; $($test:ident),+ $(,)?) => {
@@ -2638,4 +2639,262 @@ async fn outbox_delivers_in_order_per_incident(store: Arc<dyn Store>) {
     };
     assert!(store.commit_alerts(&step).await.unwrap());
     assert_eq!(store.outbox_stats().await.unwrap().pending, 0);
+}
+
+/// The fleet's figures as the spans give them: every span that overlaps
+/// the window, summed one by one (the definition the rollup must keep).
+fn fleet_from_spans(
+    spans: &[HealthSpan],
+    obs: &Observations,
+    q: &FleetQuery,
+    workers: Option<&BTreeSet<rollcall_core::WorkerId>>,
+    machines: Option<&BTreeSet<rollcall_core::MachineId>>,
+) -> rollcall_store::FleetSummary {
+    let (f, t) = (q.window.from, q.window.to);
+    let observed = |a: Timestamp, b: Timestamp| -> i64 {
+        let (a, b) = (a.max(f), b.min(t));
+        b.diff_ms(a) - (obs.no_data_before(b) - obs.no_data_before(a))
+    };
+    let mut out = rollcall_store::FleetSummary::default();
+    let mut ws = BTreeSet::new();
+    let mut ms = BTreeSet::new();
+    type Offline = (OfflineClass, Option<CrashKind>, u64);
+    let mut offlines: BTreeMap<(&str, Option<&str>), Offline> = BTreeMap::new();
+    let mut mc: BTreeMap<String, i64> = BTreeMap::new();
+    let mut wc: BTreeMap<String, i64> = BTreeMap::new();
+    let mut md: BTreeMap<String, i64> = BTreeMap::new();
+    let mut wd: BTreeMap<String, i64> = BTreeMap::new();
+    for sp in spans {
+        let end = sp.span.end.unwrap_or(t);
+        if sp.span.start >= t || sp.span.end.is_some_and(|e| e < f) {
+            continue;
+        }
+        match &sp.worker_id {
+            Some(w) => {
+                if workers.is_some_and(|set| !set.contains(w)) {
+                    continue;
+                }
+                ws.insert(w.clone());
+                ms.insert(sp.machine_id.clone());
+                out.existed_ms += end.min(t).diff_ms(sp.span.start.max(f));
+                let o = observed(sp.span.start, end);
+                if sp.span.live {
+                    out.live_ms += o;
+                } else {
+                    out.down_ms += o;
+                    *wd.entry(w.to_string()).or_default() += o;
+                }
+                if let Some((class, kind)) = sp.span.cause {
+                    if sp.span.start >= f {
+                        offlines
+                            .entry((class.as_str(), kind.map(|k| k.as_str())))
+                            .or_insert((class, kind, 0))
+                            .2 += 1;
+                        if class == OfflineClass::Crash {
+                            *mc.entry(sp.machine_id.to_string()).or_default() += 1;
+                            *wc.entry(w.to_string()).or_default() += 1;
+                        }
+                    }
+                }
+            }
+            None => {
+                if machines.is_some_and(|set| !set.contains(&sp.machine_id)) {
+                    continue;
+                }
+                if !sp.span.live {
+                    *md.entry(sp.machine_id.to_string()).or_default() +=
+                        observed(sp.span.start, end);
+                }
+            }
+        }
+    }
+    out.workers = ws.len() as u64;
+    out.machines = ms.len() as u64;
+    out.no_data_ms = out.existed_ms - out.live_ms - out.down_ms;
+    out.offlines = offlines.into_values().collect();
+    let rank = |m: BTreeMap<String, i64>| -> Vec<String> {
+        let mut v: Vec<(String, i64)> = m.into_iter().filter(|(_, n)| *n > 0).collect();
+        v.sort_by(|a, b| b.1.cmp(&a.1).then(a.0.cmp(&b.0)));
+        v.into_iter()
+            .take(q.top as usize)
+            .map(|(id, _)| id)
+            .collect()
+    };
+    out.machines_by_crashes = rank(mc).iter().map(|m| mid(m)).collect();
+    out.machines_by_downtime = rank(md).iter().map(|m| mid(m)).collect();
+    out.workers_by_crashes = rank(wc)
+        .iter()
+        .map(|w| rollcall_core::WorkerId::parse(w).unwrap())
+        .collect();
+    out.workers_by_downtime = rank(wd)
+        .iter()
+        .map(|w| rollcall_core::WorkerId::parse(w).unwrap())
+        .collect();
+    out
+}
+
+/// A fleet whose workers come and go over five days, with crashes of every
+/// kind, graceful and administrative offlines, batches of several
+/// transitions, server gaps (no data) and labels; the fleet query, answered
+/// from the rollup, must equal the sums over the spans for awkward windows:
+/// partial hours and days, windows inside a gap, ending on an instant with
+/// transitions, beyond the last one (open spans), and with label filters.
+async fn fleet_rollup_equals_the_spans(store: Arc<dyn Store>) {
+    let s = &*store;
+    const H: i64 = 3_600_000;
+    let mut rng: u64 = 0x9E37_79B9_7F4A_7C15;
+    let mut next = move |n: u64| {
+        rng ^= rng << 13;
+        rng ^= rng >> 7;
+        rng ^= rng << 17;
+        rng % n
+    };
+    let mut obs_start = 1_000;
+    s.begin_observation(at(obs_start)).await.unwrap();
+    let mut now = 1_000;
+    let mut live: Vec<WorkerRecord> = Vec::new();
+    let mut ever: Vec<rollcall_core::WorkerId> = Vec::new();
+    let mut n = 0u32;
+    let mut gaps = 0;
+    for round in 0..140 {
+        now += 1 + next(4 * H as u64) as i64;
+        // Now and then the server was away.
+        if round % 23 == 11 {
+            gaps += 1;
+            now += H / 2 + next(H as u64) as i64;
+            obs_start = now;
+            s.begin_observation(at(now)).await.unwrap();
+        }
+        s.extend_observation(at(obs_start), at(now)).await.unwrap();
+        let mut writes = Vec::new();
+        let mut touched = BTreeSet::new();
+        for _ in 0..1 + next(3) {
+            let pick = next(10);
+            if live.is_empty() || pick == 0 {
+                n += 1;
+                let machine = format!("m{}", next(4));
+                let (mut record, write) = register_write(n, &machine, at(now));
+                if next(2) == 0 {
+                    record.labels = labels(&[("queue", if next(2) == 0 { "gpu" } else { "cpu" })]);
+                }
+                let write = match write {
+                    WorkerWrite::Put {
+                        machine,
+                        events,
+                        expect,
+                        ..
+                    } => WorkerWrite::Put {
+                        record: record.clone(),
+                        expect,
+                        machine,
+                        events,
+                    },
+                    other => other,
+                };
+                ever.push(record.id.clone());
+                touched.insert(record.id.clone());
+                live.push(record);
+                writes.push(write);
+                continue;
+            }
+            let i = next(live.len() as u64) as usize;
+            if !touched.insert(live[i].id.clone()) {
+                continue;
+            }
+            let r = live[i].clone();
+            let online = r.status == Status::Online;
+            let (cmd, exit) = match (online, pick) {
+                (_, 1) => (Command::Delete, None),
+                (_, 2) => (Command::Register, None),
+                (true, 3 | 4) => (Command::Offline(OfflineReason::Exited), Some(next(3) as u8)),
+                (true, 5) => (Command::Offline(OfflineReason::Shutdown), None),
+                (true, _) => (Command::Expire { session: r.session }, None),
+                (false, _) => (Command::Heartbeat, None),
+            };
+            let (after, mut write) = write_for(&r, cmd, at(now));
+            if let (Some(code), WorkerWrite::Put { events, .. }) = (exit, &mut write) {
+                events[0].exit = Some(ExitStatus::Code(code));
+            }
+            match after {
+                Some(a) => live[i] = a,
+                None => {
+                    live.remove(i);
+                }
+            }
+            writes.push(write);
+        }
+        let res = s.commit(writes).await.unwrap();
+        assert!(res.applied.iter().all(|a| *a));
+    }
+    assert!(
+        gaps >= 5 && ever.len() > 20,
+        "{gaps} gaps, {} workers",
+        ever.len()
+    );
+    let end = now;
+    s.extend_observation(at(obs_start), at(end)).await.unwrap();
+    let obs = Observations::new(s.observations().await.unwrap(), None);
+    let machines: Vec<_> = (0..4).map(|m| mid(&format!("m{m}"))).collect();
+
+    let day = 24 * H;
+    let mut windows = vec![
+        (0, end + 1),
+        (0, end + 5 * H),
+        (1_000, end),
+        (day, 2 * day),
+        (H, 3 * H + 1),
+        (day - 1, day + 1),
+        (end - 1, end),
+        (end, end + H),
+        (end / 2, end / 2 + 1),
+    ];
+    for _ in 0..25 {
+        let a = next(end as u64 + H as u64) as i64;
+        let b = a + 1 + next((end as u64) / 2) as i64;
+        windows.push((a, b));
+    }
+    let gpu: BTreeSet<_> = live
+        .iter()
+        .filter(|w| w.labels.as_map().get("queue").map(|v| v.as_str()) == Some("gpu"))
+        .map(|w| w.id.clone())
+        .collect();
+    let gpu_machines: BTreeSet<_> = live
+        .iter()
+        .filter(|w| gpu.contains(&w.id))
+        .map(|w| w.machine_id.clone())
+        .collect();
+    for (from, to) in windows {
+        let w = window(from, to);
+        let mut spans = s.health_spans(SpansOf::Workers(&ever), w).await.unwrap();
+        spans.extend(
+            s.health_spans(SpansOf::Machines(&machines), w)
+                .await
+                .unwrap()
+                .into_iter()
+                .filter(|sp| sp.worker_id.is_none()),
+        );
+        for (top, labelled) in [(3, false), (50, false), (50, true)] {
+            let q = FleetQuery {
+                window: w,
+                no_data_before_from: obs.no_data_before(at(from)),
+                no_data_before_to: obs.no_data_before(at(to)),
+                top,
+                labels: if labelled {
+                    vec![("queue".into(), "gpu".into())]
+                } else {
+                    vec![]
+                },
+            };
+            let got = s.fleet_health(&q).await.unwrap();
+            let want = if labelled {
+                fleet_from_spans(&spans, &obs, &q, Some(&gpu), Some(&gpu_machines))
+            } else {
+                fleet_from_spans(&spans, &obs, &q, None, None)
+            };
+            assert_eq!(
+                got, want,
+                "window {from}..{to}, top {top}, labels {labelled}"
+            );
+        }
+    }
 }
