@@ -13,6 +13,9 @@ use rollcall_server::alerts::deliver::{verify, SIGNATURE_HEADER};
 use rollcall_server::RawConfig;
 use serde_json::{json, Value};
 
+/// A `worker_offline` rule on the `hook` channel.
+const DOWN: &str = "[[alert]]\nname = \"down\"\nkind = \"worker_offline\"\nchannels = [\"hook\"]\n";
+
 const SECRET: &str = "k3v9-Qz7u-2Lr8-Wm4x-Ty6p-Hb1n";
 
 /// Adds `[[channel]]` and `[[alert]]` tables (TOML) to a test config.
@@ -26,6 +29,13 @@ fn webhook(url: &str, group_wait: &str) -> String {
     format!(
         "[[channel]]\nname = \"hook\"\nkind = \"webhook\"\nurl = \"{url}\"\nsecret = \"{SECRET}\"\ngroup_wait = \"{group_wait}\"\n"
     )
+}
+
+/// A server whose rules (TOML `[[alert]]` tables) notify the webhook
+/// channel `hook`, which posts to `hook` after `group_wait`.
+async fn app_with(hook: &Receiver, group_wait: &str, rules: &str) -> TestApp {
+    let alerting = format!("{}\n{rules}", webhook(&hook.url, group_wait));
+    spawn_app_with(|raw| with_alerting(raw, &alerting)).await
 }
 
 async fn incidents(app: &TestApp, query: &str) -> Vec<Value> {
@@ -44,16 +54,7 @@ fn now_secs() -> i64 {
 #[tokio::test]
 async fn a_crash_pages_once_signed_and_a_graceful_stop_pages_nobody() {
     let hook = Receiver::start().await;
-    let app = spawn_app_with(|raw| {
-        with_alerting(
-            raw,
-            &format!(
-                "{}\n[[alert]]\nname = \"down\"\nkind = \"worker_offline\"\nchannels = [\"hook\"]\n",
-                webhook(&hook.url, "100ms")
-            ),
-        )
-    })
-    .await;
+    let app = app_with(&hook, "100ms", DOWN).await;
 
     let graceful = app.register("graceful", "m1").await;
     let crashing = app.register("crashing", "m1").await;
@@ -145,16 +146,7 @@ async fn a_crash_pages_once_signed_and_a_graceful_stop_pages_nobody() {
 async fn a_receiver_that_is_down_is_retried_with_the_same_key() {
     let hook = Receiver::start().await;
     hook.fail_next(2);
-    let app = spawn_app_with(|raw| {
-        with_alerting(
-            raw,
-            &format!(
-                "{}\n[[alert]]\nname = \"down\"\nkind = \"worker_offline\"\nchannels = [\"hook\"]\n",
-                webhook(&hook.url, "10ms")
-            ),
-        )
-    })
-    .await;
+    let app = app_with(&hook, "10ms", DOWN).await;
     let w = app.register("w", "m1").await;
     let delivered = wait_for(
         "delivered after two failures",
@@ -191,16 +183,7 @@ async fn a_receiver_that_is_down_is_retried_with_the_same_key() {
 #[tokio::test]
 async fn repeated_crashes_open_one_incident_and_clean_exits_do_not_count() {
     let hook = Receiver::start().await;
-    let app = spawn_app_with(|raw| {
-        with_alerting(
-            raw,
-            &format!(
-                "{}\n[[alert]]\nname = \"flaky\"\nkind = \"worker_crashes\"\ncrashes = 2\nwithin = \"1h\"\nseverity = \"warning\"\nchannels = [\"hook\"]\n",
-                webhook(&hook.url, "10ms")
-            ),
-        )
-    })
-    .await;
+    let app = app_with(&hook, "10ms", "[[alert]]\nname = \"flaky\"\nkind = \"worker_crashes\"\ncrashes = 2\nwithin = \"1h\"\nseverity = \"warning\"\nchannels = [\"hook\"]\n").await;
     let body = json!({"name": "job", "machine": {"id": "m1"}, "stale_after_ms": 60_000});
     let exit = |code: u8| json!({"reason": "exited", "exit_code": code});
     let w = app.register_body(body.clone()).await;
@@ -257,18 +240,9 @@ async fn repeated_crashes_open_one_incident_and_clean_exits_do_not_count() {
 #[tokio::test]
 async fn a_mass_failure_is_one_page_not_one_per_worker() {
     let hook = Receiver::start().await;
-    let app = spawn_app_with(|raw| {
-        with_alerting(
-            raw,
-            &format!(
-                "{}\n[[alert]]\nname = \"down\"\nkind = \"worker_offline\"\nchannels = [\"hook\"]\n\
+    let app = app_with(&hook, "2s", "[[alert]]\nname = \"down\"\nkind = \"worker_offline\"\nchannels = [\"hook\"]\n\
                  [[alert]]\nname = \"machine-down\"\nkind = \"machine_offline\"\nchannels = [\"hook\"]\n\
-                 [[alert]]\nname = \"outage\"\nkind = \"mass_failure\"\npercent = 20\nwindow = \"10s\"\nchannels = [\"hook\"]\n",
-                webhook(&hook.url, "2s")
-            ),
-        )
-    })
-    .await;
+                 [[alert]]\nname = \"outage\"\nkind = \"mass_failure\"\npercent = 20\nwindow = \"10s\"\nchannels = [\"hook\"]\n").await;
     // 40 workers on 4 machines; the 20 on m0 and m1 stop beating at once.
     let mut live = Vec::new();
     let mut dying = Vec::new();
@@ -421,16 +395,7 @@ async fn alert_endpoints_refuse_bad_input_and_change_nothing() {
 async fn measure_deadline_to_delivery() {
     for n in [1usize, 1000] {
         let hook = Receiver::start().await;
-        let app = spawn_app_with(|raw| {
-            with_alerting(
-                raw,
-                &format!(
-                    "{}\n[[alert]]\nname = \"down\"\nkind = \"worker_offline\"\nchannels = [\"hook\"]\n",
-                    webhook(&hook.url, "1ms")
-                ),
-            )
-        })
-        .await;
+        let app = app_with(&hook, "1ms", DOWN).await;
         let mut deadlines = std::collections::HashMap::new();
         for i in 0..n {
             let body = json!({"name": format!("w{i}"), "machine": {"id": format!("m{}", i % 20)}, "stale_after_ms": 2_000});
