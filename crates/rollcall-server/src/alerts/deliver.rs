@@ -247,10 +247,6 @@ impl Deliverer {
         post(&self.http, channel, out).await
     }
 
-    async fn post(&self, channel: &Channel, out: Outbound) -> Result<(), String> {
-        post(&self.http, channel, out).await
-    }
-
     /// Posts every open, uncovered incident routed to an Alertmanager
     /// channel again, so that Alertmanager keeps it firing.
     async fn refresh_alertmanager(&self, now: Timestamp) {
@@ -289,7 +285,7 @@ impl Deliverer {
                 body: serde_json::to_vec(&alerts).expect("JSON"),
                 headers: vec![],
             };
-            if let Err(e) = self.post(c, out).await {
+            if let Err(e) = post(&self.http, c, out).await {
                 debug!(channel = %c.name, error = %e, "alerting: refreshing Alertmanager failed");
             }
         }

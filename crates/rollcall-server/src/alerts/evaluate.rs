@@ -165,13 +165,13 @@ impl Evaluator {
                     for rule in &rules {
                         match rule.kind {
                             RuleKind::WorkerOffline { .. } => {
-                                self.end(rule, worker.as_str(), e.at, now);
+                                self.end(rule, worker.as_str(), now);
                             }
                             RuleKind::WorkerCrashes { .. } if deleted => {
-                                self.end(rule, worker.as_str(), e.at, now);
+                                self.end(rule, worker.as_str(), now);
                             }
                             RuleKind::MassFailure { .. } => {
-                                self.mass_recovered(rule, worker, deleted, e.at, now);
+                                self.mass_recovered(rule, worker, deleted, now);
                             }
                             _ => {}
                         }
@@ -205,7 +205,7 @@ impl Evaluator {
                 EventType::MachineOnline => {
                     for rule in &rules {
                         if let RuleKind::MachineOffline { .. } = rule.kind {
-                            self.end(rule, e.machine_id.as_str(), e.at, now);
+                            self.end(rule, e.machine_id.as_str(), now);
                         }
                     }
                 }
@@ -241,7 +241,7 @@ impl Evaluator {
                         let horizon = ms(now) - within.as_millis() as i64;
                         if last <= horizon {
                             // No crash within the window.
-                            self.end(rule, &key.1, now, now);
+                            self.end(rule, &key.1, now);
                         } else if i.status == IncidentStatus::Pending {
                             let kept: Vec<i64> =
                                 crashes.into_iter().filter(|&t| t > horizon).collect();
@@ -326,7 +326,7 @@ impl Evaluator {
 
     /// The condition of `rule` about `subject` ended: a pending incident is
     /// withdrawn, an open one resolved.
-    fn end(&mut self, rule: &Rule, subject: &str, _at: Timestamp, now: Timestamp) {
+    fn end(&mut self, rule: &Rule, subject: &str, now: Timestamp) {
         let key = (rule.name.clone(), subject.to_owned());
         let Some(i) = self.current.get(&key).cloned() else {
             return;
@@ -555,14 +555,7 @@ impl Evaluator {
 
     /// A worker covered by an open mass failure is live again (or deleted);
     /// at 90 % the mass failure resolves, and every incident it covered.
-    fn mass_recovered(
-        &mut self,
-        rule: &Rule,
-        worker: &WorkerId,
-        deleted: bool,
-        _at: Timestamp,
-        now: Timestamp,
-    ) {
+    fn mass_recovered(&mut self, rule: &Rule, worker: &WorkerId, deleted: bool, now: Timestamp) {
         let key = (rule.name.clone(), rule.name.clone());
         let Some(mut m) = self.current.get(&key).cloned() else {
             return;
@@ -689,27 +682,11 @@ fn mass_summary(i: &mut IncidentRecord) {
     );
 }
 
-/// An incident as the API and the notifications show it.
+/// An incident as the API and the notifications show it: the API's own
+/// wire type ([`crate::api::incidents::Incident`]), so the two never differ.
 pub fn incident_json(i: &IncidentRecord) -> Value {
-    let t = |t: Option<Timestamp>| t.map(|t| t.to_rfc3339());
-    json!({
-        "id": i.id.as_str(),
-        "rule": i.rule,
-        "kind": i.kind,
-        "severity": i.severity,
-        "status": i.status.as_str(),
-        "subject": i.subject,
-        "worker_id": i.worker_id.as_ref().map(|w| w.as_str()),
-        "machine_id": i.machine_id.as_ref().map(|m| m.as_str()),
-        "summary": i.summary,
-        "since": i.since.to_rfc3339(),
-        "opened_at": t(i.opened_at),
-        "resolved_at": t(i.resolved_at),
-        "acked_at": t(i.acked_at),
-        "acked_by": i.acked_by,
-        "inhibited_by": i.inhibited_by.as_ref().map(|x| x.as_str()),
-        "details": i.details,
-    })
+    serde_json::to_value(crate::api::incidents::Incident::from(i))
+        .expect("an incident serialises to JSON")
 }
 
 #[cfg(test)]
