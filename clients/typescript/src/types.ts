@@ -20,7 +20,9 @@ export type EventType =
   | "worker.offline"
   | "worker.deleted"
   | "machine.online"
-  | "machine.offline";
+  | "machine.offline"
+  | "incident.opened"
+  | "incident.resolved";
 export type TokenKind = "admin" | "enroll" | "read" | "worker";
 export type Labels = Record<string, string>;
 
@@ -72,6 +74,8 @@ export interface Event {
   exit_code: number | null;
   /** `exited` offlines whose process a signal ended: the signal (1–64). */
   signal: number | null;
+  /** `incident.*` events: the incident (`machine_id` is `"*"` for one about the whole fleet). */
+  incident_id: string | null;
 }
 
 /** How a supervised process ended: its exit code, or the signal that killed it. */

@@ -747,6 +747,36 @@ impl Client {
             .await
     }
 
+    /// `GET /v1/alert-rules`: the config file's rules, then those made
+    /// through the API.
+    pub async fn list_alert_rules(&self) -> Result<Vec<crate::AlertRule>, Error> {
+        let rules: crate::incidents::AlertRules =
+            self.json(Call::get(&["v1", "alert-rules"])).await?;
+        Ok(rules.items)
+    }
+
+    /// `PUT /v1/alert-rules/{name}` (admin): creates or replaces a rule.
+    pub async fn put_alert_rule(
+        &self,
+        name: &str,
+        spec: &crate::AlertRuleSpec,
+    ) -> Result<crate::AlertRule, Error> {
+        self.json(
+            Call::new(Method::PUT, &["v1", "alert-rules", name])
+                .json(spec)
+                .safe_to_repeat(),
+        )
+        .await
+    }
+
+    /// `DELETE /v1/alert-rules/{name}` (admin); the incidents it had open
+    /// resolve.
+    pub async fn delete_alert_rule(&self, name: &str) -> Result<(), Error> {
+        self.send(Call::delete(&["v1", "alert-rules", name]))
+            .await
+            .map(drop)
+    }
+
     // ------------------------------------------------------------------
     // Events
 

@@ -108,7 +108,7 @@ pub use health::{
     Bucket, Crashes, FleetHealth, HealthQuery, LastCrash, MachineHealth, RankedMachine,
     RankedWorker, WorkerHealth,
 };
-pub use incidents::{Incident, IncidentQuery};
+pub use incidents::{AlertRule, AlertRuleSpec, Incident, IncidentQuery};
 pub use model::{
     BatchHeartbeat, BatchHeartbeatOk, BatchHeartbeatResult, CreatedToken, Event, FullCleanup,
     HeartbeatAck, Labels, Machine, MachineSpec, MachineWithWorkers, NewToken, Page,
@@ -121,7 +121,7 @@ pub use worker::{Phase, WorkerHandle, WorkerOptions, WorkerState};
 
 pub use reqwest::{StatusCode, Url};
 pub use rollcall_core::{
-    CrashKind, EventReason, EventType, ExitStatus, ExitStatusError, MachineId, MachineStatus,
-    OfflineClass, OfflineReason, ScopeError, Status, Timestamp, TokenId, TokenKind, TokenScope,
-    WorkerId, WorkerName,
+    CrashKind, EventReason, EventType, ExitStatus, ExitStatusError, IncidentId, MachineId,
+    MachineStatus, OfflineClass, OfflineReason, ScopeError, Status, Timestamp, TokenId, TokenKind,
+    TokenScope, WorkerId, WorkerName,
 };

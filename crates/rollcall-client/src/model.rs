@@ -24,8 +24,9 @@ use std::collections::BTreeMap;
 use std::time::Duration;
 
 use rollcall_core::{
-    CrashKind, EventReason, EventType, ExitStatus, MachineId, MachineStatus, OfflineClass,
-    OfflineReason, Status, Timestamp, TokenId, TokenKind, TokenScope, WorkerId, WorkerName,
+    CrashKind, EventReason, EventType, ExitStatus, IncidentId, MachineId, MachineStatus,
+    OfflineClass, OfflineReason, Status, Timestamp, TokenId, TokenKind, TokenScope, WorkerId,
+    WorkerName,
 };
 use serde::{Deserialize, Serialize};
 
@@ -473,7 +474,8 @@ pub struct MachineWithWorkers {
 // ----------------------------------------------------------------------------
 // Events
 
-/// One status transition of a worker or a machine.
+/// One entry of the event log: a status transition of a worker or a
+/// machine, or an incident opening or resolving (`incident.*`).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Event {
     /// Strictly increasing position in the event log.
@@ -483,9 +485,11 @@ pub struct Event {
     /// What happened.
     #[serde(rename = "type")]
     pub event_type: EventType,
-    /// The worker, for `worker.*` events.
+    /// The worker, for `worker.*` events and a worker's incidents.
     pub worker_id: Option<WorkerId>,
-    /// The machine concerned.
+    /// The machine concerned; [`MachineId::fleet`] (`*`) for an incident
+    /// about the whole fleet.
+    #[serde(deserialize_with = "MachineId::deserialize_in_event")]
     pub machine_id: MachineId,
     /// Why it happened, where there is a reason.
     pub reason: Option<EventReason>,
@@ -502,6 +506,9 @@ pub struct Event {
     /// (1–64). `None` otherwise.
     #[serde(default)]
     pub signal: Option<u8>,
+    /// For `incident.*` events: the incident ([`crate::Client::get_incident`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub incident_id: Option<IncidentId>,
 }
 
 impl Event {

@@ -182,6 +182,38 @@ chosen_name!(
     MachineId,
     "machine id"
 );
+impl MachineId {
+    /// What an event about the whole fleet (a fleet-wide incident) names
+    /// as its machine. No machine can have this id: `*` is not among the
+    /// characters a machine id may use.
+    pub const FLEET: &'static str = "*";
+
+    /// The fleet, as an event's machine: see [`MachineId::FLEET`].
+    pub fn fleet() -> Self {
+        MachineId(Self::FLEET.into())
+    }
+
+    /// Whether this is [`MachineId::fleet`].
+    pub fn is_fleet(&self) -> bool {
+        &*self.0 == Self::FLEET
+    }
+
+    /// An event's machine: a machine id, or [`MachineId::FLEET`].
+    pub fn parse_in_event(s: &str) -> Result<Self, IdError> {
+        if s == Self::FLEET {
+            Ok(Self::fleet())
+        } else {
+            Self::parse(s)
+        }
+    }
+
+    /// Deserializes an event's machine: see [`MachineId::parse_in_event`].
+    pub fn deserialize_in_event<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = String::deserialize(d)?;
+        Self::parse_in_event(&s).map_err(serde::de::Error::custom)
+    }
+}
+
 chosen_name!(
     /// A worker's name, unique per machine.
     WorkerName,
@@ -192,6 +224,14 @@ chosen_name!(
 mod tests {
     use super::*;
     use proptest::prelude::*;
+
+    #[test]
+    fn the_fleet_is_no_machine_a_caller_can_name() {
+        assert!(MachineId::parse(MachineId::FLEET).is_err());
+        assert!(MachineId::parse_in_event("*").unwrap().is_fleet());
+        assert!(!MachineId::parse_in_event("host-a").unwrap().is_fleet());
+        assert!(MachineId::parse_in_event("a*").is_err());
+    }
 
     #[test]
     fn generated_ids_parse_back() {

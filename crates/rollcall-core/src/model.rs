@@ -105,8 +105,22 @@ string_enum!(
         WorkerDeleted => "worker.deleted",
         MachineOnline => "machine.online",
         MachineOffline => "machine.offline",
+        /// An alert rule's incident opened (its channels are being told).
+        IncidentOpened => "incident.opened",
+        /// An open incident resolved.
+        IncidentResolved => "incident.resolved",
     }
 );
+
+impl EventType {
+    /// `incident.*`: written by the alerter, not by a worker's transition.
+    pub const fn is_incident(self) -> bool {
+        matches!(
+            self,
+            EventType::IncidentOpened | EventType::IncidentResolved
+        )
+    }
+}
 
 string_enum!(
     /// Why a transition happened, as recorded on its event.

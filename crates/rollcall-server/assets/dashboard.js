@@ -940,6 +940,20 @@ class Dashboard {
     const name = ev.worker_id ? this.names.get(ev.worker_id) : null;
     const isWorker = ev.type.startsWith('worker.');
     const what = ev.type.slice(ev.type.indexOf('.') + 1);
+    if (ev.type.startsWith('incident.')) {
+      // An alert rule's incident: about a worker, a machine or the fleet.
+      let subject = `machine ${ev.machine_id}`;
+      if (ev.machine_id === '*') subject = 'the fleet';
+      else if (ev.worker_id) subject = `${name || ev.worker_id} on ${ev.machine_id}`;
+      return {
+        status: 'event',
+        reason: null,
+        label: `incident ${what}`,
+        subject,
+        unnamed: ev.worker_id && !name ? ev.worker_id : null,
+        detail: ev.incident_id || '',
+      };
+    }
     let status = 'event';
     if (what === 'online' || what === 'draining' || what === 'offline') status = what;
     const subject = isWorker

@@ -323,7 +323,10 @@ impl Store for Watched {
         self.inner.alert_cursor().await
     }
 
-    async fn commit_alerts(&self, step: &rollcall_store::AlertCommit) -> Result<bool> {
+    async fn commit_alerts(
+        &self,
+        step: &rollcall_store::AlertCommit,
+    ) -> Result<Option<Vec<EventRecord>>> {
         let r = self.inner.commit_alerts(step).await;
         self.record("commit incidents", r)
     }
@@ -378,5 +381,19 @@ impl Store for Watched {
 
     async fn outbox_stats(&self) -> Result<rollcall_store::OutboxStats> {
         self.inner.outbox_stats().await
+    }
+
+    async fn list_alert_rules(&self) -> Result<Vec<rollcall_store::StoredRule>> {
+        self.inner.list_alert_rules().await
+    }
+
+    async fn put_alert_rule(&self, rule: &rollcall_store::StoredRule) -> Result<bool> {
+        let r = self.inner.put_alert_rule(rule).await;
+        self.record("store an alert rule", r)
+    }
+
+    async fn delete_alert_rule(&self, name: &str) -> Result<bool> {
+        let r = self.inner.delete_alert_rule(name).await;
+        self.record("delete an alert rule", r)
     }
 }

@@ -232,6 +232,8 @@ pub(crate) struct Shared {
     pub(crate) shutdown: CancellationToken,
     /// On a standby replica: whether the active one answers.
     pub(crate) active_reach: Arc<cluster::ActiveReach>,
+    /// Woken when the API changed the alert rules (the alerter reloads).
+    pub(crate) rules_changed: Arc<tokio::sync::Notify>,
 }
 
 impl Shared {
@@ -265,6 +267,7 @@ impl Shared {
             shutdown: self.shutdown.child_token(),
             active_reach: None,
             alerting: Arc::new(self.config.alerting.clone()),
+            rules_changed: self.rules_changed.clone(),
         }
     }
 
@@ -387,11 +390,13 @@ impl Core {
         let outbox = Arc::new(tokio::sync::Notify::new());
         let alerter = alerts::Alerter {
             store: shared.store.clone(),
+            writer: writer.clone(),
             engine: engine.clone(),
             hub: shared.hub.clone(),
             clock: shared.clock.clone(),
             metrics: shared.metrics.clone(),
             alerting: config.alerting.clone(),
+            rules_changed: shared.rules_changed.clone(),
             outbox: outbox.clone(),
         };
         let deliverer = alerts::deliver::Deliverer {
@@ -705,6 +710,7 @@ pub(crate) async fn prepare(
         stream,
         shutdown: CancellationToken::new(),
         active_reach: Arc::default(),
+        rules_changed: Arc::default(),
     };
     Ok((shared, generated))
 }

@@ -94,13 +94,17 @@ pub enum Request {
     /// here, after the batch's own commit, so that its events are published
     /// by the one publisher, in `seq` order.
     ReconcileMachines,
+    /// A step of the alerter (incidents, notifications, its cursor and the
+    /// `incident.*` events). Committed here, after the batch's own commit,
+    /// for the same reason as [`Request::ReconcileMachines`].
+    CommitAlerts(Box<rollcall_store::AlertCommit>),
 }
 
 impl Request {
     /// The existing worker this request changes, if it names one.
     fn worker(&self) -> Option<&WorkerId> {
         match self {
-            Request::Register(_) | Request::ReconcileMachines => None,
+            Request::Register(_) | Request::ReconcileMachines | Request::CommitAlerts(_) => None,
             Request::Resume { id, .. }
             | Request::Drain { id }
             | Request::Offline { id, .. }
@@ -144,6 +148,9 @@ pub enum Reply {
     },
     /// Machines whose stored status was wrong and has been corrected.
     Reconciled(Vec<MachineId>),
+    /// An alerter's step: whether it was applied (`false`: its cursor had
+    /// moved, another replica is alerting).
+    AlertsCommitted(bool),
 }
 
 /// Why a request was not carried out.
@@ -218,6 +225,20 @@ impl Writer {
         self.enqueue(req, Some(tx), false).await?;
         rx.await
             .map_err(|_| WriteError::Unavailable("the server is shutting down".into()))?
+    }
+
+    /// Commits a step of the alerter and publishes its events; `false` if
+    /// its cursor had moved (nothing written).
+    pub async fn commit_alerts(
+        &self,
+        step: rollcall_store::AlertCommit,
+    ) -> Result<bool, WriteError> {
+        match self.submit(Request::CommitAlerts(Box::new(step))).await? {
+            Reply::AlertsCommitted(applied) => Ok(applied),
+            other => Err(WriteError::Unavailable(format!(
+                "the writer answered an alerter's step with {other:?}"
+            ))),
+        }
     }
 
     /// Submits a detector expiry (already claimed in the engine) without
@@ -521,6 +542,16 @@ impl WriterTask {
                 p.result = Ok(Reply::Reloaded {
                     diverged: diverged.contains(id),
                 });
+            }
+            if let Request::CommitAlerts(step) = &job.req {
+                p.result = match self.store.commit_alerts(step).await {
+                    Ok(Some(events)) => {
+                        committed.extend(events);
+                        Ok(Reply::AlertsCommitted(true))
+                    }
+                    Ok(None) => Ok(Reply::AlertsCommitted(false)),
+                    Err(e) => Err(WriteError::Unavailable(e.to_string())),
+                };
             }
             if matches!(job.req, Request::ReconcileMachines) {
                 p.result = match self.store.reconcile_machines(now).await {
@@ -967,6 +998,14 @@ impl WriterTask {
                 worker: None,
                 // Filled in after the commit (see `process`).
                 result: Ok(Reply::Reconciled(Vec::new())),
+            },
+            Request::CommitAlerts(_) => Planned {
+                worker: None,
+                // Committed after the batch's own commit (see `process`),
+                // which must succeed first.
+                result: Err(WriteError::Unavailable(
+                    "the transitions committed before it failed".into(),
+                )),
             },
             Request::Reload { id } => {
                 self.slot(work, id).reload = true;

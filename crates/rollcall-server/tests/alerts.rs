@@ -386,6 +386,179 @@ async fn alert_endpoints_refuse_bad_input_and_change_nothing() {
     assert!(incidents(&app, "").await.is_empty());
 }
 
+#[tokio::test]
+async fn rules_made_through_the_api_page_and_a_deleted_one_resolves() {
+    let hook = Receiver::start().await;
+    let config_rule =
+        "[[alert]]\nname = \"cfg\"\nkind = \"worker_crashes\"\ncrashes = 100\nchannels = [\"hook\"]\n";
+    let mut app = app_with(&hook, "100ms", config_rule).await;
+    let read = app.token("read").await;
+    let rules = |r: Resp| r.expect(200)["items"].as_array().unwrap().clone();
+    let listed = rules(app.get("/v1/alert-rules", &read).await);
+    assert_eq!(listed.len(), 1);
+    assert_eq!(listed[0]["name"], "cfg");
+    assert_eq!(listed[0]["source"], "config");
+
+    // Refused, each with a 400 (409 for the config file's rule, 403 for a
+    // read token), and nothing changes.
+    let put = |name: &str, body: Value| {
+        let app = &app;
+        let path = format!("/v1/alert-rules/{name}");
+        async move {
+            app.send(
+                reqwest::Method::PUT,
+                &path,
+                Some(&app.admin),
+                Some(serde_json::to_vec(&body).unwrap()),
+            )
+            .await
+        }
+    };
+    let bad = [
+        (
+            "down",
+            json!({"kind": "nope", "channels": ["hook"]}),
+            "kind",
+        ),
+        ("down", json!({"kind": "worker_offline"}), "channels"),
+        (
+            "down",
+            json!({"kind": "worker_offline", "channels": ["nope"]}),
+            "channels",
+        ),
+        (
+            "down",
+            json!({"kind": "mass_failure", "percent": 0, "channels": ["hook"]}),
+            "percent",
+        ),
+        (
+            "down",
+            json!({"kind": "worker_offline", "crashes": 2, "channels": ["hook"]}),
+            "crashes",
+        ),
+        (
+            "down",
+            json!({"kind": "worker_crashes", "within_ms": 0, "channels": ["hook"]}),
+            "within_ms",
+        ),
+        (
+            "down",
+            json!({"kind": "worker_offline", "channels": ["hook"], "colour": "red"}),
+            "colour",
+        ),
+        (
+            "bad.name!",
+            json!({"kind": "worker_offline", "channels": ["hook"]}),
+            "name",
+        ),
+    ];
+    for (name, body, names) in bad {
+        let r = put(name, body.clone()).await;
+        assert_eq!(r.status, 400, "{name} {body}: {:?}", r.body);
+        assert_eq!(r.body["error"]["code"], "invalid_request");
+        let message = r.body["error"]["message"].as_str().unwrap();
+        assert!(message.contains(names), "{body}: {message}");
+    }
+    let r = put(
+        "cfg",
+        json!({"kind": "worker_offline", "channels": ["hook"]}),
+    )
+    .await;
+    assert_eq!(r.status, 409, "{:?}", r.body);
+    assert_eq!(
+        app.delete("/v1/alert-rules/cfg", &app.admin).await.status,
+        409
+    );
+    let r = app
+        .send(
+            reqwest::Method::PUT,
+            "/v1/alert-rules/down",
+            Some(&read),
+            Some(br#"{"kind": "worker_offline", "channels": ["hook"]}"#.to_vec()),
+        )
+        .await;
+    assert_eq!(r.status, 403);
+    assert_eq!(rules(app.get("/v1/alert-rules", &read).await).len(), 1);
+    assert_eq!(app.get("/v1/alert-rules/down", &read).await.status, 404);
+
+    // Made, then replaced; it survives a restart.
+    let body = json!({"kind": "worker_offline", "channels": ["hook"], "severity": "warning"});
+    let made = put("down", body.clone()).await;
+    assert_eq!(made.status, 201, "{:?}", made.body);
+    assert_eq!(made.body["source"], "api");
+    assert_eq!(made.body["for_ms"], 0);
+    let made = put("down", body).await;
+    assert_eq!(made.status, 200, "{:?}", made.body);
+    app.stop().await;
+    app.start().await;
+    let got = app
+        .get("/v1/alert-rules/down", &read)
+        .await
+        .expect(200)
+        .clone();
+    assert_eq!(got["severity"], "warning");
+    assert_eq!(got["problem"], Value::Null);
+
+    // It pages like a rule of the config file, and the log has the opening.
+    let crashing = app.register("crashing", "m1").await;
+    let opened = wait_for(
+        "the opening is delivered",
+        Duration::from_secs(20),
+        || async { hook.notifications().first().cloned() },
+    )
+    .await;
+    assert_eq!(opened["incident"]["rule"], "down");
+    assert_eq!(opened["incident"]["worker_id"], crashing.id.as_str());
+    let id = opened["incident"]["id"].as_str().unwrap().to_owned();
+    let events = app
+        .get("/v1/events?type=incident.opened", &read)
+        .await
+        .expect(200)["items"]
+        .clone();
+    assert_eq!(events.as_array().unwrap().len(), 1, "{events}");
+    assert_eq!(events[0]["incident_id"], id.as_str());
+    assert_eq!(events[0]["worker_id"], crashing.id.as_str());
+    assert_eq!(events[0]["machine_id"], "m1");
+    let offline_seq = app
+        .get(
+            &format!("/v1/events?worker_id={}&type=worker.offline", crashing.id),
+            &read,
+        )
+        .await
+        .expect(200)["items"][0]["seq"]
+        .as_i64()
+        .unwrap();
+    assert!(
+        events[0]["seq"].as_i64().unwrap() > offline_seq,
+        "after its cause"
+    );
+
+    // Deleted: its open incident resolves, told to the channel and logged.
+    assert_eq!(
+        app.delete("/v1/alert-rules/down", &app.admin).await.status,
+        204
+    );
+    let resolved = wait_for(
+        "the resolve is delivered",
+        Duration::from_secs(20),
+        || async { hook.notifications().get(1).cloned() },
+    )
+    .await;
+    assert_eq!(resolved["transition"], "resolved");
+    assert_eq!(resolved["incident"]["id"], id.as_str());
+    let logged = app
+        .get("/v1/events?type=incident.resolved", &read)
+        .await
+        .expect(200)["items"]
+        .clone();
+    assert_eq!(logged[0]["incident_id"], id.as_str());
+    assert_eq!(
+        app.delete("/v1/alert-rules/down", &app.admin).await.status,
+        404
+    );
+    assert_eq!(rules(app.get("/v1/alert-rules", &read).await).len(), 1);
+}
+
 /// The time from a worker's deadline to its notification's arrival at a
 /// real receiver, for 1 and for 1,000 workers that stop at once (every
 /// opening is its own incident: no mass-failure rule). A measurement, not a

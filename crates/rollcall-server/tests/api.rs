@@ -53,6 +53,7 @@ const EVENT_KEYS: &[&str] = &[
     "detection_lag_ms",
     "exit_code",
     "signal",
+    "incident_id",
 ];
 const HEARTBEAT_KEYS: &[&str] = &[
     "status",

@@ -13,7 +13,7 @@
 //! its channel (`delivered`), gave up on it (`given_up`), or an incident
 //! that covers it made it unnecessary (`suppressed`).
 
-use rollcall_core::{IncidentId, MachineId, Timestamp, WorkerId};
+use rollcall_core::{EventType, IncidentId, MachineId, Timestamp, WorkerId};
 
 /// Where an incident is in its life.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -129,6 +129,95 @@ pub struct AlertCommit {
     /// Pending incidents whose condition ended before they opened: deleted
     /// (applied first, so a subject can have a new one in the same step).
     pub withdraw: Vec<IncidentId>,
+    /// `incident.opened` / `incident.resolved` events to append to the log,
+    /// in the step's transaction (the store numbers them).
+    pub events: Vec<IncidentEvent>,
+}
+
+/// An incident's opening or resolve, as an event to append.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct IncidentEvent {
+    pub at: Timestamp,
+    /// [`EventType::IncidentOpened`] or [`EventType::IncidentResolved`].
+    pub kind: EventType,
+    pub incident_id: IncidentId,
+    pub worker_id: Option<WorkerId>,
+    /// The incident's machine, or [`MachineId::fleet`] for a fleet-wide one.
+    pub machine_id: MachineId,
+}
+
+impl IncidentEvent {
+    /// The event's record once it has its `seq`.
+    pub fn numbered(&self, seq: i64) -> crate::EventRecord {
+        crate::EventRecord {
+            seq,
+            at: self.at,
+            kind: self.kind,
+            worker_id: self.worker_id.clone(),
+            machine_id: self.machine_id.clone(),
+            reason: None,
+            session: None,
+            detection_lag_ms: None,
+            exit: None,
+            incident_id: Some(self.incident_id.clone()),
+        }
+    }
+}
+
+/// An alert rule made through the API.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StoredRule {
+    pub name: String,
+    /// The rule as the API takes it (JSON); the server checks it.
+    pub spec: String,
+    pub created_at: Timestamp,
+    pub updated_at: Timestamp,
+}
+
+pub(crate) const LIST_RULES: &str =
+    "SELECT name, spec, created_at_ms, updated_at_ms FROM alert_rules ORDER BY name";
+
+pub(crate) const RULE_EXISTS: &str =
+    "SELECT CAST(COUNT(*) AS BIGINT) FROM alert_rules WHERE name = $1";
+
+/// `$1` name, `$2` spec, `$3` created, `$4` updated (a replace keeps the
+/// creation time).
+pub(crate) const PUT_RULE: &str =
+    "INSERT INTO alert_rules (name, spec, created_at_ms, updated_at_ms) \
+     VALUES ($1, $2, $3, $4) ON CONFLICT (name) DO UPDATE SET spec = excluded.spec, \
+     updated_at_ms = excluded.updated_at_ms";
+
+pub(crate) const DELETE_RULE: &str = "DELETE FROM alert_rules WHERE name = $1";
+
+/// The body of [`crate::Store::put_alert_rule`] on an open transaction of
+/// any backend: whether the rule was created.
+macro_rules! put_rule {
+    ($tx:expr, $rule:expr) => {{
+        use $crate::alerts::*;
+        let rule: &StoredRule = $rule;
+        let n: i64 = sqlx::query_scalar(RULE_EXISTS)
+            .bind(&rule.name)
+            .fetch_one(&mut *$tx)
+            .await?;
+        sqlx::query(PUT_RULE)
+            .bind(&rule.name)
+            .bind(&rule.spec)
+            .bind(rule.created_at.as_millis())
+            .bind(rule.updated_at.as_millis())
+            .execute(&mut *$tx)
+            .await?;
+        n == 0
+    }};
+}
+pub(crate) use put_rule;
+
+pub(crate) fn rule_from(r: &impl crate::rows::Columns) -> crate::Result<StoredRule> {
+    Ok(StoredRule {
+        name: r.text("name")?,
+        spec: r.text("spec")?,
+        created_at: Timestamp::from_millis(r.int("created_at_ms")?),
+        updated_at: Timestamp::from_millis(r.int("updated_at_ms")?),
+    })
 }
 
 /// How a delivery attempt ended.

@@ -820,6 +820,7 @@ mod tests {
             session: None,
             detection_lag_ms: None,
             exit: None,
+            incident_id: None,
         }
     }
 

@@ -47,8 +47,8 @@ use rollcall_core::{IncidentId, MachineId, MachineStatus, Timestamp, TokenId, Wo
 use thiserror::Error;
 
 pub use alerts::{
-    AlertCommit, Attempt, IncidentRecord, IncidentStatus, NewNotification, Notification,
-    OutboxStats,
+    AlertCommit, Attempt, IncidentEvent, IncidentRecord, IncidentStatus, NewNotification,
+    Notification, OutboxStats, StoredRule,
 };
 pub use history::{FleetQuery, FleetSummary, HealthSpan};
 pub use records::*;
@@ -178,9 +178,10 @@ pub trait Store: Send + Sync + std::fmt::Debug + 'static {
 
     /// The `seq` of the last event the alerter consumed.
     async fn alert_cursor(&self) -> Result<i64>;
-    /// Applies a step of the alerter in one transaction; `false` (and
+    /// Applies a step of the alerter in one transaction and returns the
+    /// `incident.*` events it appended to the log, numbered; `None` (and
     /// nothing written) if the cursor had moved.
-    async fn commit_alerts(&self, step: &AlertCommit) -> Result<bool>;
+    async fn commit_alerts(&self, step: &AlertCommit) -> Result<Option<Vec<EventRecord>>>;
     /// Pending and open incidents.
     async fn current_incidents(&self) -> Result<Vec<IncidentRecord>>;
     /// Incidents newest first, optionally of one status.
@@ -205,6 +206,13 @@ pub trait Store: Send + Sync + std::fmt::Debug + 'static {
     /// Records how an attempt to deliver notification `id` ended.
     async fn record_attempt(&self, id: i64, at: Timestamp, attempt: &Attempt) -> Result<()>;
     async fn outbox_stats(&self) -> Result<OutboxStats>;
+    /// The alert rules made through the API, by name.
+    async fn list_alert_rules(&self) -> Result<Vec<StoredRule>>;
+    /// Creates or replaces a rule (keeping its creation time); `true` if it
+    /// was created.
+    async fn put_alert_rule(&self, rule: &StoredRule) -> Result<bool>;
+    /// Deletes a rule; `false` if there was none of that name.
+    async fn delete_alert_rule(&self, name: &str) -> Result<bool>;
 }
 
 /// Whose spans [`Store::health_spans`] reads.

@@ -946,13 +946,24 @@ impl Store for PgStore {
         )
     }
 
-    async fn commit_alerts(&self, step: &crate::AlertCommit) -> Result<bool> {
+    async fn commit_alerts(&self, step: &crate::AlertCommit) -> Result<Option<Vec<EventRecord>>> {
         let mut tx = self.begin(true, None).await?;
-        let moved = crate::alerts::apply_step!(tx, step);
-        if moved {
-            tx.commit().await?;
+        if !crate::alerts::apply_step!(tx, step) {
+            return Ok(None);
         }
-        Ok(moved)
+        let mut events = Vec::with_capacity(step.events.len());
+        if !step.events.is_empty() {
+            let first = next_seqs(&mut tx, step.events.len()).await?;
+            events.extend(
+                step.events
+                    .iter()
+                    .enumerate()
+                    .map(|(i, e)| e.numbered(first + i as i64)),
+            );
+            batch::insert_events(&mut tx, &events).await?;
+        }
+        tx.commit().await?;
+        Ok(Some(events))
     }
 
     async fn current_incidents(&self) -> Result<Vec<crate::IncidentRecord>> {
@@ -1038,5 +1049,28 @@ impl Store for PgStore {
             pending: u64::try_from(row.int("pending")?).unwrap_or(0),
             oldest: row.opt_int("oldest")?.map(Timestamp::from_millis),
         })
+    }
+
+    async fn list_alert_rules(&self) -> Result<Vec<crate::StoredRule>> {
+        let rows = sqlx::query(crate::alerts::LIST_RULES)
+            .fetch_all(&self.pool)
+            .await?;
+        rows.iter().map(crate::alerts::rule_from).collect()
+    }
+
+    async fn put_alert_rule(&self, rule: &crate::StoredRule) -> Result<bool> {
+        let mut tx = self.pool.begin().await?;
+        let created = crate::alerts::put_rule!(tx, rule);
+        tx.commit().await?;
+        Ok(created)
+    }
+
+    async fn delete_alert_rule(&self, name: &str) -> Result<bool> {
+        let n = sqlx::query(crate::alerts::DELETE_RULE)
+            .bind(name)
+            .execute(&self.pool)
+            .await?
+            .rows_affected();
+        Ok(n == 1)
     }
 }

@@ -3,8 +3,9 @@
 use std::time::Duration;
 
 use rollcall_core::{
-    EventReason, EventType, ExitStatus, Labels, MachineId, MachineStatus, OfflineReason, Status,
-    Timestamp, TokenHash, TokenId, TokenKind, TokenScope, WorkerId, WorkerName, WorkerState,
+    EventReason, EventType, ExitStatus, IncidentId, Labels, MachineId, MachineStatus,
+    OfflineReason, Status, Timestamp, TokenHash, TokenId, TokenKind, TokenScope, WorkerId,
+    WorkerName, WorkerState,
 };
 
 /// A worker as stored.
@@ -76,6 +77,8 @@ pub struct EventRecord {
     pub detection_lag_ms: Option<i64>,
     /// For `exited` offlines: how the supervised process ended, if reported.
     pub exit: Option<ExitStatus>,
+    /// For `incident.*` events: the incident.
+    pub incident_id: Option<IncidentId>,
 }
 
 /// An event to append; the store assigns `seq`, and the worker and machine

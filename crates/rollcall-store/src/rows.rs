@@ -6,8 +6,9 @@ use std::str::FromStr;
 use std::time::Duration;
 
 use rollcall_core::{
-    EventReason, EventType, ExitStatus, Labels, MachineId, MachineStatus, OfflineReason, Status,
-    Timestamp, TokenHash, TokenId, TokenKind, TokenScope, WorkerId, WorkerName,
+    EventReason, EventType, ExitStatus, IncidentId, Labels, MachineId, MachineStatus,
+    OfflineReason, Status, Timestamp, TokenHash, TokenId, TokenKind, TokenScope, WorkerId,
+    WorkerName,
 };
 use sqlx::{ColumnIndex, Decode, Row, Type};
 
@@ -20,7 +21,7 @@ pub(crate) const WORKER_COLUMNS: &str = "id, name, machine_id, status, offline_r
 
 /// Fields of an event row.
 pub(crate) const EVENT_COLUMNS: &str =
-    "seq, at, type, worker_id, machine_id, reason, session, detection_lag_ms, exit_code, signal";
+    "seq, at, type, worker_id, machine_id, reason, session, detection_lag_ms, exit_code, signal, incident_id";
 
 /// Fields of a token row.
 pub(crate) const TOKEN_COLUMNS: &str =
@@ -138,7 +139,7 @@ pub(crate) fn event_from(row: &impl Columns) -> Result<EventRecord> {
             .opt_text("worker_id")?
             .map(|w| WorkerId::parse(&w).map_err(corrupt))
             .transpose()?,
-        machine_id: MachineId::parse(&row.text("machine_id")?).map_err(corrupt)?,
+        machine_id: MachineId::parse_in_event(&row.text("machine_id")?).map_err(corrupt)?,
         reason: row
             .opt_text("reason")?
             .map(|r| parse::<EventReason>(&r, "event reason"))
@@ -146,6 +147,10 @@ pub(crate) fn event_from(row: &impl Columns) -> Result<EventRecord> {
         session: row.opt_int("session")?.map(|s| s as u64),
         detection_lag_ms: row.opt_int("detection_lag_ms")?,
         exit: exit_from(row.opt_int("exit_code")?, row.opt_int("signal")?)?,
+        incident_id: row
+            .opt_text("incident_id")?
+            .map(|i| IncidentId::parse(&i).map_err(corrupt))
+            .transpose()?,
     })
 }
 
@@ -202,6 +207,7 @@ pub(crate) fn machine_event(
         session: None,
         detection_lag_ms: None,
         exit: None,
+        incident_id: None,
     }
 }
 
@@ -222,6 +228,7 @@ pub(crate) fn worker_event(
         session: e.session,
         detection_lag_ms: e.detection_lag_ms,
         exit: e.exit,
+        incident_id: None,
     }
 }
 

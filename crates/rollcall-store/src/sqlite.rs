@@ -277,7 +277,7 @@ async fn current_seq(tx: &mut Transaction<'_, Sqlite>) -> Result<i64> {
 async fn insert_events(tx: &mut Transaction<'_, Sqlite>, events: &[EventRecord]) -> Result<()> {
     for chunk in events.chunks(500) {
         let mut qb: QueryBuilder<Sqlite> = QueryBuilder::new(
-            "INSERT INTO events (seq, at, type, worker_id, machine_id, reason, session, detection_lag_ms, exit_code, signal) ",
+            "INSERT INTO events (seq, at, type, worker_id, machine_id, reason, session, detection_lag_ms, exit_code, signal, incident_id) ",
         );
         qb.push_values(chunk, |mut b, e| {
             b.push_bind(e.seq)
@@ -289,7 +289,8 @@ async fn insert_events(tx: &mut Transaction<'_, Sqlite>, events: &[EventRecord])
                 .push_bind(e.session.map(|s| s as i64))
                 .push_bind(e.detection_lag_ms)
                 .push_bind(e.exit.and_then(|x| x.code()).map(i64::from))
-                .push_bind(e.exit.and_then(|x| x.signal()).map(i64::from));
+                .push_bind(e.exit.and_then(|x| x.signal()).map(i64::from))
+                .push_bind(e.incident_id.as_ref().map(|i| i.as_str().to_owned()));
         });
         qb.build().execute(&mut **tx).await?;
     }
@@ -856,10 +857,8 @@ impl Store for SqliteStore {
         after: i64,
         limit: usize,
     ) -> Result<Page<EventRecord>> {
-        let mut qb: QueryBuilder<Sqlite> = QueryBuilder::new(
-            "SELECT seq, at, type, worker_id, machine_id, reason, session, detection_lag_ms, exit_code, signal \
-             FROM events WHERE seq > ",
-        );
+        let mut qb: QueryBuilder<Sqlite> =
+            QueryBuilder::new(&format!("SELECT {EVENT_COLUMNS} FROM events WHERE seq > "));
         qb.push_bind(after);
         if let Some(w) = &filter.worker_id {
             qb.push(" AND worker_id = ")
@@ -1218,15 +1217,23 @@ impl Store for SqliteStore {
         )
     }
 
-    async fn commit_alerts(&self, step: &crate::AlertCommit) -> Result<bool> {
+    async fn commit_alerts(&self, step: &crate::AlertCommit) -> Result<Option<Vec<EventRecord>>> {
         let mut conn = WriteConn::acquire(&self.writer).await?;
         let result = async {
             let mut tx = conn.begin().await?;
-            let moved = crate::alerts::apply_step!(tx, step);
-            if moved {
-                tx.commit().await?;
+            if !crate::alerts::apply_step!(tx, step) {
+                return Ok(None);
             }
-            Ok(moved)
+            let seq = current_seq(&mut tx).await?;
+            let events: Vec<EventRecord> = step
+                .events
+                .iter()
+                .enumerate()
+                .map(|(i, e)| e.numbered(seq + 1 + i as i64))
+                .collect();
+            insert_events(&mut tx, &events).await?;
+            tx.commit().await?;
+            Ok(Some(events))
         }
         .await;
         conn.done(result)
@@ -1323,5 +1330,38 @@ impl Store for SqliteStore {
             pending: u64::try_from(row.int("pending")?).unwrap_or(0),
             oldest: row.opt_int("oldest")?.map(Timestamp::from_millis),
         })
+    }
+
+    async fn list_alert_rules(&self) -> Result<Vec<crate::StoredRule>> {
+        let rows = sqlx::query(crate::alerts::LIST_RULES)
+            .fetch_all(&self.reader)
+            .await?;
+        rows.iter().map(crate::alerts::rule_from).collect()
+    }
+
+    async fn put_alert_rule(&self, rule: &crate::StoredRule) -> Result<bool> {
+        let mut conn = WriteConn::acquire(&self.writer).await?;
+        let result = async {
+            let mut tx = conn.begin().await?;
+            let created = crate::alerts::put_rule!(tx, rule);
+            tx.commit().await?;
+            Ok(created)
+        }
+        .await;
+        conn.done(result)
+    }
+
+    async fn delete_alert_rule(&self, name: &str) -> Result<bool> {
+        let mut conn = WriteConn::acquire(&self.writer).await?;
+        let result = async {
+            let n = sqlx::query(crate::alerts::DELETE_RULE)
+                .bind(name)
+                .execute(&mut *conn)
+                .await?
+                .rows_affected();
+            Ok(n == 1)
+        }
+        .await;
+        conn.done(result)
     }
 }

@@ -26,7 +26,7 @@ use rollcall_core::{
     Command, CrashKind, EventReason, EventType, ExitStatus, MachineStatus, OfflineClass,
     OfflineReason, Status, TokenHash, TokenKind, TokenScope,
 };
-use rollcall_core::{IncidentId, Timestamp};
+use rollcall_core::{IncidentId, MachineId, Timestamp};
 use rollcall_store::{
     AlertCommit, Attempt, CommitResult, EventFilter, EventRecord, FleetQuery, HealthSpan,
     HeartbeatMark, IncidentRecord, IncidentStatus, MachineUpsert, NewNotification, Notification,
@@ -75,6 +75,8 @@ macro_rules! contract_suite {
             prune_health_keeps_open_and_recent_spans,
             alert_steps_apply_once_and_keep_acknowledgements,
             outbox_delivers_in_order_per_incident,
+            incident_events_join_the_log_in_order,
+            alert_rules_put_replace_and_delete,
             fleet_rollup_equals_the_spans,
         );
     };
@@ -2461,10 +2463,10 @@ async fn alert_steps_apply_once_and_keep_acknowledgements(store: Arc<dyn Store>)
         notifications: vec![note(&open, "hook", "opened", 1_000)],
         ..AlertCommit::default()
     };
-    assert!(store.commit_alerts(&step).await.unwrap());
+    assert!(store.commit_alerts(&step).await.unwrap().is_some());
     assert_eq!(store.alert_cursor().await.unwrap(), start + 5);
     // The same step again: the cursor moved, nothing is written.
-    assert!(!store.commit_alerts(&step).await.unwrap());
+    assert!(store.commit_alerts(&step).await.unwrap().is_none());
     assert_eq!(
         store
             .due_notifications(Timestamp::from_millis(1_000), 10)
@@ -2503,7 +2505,7 @@ async fn alert_steps_apply_once_and_keep_acknowledgements(store: Arc<dyn Store>)
         withdraw: vec![pending.id.clone()],
         ..AlertCommit::default()
     };
-    assert!(store.commit_alerts(&step).await.unwrap());
+    assert!(store.commit_alerts(&step).await.unwrap().is_some());
     let got = store.get_incident(&open.id).await.unwrap().unwrap();
     assert_eq!(got.status, IncidentStatus::Resolved);
     assert_eq!(got.acked_by.as_deref(), Some("alice"));
@@ -2533,6 +2535,100 @@ async fn alert_steps_apply_once_and_keep_acknowledgements(store: Arc<dyn Store>)
     assert!(!second.more);
 }
 
+async fn incident_events_join_the_log_in_order(store: Arc<dyn Store>) {
+    let s = &*store;
+    let (_, before) = register(s, 1, "m1", at(1)).await;
+    let last = s.last_seq().await.unwrap();
+    assert_eq!(last, before.events.last().unwrap().seq);
+    let cursor = s.alert_cursor().await.unwrap();
+    let worker = incident("down", "w1", IncidentStatus::Open, 2_000);
+    let fleet = incident("mass", "mass", IncidentStatus::Resolved, 2_000);
+    let events = vec![
+        rollcall_store::IncidentEvent {
+            at: Timestamp::from_millis(2_000),
+            kind: EventType::IncidentOpened,
+            incident_id: worker.id.clone(),
+            worker_id: None,
+            machine_id: MachineId::parse("m1").unwrap(),
+        },
+        rollcall_store::IncidentEvent {
+            at: Timestamp::from_millis(2_000),
+            kind: EventType::IncidentResolved,
+            incident_id: fleet.id.clone(),
+            worker_id: None,
+            machine_id: MachineId::fleet(),
+        },
+    ];
+    let step = AlertCommit {
+        cursor: Some((cursor, last)),
+        incidents: vec![worker.clone(), fleet.clone()],
+        events: events.clone(),
+        ..AlertCommit::default()
+    };
+    let appended = s
+        .commit_alerts(&step)
+        .await
+        .unwrap()
+        .expect("the cursor was there");
+    assert_eq!(appended.len(), 2);
+    assert_eq!(appended[0].seq, last + 1);
+    assert_eq!(appended[1].seq, last + 2);
+    assert_eq!(appended[0].incident_id.as_ref(), Some(&worker.id));
+    assert!(appended[1].machine_id.is_fleet());
+    assert_eq!(s.last_seq().await.unwrap(), last + 2);
+    // The log lists them as it returned them; filters by type find them.
+    let logged = all_events(s, &EventFilter::default()).await;
+    assert_eq!(&logged[logged.len() - 2..], &appended[..]);
+    let opened = all_events(
+        s,
+        &EventFilter {
+            kind: Some(EventType::IncidentOpened),
+            ..EventFilter::default()
+        },
+    )
+    .await;
+    assert_eq!(opened, appended[..1]);
+    // A refused step appends nothing; the next transitions follow them.
+    assert!(s.commit_alerts(&step).await.unwrap().is_none());
+    assert_eq!(s.last_seq().await.unwrap(), last + 2);
+    let (_, after) = register(s, 2, "m1", at(3)).await;
+    assert_eq!(after.events[0].seq, last + 3);
+}
+
+async fn alert_rules_put_replace_and_delete(store: Arc<dyn Store>) {
+    let s = &*store;
+    assert!(s.list_alert_rules().await.unwrap().is_empty());
+    let rule = |name: &str, spec: &str, at: i64| rollcall_store::StoredRule {
+        name: name.into(),
+        spec: spec.into(),
+        created_at: Timestamp::from_millis(at),
+        updated_at: Timestamp::from_millis(at),
+    };
+    assert!(s
+        .put_alert_rule(&rule("b", r#"{"kind":"worker_offline"}"#, 1_000))
+        .await
+        .unwrap());
+    assert!(s.put_alert_rule(&rule("a", "{}", 2_000)).await.unwrap());
+    // A replace keeps the creation time.
+    assert!(!s
+        .put_alert_rule(&rule("b", r#"{"kind":"mass_failure"}"#, 3_000))
+        .await
+        .unwrap());
+    let listed = s.list_alert_rules().await.unwrap();
+    assert_eq!(listed.len(), 2);
+    assert_eq!(listed[0], rule("a", "{}", 2_000));
+    assert_eq!(listed[1].name, "b");
+    assert_eq!(listed[1].spec, r#"{"kind":"mass_failure"}"#);
+    assert_eq!(listed[1].created_at, Timestamp::from_millis(1_000));
+    assert_eq!(listed[1].updated_at, Timestamp::from_millis(3_000));
+    assert!(s.delete_alert_rule("b").await.unwrap());
+    assert!(!s.delete_alert_rule("b").await.unwrap());
+    assert_eq!(
+        s.list_alert_rules().await.unwrap(),
+        [rule("a", "{}", 2_000)]
+    );
+}
+
 async fn outbox_delivers_in_order_per_incident(store: Arc<dyn Store>) {
     let a = incident("down", "w1", IncidentStatus::Open, 1_000);
     let b = incident("down", "w2", IncidentStatus::Open, 1_000);
@@ -2546,7 +2642,7 @@ async fn outbox_delivers_in_order_per_incident(store: Arc<dyn Store>) {
         ],
         ..AlertCommit::default()
     };
-    assert!(store.commit_alerts(&step).await.unwrap());
+    assert!(store.commit_alerts(&step).await.unwrap().is_some());
     let keys = |ns: &[Notification]| {
         ns.iter()
             .map(|n| n.idempotency_key.clone())
@@ -2616,7 +2712,7 @@ async fn outbox_delivers_in_order_per_incident(store: Arc<dyn Store>) {
         suppress: vec![b.id.clone()],
         ..AlertCommit::default()
     };
-    assert!(store.commit_alerts(&step).await.unwrap());
+    assert!(store.commit_alerts(&step).await.unwrap().is_some());
     store
         .record_attempt(
             a_resolve.id,
@@ -2637,7 +2733,7 @@ async fn outbox_delivers_in_order_per_incident(store: Arc<dyn Store>) {
         notifications: vec![note(&a, "hook", "opened", 1_000)],
         ..AlertCommit::default()
     };
-    assert!(store.commit_alerts(&step).await.unwrap());
+    assert!(store.commit_alerts(&step).await.unwrap().is_some());
     assert_eq!(store.outbox_stats().await.unwrap().pending, 0);
 }
 

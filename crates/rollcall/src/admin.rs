@@ -1449,6 +1449,157 @@ pub async fn incidents(
     }
 }
 
+/// `rollcall alerts rules …`
+#[derive(Debug, Subcommand)]
+pub enum RulesCommand {
+    /// List the rules: the config file's, then those made through the API.
+    Ls,
+    /// Create or replace a rule (admin token). Keys left out take their
+    /// defaults (docs/ALERTS.md).
+    Put {
+        /// The rule's name: 1-64 characters of A-Z a-z 0-9 - _ .
+        name: String,
+        /// worker_offline, worker_crashes, machine_offline or mass_failure.
+        #[arg(long)]
+        kind: String,
+        /// Default critical.
+        #[arg(long)]
+        severity: Option<String>,
+        /// A label the worker (the machine, for machine_offline) must
+        /// carry, as KEY=VALUE; repeat for more.
+        #[arg(long = "select", value_name = "KEY=VALUE")]
+        select: Vec<String>,
+        /// A channel of the server's config to notify; repeat for more.
+        #[arg(long = "channel", required = true)]
+        channels: Vec<String>,
+        /// worker_offline, machine_offline: how long the condition must hold.
+        #[arg(long = "for", value_name = "DURATION")]
+        for_: Option<String>,
+        /// worker_crashes: this many crashes…
+        #[arg(long)]
+        crashes: Option<u32>,
+        /// …within this long.
+        #[arg(long, value_name = "DURATION")]
+        within: Option<String>,
+        /// mass_failure: this share (1-100) of the selected live workers…
+        #[arg(long)]
+        percent: Option<u32>,
+        /// …crashing within this long.
+        #[arg(long, value_name = "DURATION")]
+        window: Option<String>,
+    },
+    /// Delete a rule made through the API (admin token); its open
+    /// incidents resolve.
+    Rm { name: String },
+}
+
+pub async fn rules(client: Client, conn: Conn, cmd: Option<RulesCommand>) -> Result<(), Failure> {
+    let ms = |flag: &str, v: Option<String>| -> Result<Option<u64>, Failure> {
+        v.map(|s| {
+            humantime::parse_duration(&s)
+                .map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+                .map_err(|e| usage(format!("--{flag} {s:?}: {e} (write e.g. 30s, 5m, 1h)")))
+        })
+        .transpose()
+    };
+    match cmd.unwrap_or(RulesCommand::Ls) {
+        RulesCommand::Ls => {
+            let rules = client.list_alert_rules().await?;
+            if conn.json {
+                return print_json(&rules);
+            }
+            let rows = rules
+                .iter()
+                .map(|r| {
+                    let mut what = Vec::new();
+                    let d = |ms: u64| {
+                        humantime::format_duration(std::time::Duration::from_millis(ms)).to_string()
+                    };
+                    if let Some(f) = r.for_ms.filter(|&f| f > 0) {
+                        what.push(format!("for {}", d(f)));
+                    }
+                    if let (Some(n), Some(w)) = (r.crashes, r.within_ms) {
+                        what.push(format!("{n} crashes within {}", d(w)));
+                    }
+                    if let (Some(p), Some(w)) = (r.percent, r.window_ms) {
+                        what.push(format!("{p}% within {}", d(w)));
+                    }
+                    for (k, v) in &r.select {
+                        what.push(format!("{k}={v}"));
+                    }
+                    if let Some(p) = &r.problem {
+                        what.push(format!("NOT IN FORCE: {p}"));
+                    }
+                    vec![
+                        Cell::plain(r.name.clone()),
+                        Cell::plain(r.source.clone()),
+                        Cell::plain(r.kind.clone()),
+                        Cell::plain(r.severity.clone()),
+                        Cell::plain(r.channels.join(",")),
+                        Cell::plain(what.join(" · ")),
+                    ]
+                })
+                .collect();
+            table(
+                &[
+                    "NAME",
+                    "SOURCE",
+                    "KIND",
+                    "SEVERITY",
+                    "CHANNELS",
+                    "CONDITION",
+                ],
+                rows,
+            );
+            Ok(())
+        }
+        RulesCommand::Put {
+            name,
+            kind,
+            severity,
+            select,
+            channels,
+            for_,
+            crashes,
+            within,
+            percent,
+            window,
+        } => {
+            let mut labels = std::collections::BTreeMap::new();
+            for pair in select {
+                let (k, v) = pair
+                    .split_once('=')
+                    .ok_or_else(|| usage(format!("--select {pair:?}: write KEY=VALUE")))?;
+                labels.insert(k.to_owned(), v.to_owned());
+            }
+            let spec = rollcall_client::AlertRuleSpec {
+                kind,
+                severity,
+                select: labels,
+                channels,
+                for_ms: ms("for", for_)?,
+                crashes,
+                within_ms: ms("within", within)?,
+                percent,
+                window_ms: ms("window", window)?,
+            };
+            let rule = client.put_alert_rule(&name, &spec).await?;
+            if conn.json {
+                return print_json(&rule);
+            }
+            println!("alert rule {} ({}) is in force", rule.name, rule.kind);
+            Ok(())
+        }
+        RulesCommand::Rm { name } => {
+            client.delete_alert_rule(&name).await?;
+            if !conn.json {
+                println!("deleted alert rule {name}");
+            }
+            Ok(())
+        }
+    }
+}
+
 fn print_incident(i: &rollcall_client::Incident) {
     let opt = |v: &Option<String>| v.clone().unwrap_or_else(|| "-".into());
     kv(&[

@@ -14,6 +14,17 @@ pub enum AlertsCommand {
     /// report its answer.
     #[command(after_help = "Example:\n  rollcall alerts test ops --config /etc/rollcall.toml")]
     Test(TestArgs),
+    /// List the alert rules of a server, or create, replace or delete the
+    /// rules made through its API (admin token).
+    #[command(after_help = "Examples:\n  rollcall alerts rules ls\n  \
+        rollcall alerts rules put gpu-down --kind worker_offline --for 1m --select queue=gpu --channel ops\n  \
+        rollcall alerts rules rm gpu-down")]
+    Rules {
+        #[command(flatten)]
+        conn: crate::admin::Conn,
+        #[command(subcommand)]
+        cmd: Option<Box<crate::admin::RulesCommand>>,
+    },
 }
 
 #[derive(Debug, Args)]
@@ -28,7 +39,15 @@ pub struct TestArgs {
 /// Exit codes: 0 delivered, 1 the channel refused or did not answer,
 /// 2 a bad config or an unknown channel.
 pub fn main(cmd: AlertsCommand) -> ExitCode {
-    let AlertsCommand::Test(args) = cmd;
+    match cmd {
+        AlertsCommand::Test(args) => test(args),
+        AlertsCommand::Rules { conn, cmd } => crate::admin::main(conn, |c, conn| {
+            crate::admin::rules(c, conn, cmd.map(|c| *c))
+        }),
+    }
+}
+
+fn test(args: TestArgs) -> ExitCode {
     let text = match std::fs::read_to_string(&args.config) {
         Ok(t) => t,
         Err(e) => {

@@ -23,6 +23,8 @@ EventType = Literal[
     "worker.deleted",
     "machine.online",
     "machine.offline",
+    "incident.opened",
+    "incident.resolved",
 ]
 TokenKind = Literal["admin", "enroll", "read", "worker"]
 #: What kind of end a ``worker.offline`` was (see :func:`offline_class`).
@@ -79,6 +81,9 @@ class Event(TypedDict):
     exit_code: Optional[int]
     #: ``exited`` offlines whose process a signal ended: the signal (1–64).
     signal: Optional[int]
+    #: ``incident.*`` events: the incident (``machine_id`` is ``"*"`` for
+    #: one about the whole fleet).
+    incident_id: Optional[str]
 
 
 class Registration(TypedDict):

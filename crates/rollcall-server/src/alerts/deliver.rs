@@ -153,14 +153,31 @@ impl Deliverer {
         }
     }
 
+    /// Whether the incident of `n` has been acknowledged.
+    async fn acknowledged(&self, n: &Notification) -> anyhow::Result<bool> {
+        Ok(self
+            .store
+            .get_incident(&n.incident_id)
+            .await?
+            .is_some_and(|i| i.acked_at.is_some()))
+    }
+
     /// Sends every due notification, one request per channel.
     async fn round(&self, now: Timestamp) -> anyhow::Result<()> {
         let due = self.store.due_notifications(now, ROUND).await?;
         let mut by_channel: BTreeMap<String, Vec<Notification>> = BTreeMap::new();
         for n in due {
-            if n.transition == "resolved" && !n.opened_delivered {
+            let follows_opening = matches!(n.transition.as_str(), "resolved" | "repeated");
+            if follows_opening && !n.opened_delivered {
                 // Nobody on this channel heard of the opening (it was
-                // suppressed, or given up): no resolve either.
+                // suppressed, or given up): no resolve or repeat either.
+                self.store
+                    .record_attempt(n.id, now, &Attempt::Suppressed)
+                    .await?;
+                continue;
+            }
+            if n.transition == "repeated" && self.acknowledged(&n).await? {
+                // Someone is on it: repeats stop at the acknowledgement.
                 self.store
                     .record_attempt(n.id, now, &Attempt::Suppressed)
                     .await?;

@@ -15,7 +15,9 @@ use std::collections::{BTreeSet, HashMap};
 use rollcall_core::{
     EventType, IncidentId, Labels, MachineId, OfflineClass, OfflineReason, Timestamp, WorkerId,
 };
-use rollcall_store::{AlertCommit, EventRecord, IncidentRecord, IncidentStatus, NewNotification};
+use rollcall_store::{
+    AlertCommit, EventRecord, IncidentEvent, IncidentRecord, IncidentStatus, NewNotification,
+};
 use serde_json::{json, Value};
 
 use super::rules::{Alerting, Rule, RuleKind};
@@ -43,6 +45,11 @@ pub struct Evaluator {
     current: HashMap<(String, String), IncidentRecord>,
     /// The changes of the step under way.
     out: Out,
+    /// The last repeat enqueued per open incident and channel (the n-th
+    /// repeat is due `n × repeat_interval` after the opening). Not stored:
+    /// a repeat's idempotency key names its n, and the outbox keeps a key
+    /// once, so one enqueued again after a restart is not sent twice.
+    repeated: HashMap<(IncidentId, String), u64>,
 }
 
 #[derive(Debug, Clone, Default)]
@@ -53,6 +60,7 @@ struct Out {
     notifications: Vec<NewNotification>,
     suppress: Vec<IncidentId>,
     withdraw: Vec<IncidentId>,
+    events: Vec<IncidentEvent>,
 }
 
 fn ms(t: Timestamp) -> i64 {
@@ -71,6 +79,7 @@ impl Evaluator {
             alerting,
             current,
             out: Out::default(),
+            repeated: HashMap::new(),
         }
     }
 
@@ -97,7 +106,19 @@ impl Evaluator {
             notifications: out.notifications,
             suppress: out.suppress,
             withdraw: out.withdraw,
+            events: out.events,
         }
+    }
+
+    /// Records `i`'s opening or resolve for the event log.
+    fn event(&mut self, i: &IncidentRecord, kind: EventType, now: Timestamp) {
+        self.out.events.push(IncidentEvent {
+            at: now,
+            kind,
+            incident_id: i.id.clone(),
+            worker_id: i.worker_id.clone(),
+            machine_id: i.machine_id.clone().unwrap_or_else(MachineId::fleet),
+        });
     }
 
     fn record(&mut self, i: &IncidentRecord) {
@@ -267,6 +288,50 @@ impl Evaluator {
                 }
             }
         }
+        self.repeat(now);
+    }
+
+    /// Tells the channels again of every open incident that no mass
+    /// failure covers, every channel's `repeat_interval` after its opening.
+    fn repeat(&mut self, now: Timestamp) {
+        let open: Vec<IncidentRecord> = self
+            .current
+            .values()
+            .filter(|i| i.status == IncidentStatus::Open && i.inhibited_by.is_none())
+            .cloned()
+            .collect();
+        for i in open {
+            let (Some(rule), Some(opened)) = (
+                self.alerting.rules.iter().find(|r| r.name == i.rule),
+                i.opened_at,
+            ) else {
+                continue;
+            };
+            for name in &rule.channels {
+                let Some(every) = self.alerting.channel(name).and_then(|c| c.repeat_interval)
+                else {
+                    continue;
+                };
+                let n = (now.diff_ms(opened).max(0) as u128 / every.as_millis().max(1)) as u64;
+                let last = self
+                    .repeated
+                    .entry((i.id.clone(), name.clone()))
+                    .or_insert(0);
+                if n == 0 || *last >= n {
+                    continue;
+                }
+                *last = n;
+                self.out.notifications.push(NewNotification {
+                    incident_id: i.id.clone(),
+                    channel: name.clone(),
+                    transition: "repeated".into(),
+                    idempotency_key: format!("{}:repeated-{n}:{name}", i.id),
+                    body: incident_json(&i).to_string(),
+                    created_at: now,
+                    not_before: now,
+                });
+            }
+        }
     }
 
     fn new_incident(
@@ -321,6 +386,7 @@ impl Evaluator {
         if i.inhibited_by.is_none() {
             self.notify(rule, &i, "opened", now);
         }
+        self.event(&i, EventType::IncidentOpened, now);
         self.put(i);
     }
 
@@ -350,6 +416,7 @@ impl Evaluator {
 
     fn resolve(&mut self, rule: &Rule, mut i: IncidentRecord, now: Timestamp) {
         self.current.remove(&(i.rule.clone(), i.subject.clone()));
+        self.repeated.retain(|(id, _), _| id != &i.id);
         i.status = IncidentStatus::Resolved;
         i.resolved_at = Some(now);
         i.updated_at = now;
@@ -357,6 +424,7 @@ impl Evaluator {
         // resolve goes only to channels that were told of the opening.
         self.out.suppress.push(i.id.clone());
         self.notify(rule, &i, "resolved", now);
+        self.event(&i, EventType::IncidentResolved, now);
         self.record(&i);
     }
 
@@ -594,27 +662,103 @@ impl Evaluator {
         let back = m.details["recovered"].as_array().map_or(0, Vec::len);
         mass_summary(&mut m);
         if total == 0 || back * 100 >= MASS_RECOVERED_PERCENT * total {
-            let id = m.id.clone();
-            self.resolve(rule, m, now);
-            let inhibited: Vec<IncidentRecord> = self
-                .current
-                .values()
-                .filter(|i| i.inhibited_by.as_ref() == Some(&id))
-                .cloned()
-                .collect();
             let rules = self.alerting.rules.clone();
-            for i in inhibited {
-                let Some(r) = rules.iter().find(|r| r.name == i.rule) else {
-                    continue;
-                };
-                match i.status {
-                    IncidentStatus::Pending => self.withdraw(&(i.rule.clone(), i.subject.clone())),
-                    _ => self.resolve(r, i, now),
-                }
-            }
+            self.resolve_mass(rule, m, &rules, now);
         } else {
             self.put(m);
         }
+    }
+
+    /// Resolves an open mass failure and every incident it covers (their
+    /// rules looked up in `rules`).
+    fn resolve_mass(&mut self, rule: &Rule, m: IncidentRecord, rules: &[Rule], now: Timestamp) {
+        let id = m.id.clone();
+        self.resolve(rule, m, now);
+        let inhibited: Vec<IncidentRecord> = self
+            .current
+            .values()
+            .filter(|i| i.inhibited_by.as_ref() == Some(&id))
+            .cloned()
+            .collect();
+        for i in inhibited {
+            let Some(r) = rules.iter().find(|r| r.name == i.rule) else {
+                continue;
+            };
+            match i.status {
+                IncidentStatus::Pending => self.withdraw(&(i.rule.clone(), i.subject.clone())),
+                _ => self.resolve(r, i, now),
+            }
+        }
+    }
+
+    /// Replaces the rules (the API changed them): see [`Self::end_orphans`].
+    pub fn set_alerting(&mut self, alerting: Alerting, now: Timestamp) {
+        self.alerting = alerting;
+        self.end_orphans(now);
+    }
+
+    /// Ends the current incidents of rules that are gone or changed kind:
+    /// pending ones are withdrawn, open ones resolve (a mass failure with
+    /// what it covers). The resolve is addressed to every channel; only
+    /// those that were told of the opening hear of it.
+    pub fn end_orphans(&mut self, now: Timestamp) {
+        let mut orphans: Vec<IncidentRecord> = self
+            .current
+            .values()
+            .filter(|i| {
+                !self
+                    .alerting
+                    .rules
+                    .iter()
+                    .any(|r| r.name == i.rule && r.kind.as_str() == i.kind)
+            })
+            .cloned()
+            .collect();
+        // Mass failures first: they resolve what they cover.
+        orphans.sort_by_key(|i| i.kind != "mass_failure");
+        let channels: Vec<String> = self
+            .alerting
+            .channels
+            .iter()
+            .map(|c| c.name.clone())
+            .collect();
+        // An orphan resolves under a stand-in of its rule: only its name,
+        // severity and channels matter to a resolve.
+        let stand_in = |i: &IncidentRecord| Rule {
+            name: i.rule.clone(),
+            kind: RuleKind::WorkerOffline {
+                for_: std::time::Duration::ZERO,
+            },
+            severity: i.severity.clone(),
+            select: Default::default(),
+            channels: channels.clone(),
+        };
+        // What a mass failure covers resolves under its own rule, or a
+        // stand-in if that is an orphan too.
+        let mut rules = self.alerting.rules.clone();
+        rules.extend(orphans.iter().map(&stand_in));
+        for i in orphans {
+            // Resolved already (covered by a mass failure resolved above)?
+            let key = (i.rule.clone(), i.subject.clone());
+            let Some(i) = self.current.get(&key).cloned() else {
+                continue;
+            };
+            let rule = stand_in(&i);
+            match i.status {
+                IncidentStatus::Pending => self.withdraw(&key),
+                _ if i.kind == "mass_failure" => self.resolve_mass(&rule, i, &rules, now),
+                _ => self.resolve(&rule, i, now),
+            }
+        }
+    }
+
+    /// Whether the step under way has changes to commit.
+    pub fn has_changes(&self) -> bool {
+        !(self.out.changed.is_empty()
+            && self.out.notifications.is_empty()
+            && self.out.withdraw.is_empty()
+            && self.out.suppress.is_empty()
+            && self.out.events.is_empty())
     }
 }
 
@@ -743,6 +887,7 @@ mod tests {
             session: Some(1),
             detection_lag_ms: None,
             exit: None,
+            incident_id: None,
         }
     }
 
@@ -984,5 +1129,176 @@ mod tests {
             "{:?}",
             r.e.current().collect::<Vec<_>>()
         );
+    }
+
+    #[test]
+    fn openings_and_resolves_are_events_a_fleet_wide_one_of_the_fleet() {
+        let mut r = Run::new(vec![rule("down", "worker_offline")]);
+        let w = worker(1);
+        let crash = ev(
+            1,
+            1_000,
+            EventType::WorkerOffline,
+            &w,
+            Some(EventReason::Stale),
+        );
+        let step = r.events(vec![crash], 1_000);
+        assert_eq!(step.events.len(), 1);
+        let opened = &step.events[0];
+        assert_eq!(opened.kind, EventType::IncidentOpened);
+        assert_eq!(opened.incident_id, step.incidents[0].id);
+        assert_eq!(opened.worker_id.as_ref(), Some(&w));
+        assert_eq!(opened.machine_id.as_str(), "m1");
+        // A tick with nothing to change appends nothing.
+        assert!(r.tick(2_000).events.is_empty());
+        let back = ev(
+            2,
+            3_000,
+            EventType::WorkerOnline,
+            &w,
+            Some(EventReason::Heartbeat),
+        );
+        let step = r.events(vec![back], 3_000);
+        assert_eq!(step.events.len(), 1);
+        assert_eq!(step.events[0].kind, EventType::IncidentResolved);
+        assert_eq!(step.events[0].at, t(3_000));
+
+        let mut mass = rule("outage", "mass_failure");
+        mass.percent = Some(50);
+        let mut r = Run::new(vec![mass]);
+        r.live = 2;
+        let crashes = (1..=2)
+            .map(|n| {
+                ev(
+                    n,
+                    1_000,
+                    EventType::WorkerOffline,
+                    &worker(n as u8),
+                    Some(EventReason::Stale),
+                )
+            })
+            .collect();
+        let step = r.events(crashes, 1_000);
+        let opened: Vec<_> = step
+            .events
+            .iter()
+            .filter(|e| e.kind == EventType::IncidentOpened)
+            .collect();
+        assert_eq!(opened.len(), 1, "{step:#?}");
+        assert!(opened[0].machine_id.is_fleet());
+        assert!(opened[0].worker_id.is_none());
+    }
+
+    #[test]
+    fn an_open_incident_is_repeated_every_repeat_interval_until_it_resolves() {
+        let mut r = Run::new(vec![rule("down", "worker_offline")]);
+        let w = worker(1);
+        let crash = ev(1, 0, EventType::WorkerOffline, &w, Some(EventReason::Stale));
+        let step = r.events(vec![crash], 0);
+        let id = step.incidents[0].id.clone();
+        let hours = |h: i64| h * 3_600_000;
+        let repeats = |step: &AlertCommit| -> Vec<String> {
+            step.notifications
+                .iter()
+                .filter(|n| n.transition == "repeated")
+                .map(|n| n.idempotency_key.clone())
+                .collect()
+        };
+        // The default repeat_interval: 4 h.
+        assert!(repeats(&r.tick(hours(4) - 1)).is_empty());
+        assert_eq!(
+            repeats(&r.tick(hours(4))),
+            [format!("{id}:repeated-1:hook")]
+        );
+        assert!(repeats(&r.tick(hours(5))).is_empty(), "once per interval");
+        // A server that was not looking for two intervals repeats once.
+        assert_eq!(
+            repeats(&r.tick(hours(13))),
+            [format!("{id}:repeated-3:hook")]
+        );
+        // A restart forgets the count; the key it enqueues again is the same
+        // (the outbox keeps a key once).
+        let current: Vec<IncidentRecord> = r.e.current().cloned().collect();
+        r.e = Evaluator::new(r.e.alerting().clone(), current);
+        assert_eq!(
+            repeats(&r.tick(hours(14))),
+            [format!("{id}:repeated-3:hook")]
+        );
+        let back = ev(
+            2,
+            hours(15),
+            EventType::WorkerOnline,
+            &w,
+            Some(EventReason::Heartbeat),
+        );
+        r.events(vec![back], hours(15));
+        assert!(repeats(&r.tick(hours(17))).is_empty(), "resolved: no more");
+    }
+
+    #[test]
+    fn repeat_interval_zero_never_repeats_and_alertmanager_repeats_itself() {
+        let mut hook = RawChannel {
+            name: Some("hook".into()),
+            kind: Some("slack".into()),
+            url: Some("http://127.0.0.1:9/".into()),
+            repeat_interval: Some("0s".into()),
+            ..RawChannel::default()
+        };
+        let a = resolve(
+            vec![rule("down", "worker_offline")],
+            vec![hook.clone()],
+            Duration::from_secs(90),
+        )
+        .unwrap();
+        assert_eq!(a.channels[0].repeat_interval, None);
+        let mut r = Run::new(vec![]);
+        r.e = Evaluator::new(a, vec![]);
+        let crash = ev(
+            1,
+            0,
+            EventType::WorkerOffline,
+            &worker(1),
+            Some(EventReason::Stale),
+        );
+        r.events(vec![crash], 0);
+        assert!(r.tick(100 * 3_600_000).notifications.is_empty());
+        hook.repeat_interval = Some("30s".into());
+        let e = resolve(vec![], vec![hook.clone()], Duration::from_secs(90)).unwrap_err();
+        assert!(e.to_string().contains("channel[0].repeat_interval"), "{e}");
+        hook.kind = Some("alertmanager".into());
+        hook.repeat_interval = Some("1h".into());
+        let e = resolve(vec![], vec![hook], Duration::from_secs(90)).unwrap_err();
+        assert!(e.to_string().contains("channel[0].repeat_interval"), "{e}");
+    }
+
+    #[test]
+    fn a_deleted_rule_resolves_its_incidents_and_a_changed_one_keeps_them() {
+        let mut slow = rule("slow", "worker_offline");
+        slow.for_ = Some("1h".into());
+        let mut r = Run::new(vec![rule("down", "worker_offline"), slow.clone()]);
+        let w = worker(1);
+        let crash = ev(1, 0, EventType::WorkerOffline, &w, Some(EventReason::Stale));
+        let step = r.events(vec![crash], 0);
+        assert_eq!(step.incidents.len(), 2, "{step:#?}");
+        // The same rules with another severity: nothing ends.
+        let mut down = rule("down", "worker_offline");
+        down.severity = Some("warning".into());
+        r.e.set_alerting(alerting(vec![down, slow]), t(1_000));
+        assert!(!r.e.has_changes());
+        // "down" deleted, "slow" now of another kind: the open incident
+        // resolves (told, and in the log), the pending one is withdrawn.
+        let mut slow = rule("slow", "worker_crashes");
+        slow.crashes = Some(2);
+        r.e.set_alerting(alerting(vec![slow]), t(2_000));
+        let step = r.e.take(None);
+        assert_eq!(step.withdraw.len(), 1, "{step:#?}");
+        assert_eq!(step.incidents.len(), 1);
+        assert_eq!(step.incidents[0].status, IncidentStatus::Resolved);
+        assert_eq!(step.incidents[0].rule, "down");
+        assert_eq!(step.notifications.len(), 1);
+        assert_eq!(step.notifications[0].transition, "resolved");
+        assert_eq!(step.events.len(), 1);
+        assert_eq!(step.events[0].kind, EventType::IncidentResolved);
+        assert_eq!(r.e.current().count(), 0);
     }
 }

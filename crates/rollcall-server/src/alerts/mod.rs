@@ -36,6 +36,7 @@ use crate::clock::Clock;
 use crate::engine::Engine;
 use crate::hub::Hub;
 use crate::metrics::Metrics;
+use crate::writer::Writer;
 use evaluate::{Evaluator, Facts};
 use rules::{Alerting, Rule, RuleKind};
 
@@ -45,6 +46,10 @@ pub const TICK: Duration = Duration::from_secs(1);
 /// How often the cursor moves when there are no rules.
 const IDLE_CURSOR_INTERVAL: Duration = Duration::from_secs(10);
 
+/// How often the rules made through the API are read again without being
+/// told (another replica's API changed them).
+const RULES_INTERVAL: Duration = Duration::from_secs(10);
+
 /// Events read per step.
 const STEP_EVENTS: usize = 1_000;
 
@@ -52,11 +57,18 @@ const STEP_EVENTS: usize = 1_000;
 #[derive(Debug)]
 pub struct Alerter {
     pub store: Arc<dyn Store>,
+    /// Commits the steps: the writer appends and publishes every event of
+    /// the log, the alerter's `incident.*` events included, in `seq` order.
+    pub writer: Writer,
     pub engine: Arc<Engine>,
     pub hub: Hub,
     pub clock: Arc<dyn Clock>,
     pub metrics: Arc<Metrics>,
+    /// The config file's rules and the channels; the rules made through
+    /// the API are read from the store and added.
     pub alerting: Alerting,
+    /// Woken when the API changed the rules.
+    pub rules_changed: Arc<Notify>,
     /// Woken when the outbox has something new.
     pub outbox: Arc<Notify>,
 }
@@ -67,11 +79,9 @@ impl Alerter {
         let mut tick = tokio::time::interval(TICK);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut state: Option<(Evaluator, i64)> = None;
-        // Without rules nothing is evaluated: the cursor only has to keep
-        // up (so that rules added later start from the present), which it
-        // does now and then instead of after every commit of the writer.
-        let idle = self.alerting.rules.is_empty();
         let mut last_step = tokio::time::Instant::now();
+        let mut rules_read = tokio::time::Instant::now();
+        let mut reread = false;
         loop {
             if state.is_none() {
                 state = match self.load().await {
@@ -81,7 +91,40 @@ impl Alerter {
                         None
                     }
                 };
+                rules_read = tokio::time::Instant::now();
+                reread = false;
             }
+            if let (Some((evaluator, cursor)), true) = (
+                state.as_mut(),
+                reread || rules_read.elapsed() >= RULES_INTERVAL,
+            ) {
+                rules_read = tokio::time::Instant::now();
+                reread = false;
+                match self.rules().await {
+                    Ok(alerting) if &alerting != evaluator.alerting() => {
+                        info!(rules = alerting.rules.len(), "alerting: the rules changed");
+                        if evaluator.alerting().rules.is_empty() {
+                            // An idle alerter's cursor lags by seconds; the
+                            // new rules start from the present.
+                            if let Err(e) = self.catch_up(cursor).await {
+                                warn!(error = %e, "alerting: moving the cursor failed");
+                                state = None;
+                                continue;
+                            }
+                        }
+                        evaluator.set_alerting(alerting, self.clock.now());
+                    }
+                    Ok(_) => {}
+                    Err(e) => warn!(error = %e, "alerting: reading the rules failed"),
+                }
+            }
+            // Without rules nothing is evaluated: the cursor only has to
+            // keep up (so that rules added later start from the present),
+            // which it does now and then instead of after every commit of
+            // the writer.
+            let idle = state
+                .as_ref()
+                .is_some_and(|(e, _)| e.alerting().rules.is_empty() && !e.has_changes());
             let due = !idle || last_step.elapsed() >= IDLE_CURSOR_INTERVAL;
             if let (Some((evaluator, cursor)), true) = (state.as_mut(), due) {
                 last_step = tokio::time::Instant::now();
@@ -97,6 +140,7 @@ impl Alerter {
             tokio::select! {
                 _ = stop.cancelled() => return,
                 _ = tick.tick() => {}
+                _ = self.rules_changed.notified() => reread = true,
                 r = events.recv() => {
                     if let Err(tokio::sync::broadcast::error::RecvError::Closed) = r {
                         return;
@@ -107,30 +151,50 @@ impl Alerter {
     }
 
     async fn load(&self) -> anyhow::Result<(Evaluator, i64)> {
+        let alerting = self.rules().await?;
         let cursor = self.store.alert_cursor().await?;
         let current = self.store.current_incidents().await?;
         debug!(cursor, current = current.len(), "alerting: loaded");
-        Ok((Evaluator::new(self.alerting.clone(), current), cursor))
+        let mut evaluator = Evaluator::new(alerting, current);
+        // Incidents of rules deleted while no server was alerting.
+        evaluator.end_orphans(self.clock.now());
+        Ok((evaluator, cursor))
+    }
+
+    /// The config file's rules and those made through the API.
+    async fn rules(&self) -> anyhow::Result<Alerting> {
+        let stored = self.store.list_alert_rules().await?;
+        let (alerting, problems) = self.alerting.with_stored(&stored);
+        for (rule, problem) in problems {
+            warn!(rule = %rule, problem = %problem, "alerting: a rule made through the API is not in force");
+        }
+        Ok(alerting)
+    }
+
+    /// Moves the cursor to the end of the log without evaluating anything.
+    async fn catch_up(&self, cursor: &mut i64) -> anyhow::Result<()> {
+        let last = self.store.last_seq().await?;
+        if last > *cursor {
+            let step = rollcall_store::AlertCommit {
+                cursor: Some((*cursor, last)),
+                ..Default::default()
+            };
+            if !self.writer.commit_alerts(step).await? {
+                anyhow::bail!(
+                    "the alert cursor moved under this server (another replica is active)"
+                );
+            }
+            *cursor = last;
+        }
+        Ok(())
     }
 
     /// One step: the events after the cursor (if any), then the clock.
     /// Returns whether more events wait. On an error the evaluator must be
     /// reloaded (its memory may be ahead of the store).
     async fn step(&self, evaluator: &mut Evaluator, cursor: &mut i64) -> anyhow::Result<bool> {
-        if self.alerting.rules.is_empty() {
-            let last = self.store.last_seq().await?;
-            if last > *cursor {
-                let step = rollcall_store::AlertCommit {
-                    cursor: Some((*cursor, last)),
-                    ..Default::default()
-                };
-                if !self.store.commit_alerts(&step).await? {
-                    anyhow::bail!(
-                        "the alert cursor moved under this server (another replica is active)"
-                    );
-                }
-                *cursor = last;
-            }
+        if evaluator.alerting().rules.is_empty() && !evaluator.has_changes() {
+            self.catch_up(cursor).await?;
             return Ok(false);
         }
         let page = self
@@ -139,8 +203,8 @@ impl Alerter {
             .await?;
         let now = self.clock.now();
         let moved = page.items.last().map(|e| (*cursor, e.seq));
-        if !page.items.is_empty() && !self.alerting.rules.is_empty() {
-            let facts = self.facts(&page.items).await?;
+        if !page.items.is_empty() {
+            let facts = self.facts(evaluator, &page.items).await?;
             let mut live = HashMap::new();
             let engine = self.engine.clone();
             let mut live_selected = |rule: &Rule| -> u64 {
@@ -161,10 +225,11 @@ impl Alerter {
             return Ok(false);
         }
         let notify = !step.notifications.is_empty() || !step.suppress.is_empty();
-        if !self.store.commit_alerts(&step).await? {
+        let incidents = step.incidents.clone();
+        if !self.writer.commit_alerts(step).await? {
             anyhow::bail!("the alert cursor moved under this server (another replica is active)");
         }
-        for i in &step.incidents {
+        for i in &incidents {
             match i.status {
                 rollcall_store::IncidentStatus::Open if i.opened_at == Some(i.updated_at) => {
                     info!(incident = %i.id, rule = %i.rule, summary = %i.summary, "incident opened");
@@ -187,9 +252,13 @@ impl Alerter {
     }
 
     /// What the rules need to know about each event.
-    async fn facts(&self, events: &[EventRecord]) -> anyhow::Result<Vec<(EventRecord, Facts)>> {
-        let wants_machines = self
-            .alerting
+    async fn facts(
+        &self,
+        evaluator: &Evaluator,
+        events: &[EventRecord],
+    ) -> anyhow::Result<Vec<(EventRecord, Facts)>> {
+        let wants_machines = evaluator
+            .alerting()
             .rules
             .iter()
             .any(|r| matches!(r.kind, RuleKind::MachineOffline { .. }));

@@ -129,10 +129,15 @@ pub struct Event {
     pub at: Timestamp,
     #[serde(rename = "type")]
     pub kind: EventType,
+    /// The worker, for `worker.*` events and the incidents of one worker.
     pub worker_id: Option<String>,
+    /// The machine; for an incident about the whole fleet (`mass_failure`),
+    /// `*`, which no machine can be named.
     pub machine_id: String,
     pub reason: Option<EventReason>,
     pub session: Option<u64>,
+    /// `incident.*` events only: the incident (`GET /v1/incidents/{id}`).
+    pub incident_id: Option<String>,
     /// Stale transitions only: milliseconds from the deadline to marking.
     pub detection_lag_ms: Option<i64>,
     /// `exited` offlines an agent reported a status for: the exit code.
@@ -151,6 +156,7 @@ impl From<&EventRecord> for Event {
             machine_id: e.machine_id.to_string(),
             reason: e.reason,
             session: e.session,
+            incident_id: e.incident_id.as_ref().map(|i| i.to_string()),
             detection_lag_ms: e.detection_lag_ms,
             exit_code: e.exit.and_then(|x| x.code()),
             signal: e.exit.and_then(|x| x.signal()),

@@ -4,17 +4,18 @@ use std::collections::BTreeMap;
 
 use axum::body::Body;
 use axum::extract::State;
+use axum::http::StatusCode;
 use axum::Json;
 use rollcall_core::{IncidentId, TokenKind};
-use rollcall_store::{IncidentRecord, IncidentStatus};
+use rollcall_store::{IncidentRecord, IncidentStatus, StoredRule};
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
 use super::dto::Page;
 use super::error::{ApiError, ErrorBody};
-use super::extract::{optional_json_body, Caller, PathId, BODY_LIMIT, Q};
+use super::extract::{json_body, optional_json_body, Caller, PathId, BODY_LIMIT, Q};
 use super::{next_cursor, parse_limit, AppState};
-use crate::alerts::rules::RuleKind;
+use crate::alerts::rules::RuleSpec;
 
 /// An incident: a rule's finding about a worker, a machine or the fleet.
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
@@ -217,10 +218,14 @@ pub async fn ack(
     Ok(Json(Incident::from(&i)))
 }
 
-/// An alert rule as configured.
+/// An alert rule: from the config file (`source: "config"`, changed only
+/// there) or made through the API (`source: "api"`).
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 pub struct AlertRule {
     pub name: String,
+    /// `config` or `api`.
+    #[schema(pattern = r"^(config|api)$")]
+    pub source: String,
     #[schema(pattern = r"^(worker_offline|worker_crashes|machine_offline|mass_failure)$")]
     pub kind: String,
     pub severity: String,
@@ -239,12 +244,59 @@ pub struct AlertRule {
     pub percent: Option<u32>,
     /// …crashing within this many ms.
     pub window_ms: Option<u64>,
+    /// A rule made through the API that no longer checks (it names a
+    /// channel since removed from the config file): why. Such a rule opens
+    /// nothing until it is fixed or deleted.
+    pub problem: Option<String>,
 }
 
-/// The alert rules of this server (from its config).
+impl AlertRule {
+    fn new(name: &str, source: &str, spec: RuleSpec, problem: Option<String>) -> Self {
+        AlertRule {
+            name: name.to_owned(),
+            source: source.into(),
+            kind: spec.kind,
+            severity: spec.severity.unwrap_or_else(|| "critical".into()),
+            select: spec.select,
+            channels: spec.channels,
+            for_ms: spec.for_ms,
+            crashes: spec.crashes,
+            within_ms: spec.within_ms,
+            percent: spec.percent,
+            window_ms: spec.window_ms,
+            problem,
+        }
+    }
+}
+
+/// The alert rules of this server.
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 pub struct AlertRules {
     pub items: Vec<AlertRule>,
+}
+
+/// Every rule: the config file's, then the API's, by name.
+async fn all_rules(s: &AppState) -> Result<Vec<AlertRule>, ApiError> {
+    let stored = s.store.list_alert_rules().await?;
+    let (checked, problems) = s.alerting.with_stored(&stored);
+    let mut items: Vec<AlertRule> = s
+        .alerting
+        .rules
+        .iter()
+        .map(|r| AlertRule::new(&r.name, "config", RuleSpec::of(r), None))
+        .collect();
+    for st in &stored {
+        let problem = problems
+            .iter()
+            .find(|(n, _)| n == &st.name)
+            .map(|(_, p)| p.clone());
+        let spec = match checked.rules.iter().find(|r| r.name == st.name) {
+            Some(r) if problem.is_none() => RuleSpec::of(r),
+            _ => serde_json::from_str(&st.spec).unwrap_or_default(),
+        };
+        items.push(AlertRule::new(&st.name, "api", spec, problem));
+    }
+    Ok(items)
 }
 
 /// List the alert rules.
@@ -253,6 +305,7 @@ pub struct AlertRules {
     responses(
         (status = 200, body = AlertRules),
         (status = 401, body = ErrorBody), (status = 403, body = ErrorBody),
+        (status = 503, body = ErrorBody),
     ),
     security(("bearer" = []))
 )]
@@ -261,39 +314,126 @@ pub async fn rules(
     caller: Caller,
 ) -> Result<Json<AlertRules>, ApiError> {
     caller.require(&[TokenKind::Read, TokenKind::Admin])?;
-    let ms = |d: std::time::Duration| u64::try_from(d.as_millis()).unwrap_or(u64::MAX);
-    let items = s
-        .alerting
-        .rules
-        .iter()
-        .map(|r| {
-            let mut out = AlertRule {
-                name: r.name.clone(),
-                kind: r.kind.as_str().into(),
-                severity: r.severity.clone(),
-                select: r.select.clone(),
-                channels: r.channels.clone(),
-                for_ms: None,
-                crashes: None,
-                within_ms: None,
-                percent: None,
-                window_ms: None,
-            };
-            match r.kind {
-                RuleKind::WorkerOffline { for_ } | RuleKind::MachineOffline { for_ } => {
-                    out.for_ms = Some(ms(for_));
-                }
-                RuleKind::WorkerCrashes { crashes, within } => {
-                    out.crashes = Some(crashes);
-                    out.within_ms = Some(ms(within));
-                }
-                RuleKind::MassFailure { percent, window } => {
-                    out.percent = Some(percent);
-                    out.window_ms = Some(ms(window));
-                }
-            }
-            out
-        })
-        .collect();
-    Ok(Json(AlertRules { items }))
+    Ok(Json(AlertRules {
+        items: all_rules(&s).await?,
+    }))
+}
+
+/// The `{name}` of a rule, checked as a rule's name is (1–64 characters of
+/// `A-Z a-z 0-9 - _ .`); anything else names no rule.
+fn rule_name(path: &PathId) -> Option<&str> {
+    path.0
+        .as_deref()
+        .filter(|n| crate::alerts::rules::name_ok(n))
+}
+
+/// One alert rule.
+#[utoipa::path(
+    get, path = "/v1/alert-rules/{name}", tag = "incidents",
+    params(("name" = String, Path, description = "The rule's name")),
+    responses(
+        (status = 200, body = AlertRule),
+        (status = 401, body = ErrorBody), (status = 403, body = ErrorBody),
+        (status = 404, body = ErrorBody), (status = 503, body = ErrorBody),
+    ),
+    security(("bearer" = []))
+)]
+pub async fn get_rule(
+    State(s): State<AppState>,
+    caller: Caller,
+    path: PathId,
+) -> Result<Json<AlertRule>, ApiError> {
+    caller.require(&[TokenKind::Read, TokenKind::Admin])?;
+    let name = rule_name(&path).ok_or_else(|| ApiError::not_found("alert rule not found"))?;
+    all_rules(&s)
+        .await?
+        .into_iter()
+        .find(|r| r.name == name)
+        .map(Json)
+        .ok_or_else(|| ApiError::not_found("alert rule not found"))
+}
+
+/// Create or replace an alert rule made through the API (201 when created).
+/// A rule of the config file cannot be changed here (409). The rule takes
+/// effect within a second; a replaced rule of another kind, like a deleted
+/// one, resolves the incidents it had open.
+#[utoipa::path(
+    put, path = "/v1/alert-rules/{name}", tag = "incidents",
+    params(("name" = String, Path, description = "The rule's name: 1-64 characters of A-Z a-z 0-9 - _ .")),
+    request_body = RuleSpec,
+    responses(
+        (status = 200, body = AlertRule), (status = 201, body = AlertRule),
+        (status = 400, body = ErrorBody),
+        (status = 401, body = ErrorBody), (status = 403, body = ErrorBody),
+        (status = 409, body = ErrorBody), (status = 413, body = ErrorBody),
+        (status = 503, body = ErrorBody),
+    ),
+    security(("bearer" = []))
+)]
+pub async fn put_rule(
+    State(s): State<AppState>,
+    caller: Caller,
+    path: PathId,
+    body: Body,
+) -> Result<(StatusCode, Json<AlertRule>), ApiError> {
+    caller.require(&[TokenKind::Admin])?;
+    let name = rule_name(&path).ok_or_else(|| {
+        ApiError::invalid("a rule's name must be 1-64 characters of A-Z a-z 0-9 - _ .")
+    })?;
+    let spec: RuleSpec = json_body(body, BODY_LIMIT).await?;
+    if s.alerting.rules.iter().any(|r| r.name == name) {
+        return Err(ApiError::Conflict(format!(
+            "the rule {name:?} is declared in the config file; change it there"
+        )));
+    }
+    let rule = spec
+        .check(name, &s.alerting)
+        .map_err(|e| ApiError::invalid(e.to_string()))?;
+    let spec = RuleSpec::of(&rule);
+    let now = s.clock.now();
+    let stored = StoredRule {
+        name: name.to_owned(),
+        spec: serde_json::to_string(&spec).map_err(|_| ApiError::Internal)?,
+        created_at: now,
+        updated_at: now,
+    };
+    let created = s.store.put_alert_rule(&stored).await?;
+    s.rules_changed.notify_one();
+    let status = if created {
+        StatusCode::CREATED
+    } else {
+        StatusCode::OK
+    };
+    Ok((status, Json(AlertRule::new(name, "api", spec, None))))
+}
+
+/// Delete an alert rule made through the API; its open incidents resolve.
+#[utoipa::path(
+    delete, path = "/v1/alert-rules/{name}", tag = "incidents",
+    params(("name" = String, Path, description = "The rule's name")),
+    responses(
+        (status = 204),
+        (status = 401, body = ErrorBody), (status = 403, body = ErrorBody),
+        (status = 404, body = ErrorBody), (status = 409, body = ErrorBody),
+        (status = 503, body = ErrorBody),
+    ),
+    security(("bearer" = []))
+)]
+pub async fn delete_rule(
+    State(s): State<AppState>,
+    caller: Caller,
+    path: PathId,
+) -> Result<StatusCode, ApiError> {
+    caller.require(&[TokenKind::Admin])?;
+    let name = rule_name(&path).ok_or_else(|| ApiError::not_found("alert rule not found"))?;
+    if s.alerting.rules.iter().any(|r| r.name == name) {
+        return Err(ApiError::Conflict(format!(
+            "the rule {name:?} is declared in the config file; remove it there"
+        )));
+    }
+    if !s.store.delete_alert_rule(name).await? {
+        return Err(ApiError::not_found("alert rule not found"));
+    }
+    s.rules_changed.notify_one();
+    Ok(StatusCode::NO_CONTENT)
 }

@@ -69,8 +69,11 @@ pub struct AppState {
     /// standby that cannot reach it is not ready: it could only answer
     /// changes with 503).
     pub active_reach: Option<Arc<crate::cluster::ActiveReach>>,
-    /// The alert rules and channels (for `GET /v1/alert-rules`).
+    /// The alert rules of the config file and the channels (the rules
+    /// made through the API are in the store).
     pub alerting: Arc<crate::alerts::rules::Alerting>,
+    /// Woken when the API changed the alert rules (the alerter reloads).
+    pub rules_changed: Arc<tokio::sync::Notify>,
 }
 
 /// Page sizes: 1–1000, default 100.
@@ -136,6 +139,12 @@ pub fn router(state: AppState, with_metrics: bool) -> Router {
         .route("/v1/incidents/{id}", get(incidents::get))
         .route("/v1/incidents/{id}/ack", post(incidents::ack))
         .route("/v1/alert-rules", get(incidents::rules))
+        .route(
+            "/v1/alert-rules/{name}",
+            get(incidents::get_rule)
+                .put(incidents::put_rule)
+                .delete(incidents::delete_rule),
+        )
         .route("/v1/events", get(events::list))
         .route("/v1/events/stream", get(stream::stream))
         .route("/v1/cleanup/stale", post(ops::cleanup_stale))

@@ -152,6 +152,7 @@ impl Modify for Wire {
         machines::list, machines::get, summary::get,
         health::fleet, health::machine, health::worker,
         incidents::list, incidents::get, incidents::ack, incidents::rules,
+        incidents::get_rule, incidents::put_rule, incidents::delete_rule,
         events::list, stream::stream,
         ops::cleanup_stale, ops::cleanup_all, ops::healthz, ops::readyz, ops::metrics,
         dashboard::page,

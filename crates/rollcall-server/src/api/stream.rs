@@ -746,6 +746,7 @@ mod tests {
             session: Some(1),
             detection_lag_ms: None,
             exit: None,
+            incident_id: None,
         };
         let all = EventFilter::default();
         assert!(matches(&all, &e));

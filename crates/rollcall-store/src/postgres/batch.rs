@@ -379,11 +379,15 @@ pub(super) async fn insert_events(tx: &mut Tx, events: &[EventRecord]) -> Result
         .iter()
         .map(|e| e.exit.and_then(|x| x.signal()).map(i64::from))
         .collect();
+    let incident: Vec<Option<&str>> = events
+        .iter()
+        .map(|e| e.incident_id.as_ref().map(|i| i.as_str()))
+        .collect();
     sqlx::query(
         "INSERT INTO events (seq, at, type, worker_id, machine_id, reason, session, detection_lag_ms, \
-           exit_code, signal) \
+           exit_code, signal, incident_id) \
          SELECT * FROM UNNEST($1::bigint[], $2::bigint[], $3::text[], $4::text[], $5::text[], \
-           $6::text[], $7::bigint[], $8::bigint[], $9::bigint[], $10::bigint[])",
+           $6::text[], $7::bigint[], $8::bigint[], $9::bigint[], $10::bigint[], $11::text[])",
     )
     .bind(&seq)
     .bind(&at)
@@ -395,6 +399,7 @@ pub(super) async fn insert_events(tx: &mut Tx, events: &[EventRecord]) -> Result
     .bind(&lag)
     .bind(&code)
     .bind(&signal)
+    .bind(&incident)
     .execute(&mut **tx)
     .await?;
     Ok(())
