@@ -16,7 +16,7 @@ use std::time::{Duration, Instant};
 
 use rollcall_core::fsm::{self, Command, FsmError, Transition};
 use rollcall_core::{
-    ExitStatus, Intervals, Labels, MachineId, OfflineReason, Status, Timestamp, TokenHash,
+    policy, ExitStatus, Intervals, Labels, MachineId, OfflineReason, Status, Timestamp, TokenHash,
     TokenKind, TokenScope, WorkerId, WorkerName,
 };
 use rollcall_store::{
@@ -601,7 +601,7 @@ impl WriterTask {
                     l.record.status == record.status && l.record.session == record.session
                 });
                 if !same {
-                    let d = rollcall_core::policy::deadline(
+                    let d = policy::deadline(
                         record.last_heartbeat_at,
                         Some(record.registered_at),
                         record.stale_after,
@@ -647,7 +647,7 @@ impl WriterTask {
                     }
                     Ok(Some(record)) => {
                         diverged.push(id.clone());
-                        let d = rollcall_core::policy::deadline(
+                        let d = policy::deadline(
                             record.last_heartbeat_at,
                             Some(record.registered_at),
                             record.stale_after,
@@ -840,10 +840,12 @@ impl WriterTask {
                 let expect = expect_of(&record);
                 record.set_state(t.next.expect("a heartbeat keeps the worker"));
                 record.last_heartbeat_at = record.last_heartbeat_at.max(Some(*at));
+                // A resumed worker's deadline starts afresh, from its latest
+                // heartbeat or from now, whichever is later.
                 deadline = if resumed {
-                    (*at).max(now).plus(record.stale_after)
+                    policy::extend_deadline(None, (*at).max(now), record.stale_after)
                 } else {
-                    deadline.max(at.plus(record.stale_after))
+                    policy::extend_deadline(Some(deadline), *at, record.stale_after)
                 };
                 self.slot(work, id).state = Some((record.clone(), deadline));
                 if t.changed() {
@@ -918,7 +920,7 @@ impl WriterTask {
                 // have been ordered first, extending the deadline and
                 // answering the worker: then the deadline has not passed
                 // and the expiry lost the race (settling re-arms the timer).
-                if !rollcall_core::policy::is_expired(deadline, now) {
+                if !policy::is_expired(deadline, now) {
                     return Planned {
                         worker: Some(e.id.clone()),
                         result: Ok(Reply::Swept {
