@@ -163,6 +163,21 @@ pub fn deadline(
     }
 }
 
+/// A worker's deadline after a heartbeat taken at `beat`: `stale_after`
+/// after it, and never earlier than the deadline the worker already holds
+/// in its live session (`held`). A heartbeat only ever moves a deadline
+/// later, so heartbeats applied in any order give the same deadline.
+/// `held` is `None` when the worker has no live deadline (it is offline or
+/// being resumed): the deadline then starts afresh from the heartbeat.
+pub fn extend_deadline(
+    held: Option<Timestamp>,
+    beat: Timestamp,
+    stale_after: Duration,
+) -> Timestamp {
+    let fresh = beat.plus(stale_after);
+    held.map_or(fresh, |d| d.max(fresh))
+}
+
 /// The deadline of a live worker when a server (re)starts serving at
 /// `ready_at`: at least one full `stale_after` from then, because the worker
 /// could not reach a server that was down (the restart grace).
@@ -267,6 +282,66 @@ mod tests {
             let now = last.plus(Duration::from_millis(gap));
             // Expired exactly when more than stale_after has passed.
             prop_assert_eq!(is_expired(d, now), Duration::from_millis(gap) > stale);
+        }
+
+        #[test]
+        fn a_heartbeat_never_moves_a_deadline_earlier(
+            held in proptest::option::of(-1_000_000_000_000i64..2_000_000_000_000),
+            beat in -1_000_000_000_000i64..2_000_000_000_000,
+            stale in 0u64..100_000_000,
+        ) {
+            let stale = Duration::from_millis(stale);
+            let held = held.map(Timestamp::from_millis);
+            let beat = Timestamp::from_millis(beat);
+            let d = extend_deadline(held, beat, stale);
+            prop_assert!(d >= beat.plus(stale));
+            if let Some(h) = held {
+                prop_assert!(d >= h);
+            }
+            // It is one of the two, not something in between or beyond.
+            prop_assert!(d == beat.plus(stale) || Some(d) == held);
+        }
+
+        #[test]
+        fn heartbeats_in_any_order_give_the_same_deadline(
+            held in proptest::option::of(0i64..2_000_000_000_000),
+            a in 0i64..2_000_000_000_000,
+            b in 0i64..2_000_000_000_000,
+            stale in 0u64..100_000_000,
+        ) {
+            let stale = Duration::from_millis(stale);
+            let held = held.map(Timestamp::from_millis);
+            let (a, b) = (Timestamp::from_millis(a), Timestamp::from_millis(b));
+            let ab = extend_deadline(Some(extend_deadline(held, a, stale)), b, stale);
+            let ba = extend_deadline(Some(extend_deadline(held, b, stale)), a, stale);
+            prop_assert_eq!(ab, ba);
+            // And a heartbeat counted twice changes nothing more.
+            prop_assert_eq!(extend_deadline(Some(ab), a, stale), ab);
+        }
+
+        #[test]
+        fn a_worker_is_live_for_stale_after_past_its_latest_heartbeat(
+            held in proptest::option::of(0i64..2_000_000_000_000),
+            beat in 0i64..2_000_000_000_000,
+            stale in 0u64..100_000_000,
+            gap in 0u64..200_000_000,
+        ) {
+            let stale = Duration::from_millis(stale);
+            let held = held.map(Timestamp::from_millis);
+            let beat = Timestamp::from_millis(beat);
+            let d = extend_deadline(held, beat, stale);
+            let now = beat.plus(Duration::from_millis(gap));
+            if Duration::from_millis(gap) <= stale {
+                prop_assert!(!is_expired(d, now));
+            } else if held.is_none_or(|h| h < now) {
+                prop_assert!(is_expired(d, now));
+            }
+            // Starting afresh, it is the deadline of a worker whose last
+            // heartbeat was `beat`.
+            prop_assert_eq!(
+                extend_deadline(None, beat, stale),
+                deadline(Some(beat), Some(Timestamp::EPOCH), stale)
+            );
         }
 
         #[test]

@@ -30,7 +30,7 @@ use crate::clock::Clock;
 use crate::engine::Engine;
 use crate::metrics::Metrics;
 use crate::pause::PauseWatch;
-use crate::writer::{Reply, Request, WriteError, Writer};
+use crate::writer::{WriteError, Writer};
 
 /// The result of a stale sweep.
 #[derive(Debug, Clone, Default, Serialize, Deserialize, ToSchema, PartialEq, Eq)]
@@ -150,12 +150,12 @@ impl Cleaner {
             let writer = self.writer.clone();
             // The engine entry may be one the store no longer has; either
             // way the writer reconciles it.
-            async move { writer.submit(Request::Reload { id }).await }
+            async move { writer.reload(id).await }
         });
         let diverged = futures::future::join_all(checks)
             .await
             .into_iter()
-            .filter(|r| matches!(r, Ok(Reply::Reloaded { diverged: true })))
+            .filter(|r| matches!(r, Ok(true)))
             .count();
         self.metrics.diverged(suspects, diverged);
         if diverged > 0 {
@@ -184,24 +184,19 @@ impl Cleaner {
         let mut marked = 0u64;
         let mut machines = BTreeSet::new();
         for r in futures::future::join_all(waits).await {
-            if let Ok(Reply::Swept {
-                applied: true,
-                machine_id,
-            }) = r
-            {
+            if let Ok(Some(machine_id)) = r {
                 marked += 1;
                 machines.insert(machine_id.to_string());
             }
         }
 
         // 3. Machines whose stored status is wrong.
-        match self.writer.submit(Request::ReconcileMachines).await {
-            Ok(Reply::Reconciled(ids)) => {
-                machines.extend(ids.iter().map(|m| m.to_string()));
-            }
-            Ok(_) => {}
-            Err(e) => return Err(CleanupError::Write(e)),
-        }
+        let ids = self
+            .writer
+            .reconcile_machines()
+            .await
+            .map_err(CleanupError::Write)?;
+        machines.extend(ids.iter().map(|m| m.to_string()));
 
         Ok(StaleReport {
             success: true,
@@ -219,19 +214,12 @@ impl Cleaner {
         let candidates = self.store.offline_workers_since(cutoff).await?;
         let forgets = candidates.into_iter().map(|w| {
             let writer = self.writer.clone();
-            async move {
-                writer
-                    .submit(Request::Forget {
-                        id: w.id,
-                        offline_since: cutoff,
-                    })
-                    .await
-            }
+            async move { writer.forget(w.id, cutoff).await }
         });
         let forgotten_workers = futures::future::join_all(forgets)
             .await
             .into_iter()
-            .filter(|r| matches!(r, Ok(Reply::Swept { applied: true, .. })))
+            .filter(|r| matches!(r, Ok(true)))
             .count() as u64;
 
         let forgotten_machines = self.store.forget_empty_machines().await?;

@@ -16,42 +16,147 @@ use rollcall_core::{Intervals, LivenessPolicy};
 use serde::Deserialize;
 use thiserror::Error;
 
-/// One layer of configuration; every key optional.
-#[derive(Debug, Clone, Default, Deserialize, PartialEq, Eq)]
-#[serde(deny_unknown_fields)]
-pub struct RawConfig {
-    pub listen: Option<String>,
-    pub database_url: Option<String>,
-    pub data_dir: Option<String>,
-    pub heartbeat_interval: Option<String>,
-    pub stale_after: Option<String>,
-    pub sweep_interval: Option<String>,
-    pub cleanup_interval: Option<String>,
-    pub flush_interval: Option<String>,
-    pub min_heartbeat_interval: Option<String>,
-    pub max_stale_after: Option<String>,
-    pub metrics_listen: Option<String>,
-    pub metrics_token: Option<String>,
-    pub forget_offline_after: Option<String>,
-    pub event_retention: Option<String>,
-    pub health_retention: Option<String>,
-    pub flapping_crashes_per_hour: Option<String>,
-    pub admin_token: Option<String>,
-    pub admin_token_file: Option<String>,
-    pub advertise_url: Option<String>,
-    pub header_read_timeout: Option<String>,
-    pub body_read_timeout: Option<String>,
-    pub idle_timeout: Option<String>,
-    pub max_connections: Option<String>,
-    pub max_streams: Option<String>,
-    pub max_streams_per_token: Option<String>,
-    pub failed_auth_burst: Option<String>,
-    pub failed_auth_refill: Option<String>,
-    pub re_register: Option<String>,
-    /// `[[alert]]` tables (file only).
-    pub alert: Option<Vec<crate::alerts::rules::RawRule>>,
-    /// `[[channel]]` tables (file only).
-    pub channel: Option<Vec<crate::alerts::rules::RawChannel>>,
+/// Where a setting may be given besides the TOML file.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Source {
+    /// A flag of `rollcall serve` and a `ROLLCALL_*` variable.
+    Flag,
+    /// A `ROLLCALL_*` variable only: a secret, never a flag (flags show in
+    /// the process list).
+    Env,
+    /// The file only.
+    File,
+}
+
+/// One setting of the server: its key, where it may be given, its default
+/// and its help. [`SETTINGS`] lists them all; the file's keys, the flags of
+/// `rollcall serve`, their variables and the defaults of
+/// [`RawConfig::resolve`] all come from it.
+#[derive(Debug, Clone, Copy)]
+pub struct Setting {
+    /// The key in the TOML file.
+    pub key: &'static str,
+    pub source: Source,
+    /// The default as it would be written in the file; `None` when there is
+    /// none or it follows from other settings.
+    pub default: Option<&'static str>,
+    /// One line for `rollcall serve --help` (no final period).
+    pub help: &'static str,
+}
+
+impl Setting {
+    /// The flag's long name (`stale-after`), if it has one.
+    pub fn flag(&self) -> Option<String> {
+        (self.source == Source::Flag).then(|| self.key.replace('_', "-"))
+    }
+
+    /// The environment variable (`ROLLCALL_STALE_AFTER`), if it has one.
+    pub fn env(&self) -> Option<String> {
+        (self.source != Source::File).then(|| format!("ROLLCALL_{}", self.key.to_uppercase()))
+    }
+}
+
+/// Declares every setting once: [`RawConfig`]'s fields, [`SETTINGS`] and
+/// [`RawConfig::over`].
+macro_rules! settings {
+    ($($key:ident: $source:ident, $default:expr, $help:literal;)*) => {
+        /// One layer of configuration; every key optional.
+        #[derive(Debug, Clone, Default, Deserialize, PartialEq, Eq)]
+        #[serde(deny_unknown_fields)]
+        pub struct RawConfig {
+            $(#[doc = $help] pub $key: Option<String>,)*
+            /// `[[alert]]` tables (file only).
+            pub alert: Option<Vec<crate::alerts::rules::RawRule>>,
+            /// `[[channel]]` tables (file only).
+            pub channel: Option<Vec<crate::alerts::rules::RawChannel>>,
+        }
+
+        /// Every setting, in the order `rollcall serve --help` lists them.
+        pub const SETTINGS: &[Setting] = &[$(Setting {
+            key: stringify!($key),
+            source: Source::$source,
+            default: $default,
+            help: $help,
+        },)*];
+
+        impl RawConfig {
+            /// `self`, with keys it lacks taken from `lower`.
+            pub fn over(self, lower: RawConfig) -> RawConfig {
+                RawConfig {
+                    $($key: self.$key.or(lower.$key),)*
+                    alert: self.alert.or(lower.alert),
+                    channel: self.channel.or(lower.channel),
+                }
+            }
+
+            /// A setting's value by its key; `None` for an unknown key.
+            pub fn value_mut(&mut self, key: &str) -> Option<&mut Option<String>> {
+                match key {
+                    $(stringify!($key) => Some(&mut self.$key),)*
+                    _ => None,
+                }
+            }
+        }
+    };
+}
+
+settings! {
+    listen: Flag, Some("127.0.0.1:7373"),
+        "Address to serve on (default 127.0.0.1:7373); a port of 0 picks a free one";
+    database_url: Flag, None,
+        "sqlite://PATH (default sqlite://<data-dir>/rollcall.db), or postgres://USER@HOST/DB for replicas";
+    data_dir: Flag, Some("./rollcall-data"),
+        "Where the database and the generated admin token live (default ./rollcall-data)";
+    heartbeat_interval: Flag, Some("30s"),
+        "Default heartbeat interval of workers (default 30s)";
+    stale_after: Flag, Some("90s"),
+        "Default time without a heartbeat after which a worker is stale (default 90s; at least 2 × heartbeat interval)";
+    sweep_interval: Flag, Some("2m"),
+        "How often the safety-net sweep runs (default 2m)";
+    cleanup_interval: Flag, Some("10m"),
+        "How often the full cleanup runs (default 10m)";
+    flush_interval: Flag, Some("5s"),
+        "How often heartbeat times are written behind (default 5s)";
+    min_heartbeat_interval: Flag, Some("50ms"),
+        "Smallest heartbeat interval a worker may ask for (default 50ms)";
+    max_stale_after: Flag, Some("1d"),
+        "Largest stale_after a worker may ask for (default 1d)";
+    metrics_listen: Flag, None,
+        "Serve /metrics on a separate address";
+    metrics_token: Env, None,
+        "A secret that /metrics then needs (or an admin token)";
+    forget_offline_after: Flag, Some("7d"),
+        "Forget workers offline for longer than this (default 7d)";
+    event_retention: Flag, Some("30d"),
+        "Prune events older than this (default 30d)";
+    health_retention: Flag, Some("400d"),
+        "Keep the health history this long (default 400d; longer than event_retention)";
+    flapping_crashes_per_hour: Flag, Some("3"),
+        "Crashes within the last hour that make a worker or machine flapping (default 3)";
+    admin_token: Env, None,
+        "The admin token (default: generated into <data-dir>/admin.token)";
+    admin_token_file: File, None,
+        "A file holding the admin token";
+    advertise_url: Flag, None,
+        "How the other replicas reach this one (PostgreSQL mode; default http:// + the listen address)";
+    header_read_timeout: Flag, Some("10s"),
+        "How long a request's head may take (default 10s)";
+    body_read_timeout: Flag, Some("30s"),
+        "How long a request's body may take after its head (default 30s)";
+    idle_timeout: Flag, Some("75s"),
+        "Close keep-alive connections idle for this long (default 75s)";
+    max_connections: Flag, Some("10000"),
+        "Open connections at most (default 10000, lowered to fit the open-file limit)";
+    max_streams: Flag, None,
+        "Open event streams at most (default 1000)";
+    max_streams_per_token: Flag, Some("32"),
+        "Open event streams per token at most (default 32)";
+    failed_auth_burst: Flag, Some("100"),
+        "Failed authentications per client address in a burst before 429 (default 100)";
+    failed_auth_refill: Flag, Some("100ms"),
+        "A client address regains one failed attempt this often (default 100ms)";
+    re_register: Flag, Some("any"),
+        "Who may register a live worker's name again: `any` (default) or `own_token` (its current token, or an admin token)";
 }
 
 /// A configuration problem, naming the key.
@@ -230,6 +335,30 @@ fn opt_duration(key: &'static str, v: &Option<String>) -> Result<Option<Duration
     v.as_deref().map(|s| parse_duration(key, s)).transpose()
 }
 
+/// The default of a setting that has one in [`SETTINGS`].
+fn default_of(key: &'static str) -> &'static str {
+    SETTINGS
+        .iter()
+        .find(|s| s.key == key)
+        .and_then(|s| s.default)
+        .unwrap_or_else(|| panic!("setting `{key}` has no default in SETTINGS"))
+}
+
+/// A setting's value, or its default.
+fn or_default<'a>(key: &'static str, v: &'a Option<String>) -> &'a str {
+    v.as_deref().unwrap_or_else(|| default_of(key))
+}
+
+/// A duration setting, or its default.
+fn duration(key: &'static str, v: &Option<String>) -> Result<Duration, ConfigError> {
+    parse_duration(key, or_default(key, v))
+}
+
+/// A count setting, or its default.
+fn count(key: &'static str, v: &Option<String>) -> Result<usize, ConfigError> {
+    parse_count(key, or_default(key, v))
+}
+
 /// The least estimated entropy of a configured secret, in bits.
 pub const MIN_SECRET_BITS: f64 = 48.0;
 
@@ -279,16 +408,18 @@ fn check_secret(key: &'static str, s: &str) -> Result<(), ConfigError> {
     Ok(())
 }
 
+fn parse_count(key: &'static str, s: &str) -> Result<usize, ConfigError> {
+    match s.trim().parse::<usize>() {
+        Ok(n) if n > 0 => Ok(n),
+        _ => Err(invalid(
+            key,
+            format!("{s:?} is not a whole number greater than zero"),
+        )),
+    }
+}
+
 fn opt_count(key: &'static str, v: &Option<String>) -> Result<Option<usize>, ConfigError> {
-    v.as_deref()
-        .map(|s| match s.trim().parse::<usize>() {
-            Ok(n) if n > 0 => Ok(n),
-            _ => Err(invalid(
-                key,
-                format!("{s:?} is not a whole number greater than zero"),
-            )),
-        })
-        .transpose()
+    v.as_deref().map(|s| parse_count(key, s)).transpose()
 }
 
 fn addr(key: &'static str, s: &str) -> Result<SocketAddr, ConfigError> {
@@ -309,49 +440,10 @@ impl RawConfig {
         })
     }
 
-    /// `self`, with keys it lacks taken from `lower`.
-    pub fn over(self, lower: RawConfig) -> RawConfig {
-        macro_rules! pick {
-            ($($f:ident),*) => { RawConfig { $($f: self.$f.or(lower.$f)),* } };
-        }
-        pick!(
-            listen,
-            database_url,
-            data_dir,
-            heartbeat_interval,
-            stale_after,
-            sweep_interval,
-            cleanup_interval,
-            flush_interval,
-            min_heartbeat_interval,
-            max_stale_after,
-            metrics_listen,
-            metrics_token,
-            forget_offline_after,
-            event_retention,
-            health_retention,
-            flapping_crashes_per_hour,
-            admin_token,
-            admin_token_file,
-            advertise_url,
-            header_read_timeout,
-            body_read_timeout,
-            idle_timeout,
-            max_connections,
-            max_streams,
-            max_streams_per_token,
-            failed_auth_burst,
-            failed_auth_refill,
-            re_register,
-            alert,
-            channel
-        )
-    }
-
     /// Applies defaults and checks everything.
     pub fn resolve(self) -> Result<Config, ConfigError> {
-        let listen = addr("listen", self.listen.as_deref().unwrap_or("127.0.0.1:7373"))?;
-        let data_dir = PathBuf::from(self.data_dir.as_deref().unwrap_or("./rollcall-data"));
+        let listen = addr("listen", or_default("listen", &self.listen))?;
+        let data_dir = PathBuf::from(or_default("data_dir", &self.data_dir));
         if data_dir.as_os_str().is_empty() {
             return Err(invalid("data_dir", "must not be empty"));
         }
@@ -391,18 +483,16 @@ impl RawConfig {
             heartbeat,
             stale,
             Intervals {
-                heartbeat_interval: Duration::from_secs(30),
-                stale_after: Duration::from_secs(90),
+                heartbeat_interval: duration("heartbeat_interval", &None)?,
+                stale_after: duration("stale_after", &None)?,
             },
         );
         defaults
             .check_consistent(IntervalKeys::CONFIG)
             .map_err(|e| invalid("stale_after", e.to_string()))?;
         let min_heartbeat_interval =
-            opt_duration("min_heartbeat_interval", &self.min_heartbeat_interval)?
-                .unwrap_or(Duration::from_millis(50));
-        let max_stale_after = opt_duration("max_stale_after", &self.max_stale_after)?
-            .unwrap_or(Duration::from_secs(86_400));
+            duration("min_heartbeat_interval", &self.min_heartbeat_interval)?;
+        let max_stale_after = duration("max_stale_after", &self.max_stale_after)?;
         if defaults.heartbeat_interval < min_heartbeat_interval {
             return Err(invalid(
                 "heartbeat_interval",
@@ -448,21 +538,14 @@ impl RawConfig {
 
         let d = Limits::default();
         let limits = Limits {
-            header_read_timeout: opt_duration("header_read_timeout", &self.header_read_timeout)?
-                .unwrap_or(d.header_read_timeout),
-            body_read_timeout: opt_duration("body_read_timeout", &self.body_read_timeout)?
-                .unwrap_or(d.body_read_timeout),
-            idle_timeout: opt_duration("idle_timeout", &self.idle_timeout)?
-                .unwrap_or(d.idle_timeout),
-            max_connections: opt_count("max_connections", &self.max_connections)?
-                .unwrap_or(d.max_connections),
+            header_read_timeout: duration("header_read_timeout", &self.header_read_timeout)?,
+            body_read_timeout: duration("body_read_timeout", &self.body_read_timeout)?,
+            idle_timeout: duration("idle_timeout", &self.idle_timeout)?,
+            max_connections: count("max_connections", &self.max_connections)?,
             max_streams: 0,
-            max_streams_per_token: opt_count("max_streams_per_token", &self.max_streams_per_token)?
-                .unwrap_or(d.max_streams_per_token),
-            failed_auth_burst: opt_count("failed_auth_burst", &self.failed_auth_burst)?
-                .unwrap_or(d.failed_auth_burst),
-            failed_auth_refill: opt_duration("failed_auth_refill", &self.failed_auth_refill)?
-                .unwrap_or(d.failed_auth_refill),
+            max_streams_per_token: count("max_streams_per_token", &self.max_streams_per_token)?,
+            failed_auth_burst: count("failed_auth_burst", &self.failed_auth_burst)?,
+            failed_auth_refill: duration("failed_auth_refill", &self.failed_auth_refill)?,
         };
         let mut limits = limits;
         // Unset, it follows a lowered max_connections: at most half of it.
@@ -478,10 +561,8 @@ impl RawConfig {
             ));
         }
 
-        let event_retention = opt_duration("event_retention", &self.event_retention)?
-            .unwrap_or(Duration::from_secs(30 * 86_400));
-        let health_retention = opt_duration("health_retention", &self.health_retention)?
-            .unwrap_or(Duration::from_secs(400 * 86_400));
+        let event_retention = duration("event_retention", &self.event_retention)?;
+        let health_retention = duration("health_retention", &self.health_retention)?;
         if health_retention <= event_retention {
             return Err(invalid(
                 "health_retention",
@@ -491,13 +572,11 @@ impl RawConfig {
                 ),
             ));
         }
-        let flapping_crashes_per_hour =
-            match opt_count("flapping_crashes_per_hour", &self.flapping_crashes_per_hour)? {
-                None => 3,
-                Some(n) => u32::try_from(n).map_err(|_| {
-                    invalid("flapping_crashes_per_hour", "must be at most 4294967295")
-                })?,
-            };
+        let flapping_crashes_per_hour = u32::try_from(count(
+            "flapping_crashes_per_hour",
+            &self.flapping_crashes_per_hour,
+        )?)
+        .map_err(|_| invalid("flapping_crashes_per_hour", "must be at most 4294967295"))?;
 
         let alerting = crate::alerts::rules::resolve(
             self.alert.unwrap_or_default(),
@@ -514,16 +593,12 @@ impl RawConfig {
                 min_heartbeat_interval,
                 max_stale_after,
             },
-            sweep_interval: opt_duration("sweep_interval", &self.sweep_interval)?
-                .unwrap_or(Duration::from_secs(120)),
-            cleanup_interval: opt_duration("cleanup_interval", &self.cleanup_interval)?
-                .unwrap_or(Duration::from_secs(600)),
-            flush_interval: opt_duration("flush_interval", &self.flush_interval)?
-                .unwrap_or(Duration::from_secs(5)),
+            sweep_interval: duration("sweep_interval", &self.sweep_interval)?,
+            cleanup_interval: duration("cleanup_interval", &self.cleanup_interval)?,
+            flush_interval: duration("flush_interval", &self.flush_interval)?,
             metrics_listen,
             metrics_token,
-            forget_offline_after: opt_duration("forget_offline_after", &self.forget_offline_after)?
-                .unwrap_or(Duration::from_secs(7 * 86_400)),
+            forget_offline_after: duration("forget_offline_after", &self.forget_offline_after)?,
             event_retention,
             health_retention,
             flapping_crashes_per_hour,
@@ -531,10 +606,10 @@ impl RawConfig {
             admin_token_file: self.admin_token_file.map(PathBuf::from),
             advertise_url,
             limits,
-            re_register: match self.re_register.as_deref().map(str::trim) {
-                None | Some("any") => ReRegister::Any,
-                Some("own_token") => ReRegister::OwnToken,
-                Some(other) => {
+            re_register: match or_default("re_register", &self.re_register).trim() {
+                "any" => ReRegister::Any,
+                "own_token" => ReRegister::OwnToken,
+                other => {
                     return Err(invalid(
                         "re_register",
                         format!("expected \"any\" or \"own_token\", got {other:?}"),
@@ -578,6 +653,56 @@ mod tests {
             .resolve()
             .unwrap_err();
         assert!(e.to_string().contains("`flapping_crashes_per_hour`"), "{e}");
+    }
+
+    #[test]
+    fn every_setting_is_a_key_and_its_stated_default_is_the_default() {
+        let defaults = format!("{:?}", RawConfig::default().resolve().unwrap());
+        let mut stated = 0;
+        for s in SETTINGS {
+            assert!(
+                RawConfig::default().value_mut(s.key).is_some(),
+                "{} is a field",
+                s.key
+            );
+            let Some(d) = s.default else { continue };
+            stated += 1;
+            let mut raw = RawConfig::default();
+            *raw.value_mut(s.key).unwrap() = Some(d.to_owned());
+            let c = raw.resolve().unwrap();
+            assert_eq!(format!("{c:?}"), defaults, "{} = {d:?}", s.key);
+            assert!(
+                s.help.contains(&format!("default {d}"))
+                    || s.help.contains(&format!("`{d}` (default)")),
+                "the help of {} states its default {d}: {}",
+                s.key,
+                s.help
+            );
+        }
+        assert!(stated >= 20, "{stated}");
+        assert!(RawConfig::default().value_mut("no_such_key").is_none());
+    }
+
+    #[test]
+    fn the_config_table_of_the_api_document_matches_the_settings() {
+        let doc =
+            std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../../docs/API.md"))
+                .unwrap();
+        for s in SETTINGS {
+            let row = doc
+                .lines()
+                .find(|l| l.starts_with(&format!("| `{}` |", s.key)))
+                .unwrap_or_else(|| panic!("docs/API.md has a row for {}", s.key));
+            let cells: Vec<&str> = row.split('|').map(str::trim).collect();
+            let quoted = |v: Option<String>, prefix: &str| {
+                v.map_or("—".to_owned(), |v| format!("`{prefix}{v}`"))
+            };
+            assert_eq!(cells[2], quoted(s.flag(), "--"), "{row}");
+            assert_eq!(cells[3], quoted(s.env(), ""), "{row}");
+            if let Some(d) = s.default {
+                assert!(cells[4].contains(&format!("`{d}`")), "{row}");
+            }
+        }
     }
 
     #[test]

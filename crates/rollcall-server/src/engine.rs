@@ -291,14 +291,14 @@ impl Engine {
                 beat: Beat {
                     status: state.status,
                     session: state.session,
-                    deadline: now.plus(live.record.stale_after),
+                    deadline: policy::extend_deadline(None, now, live.record.stale_after),
                     heartbeat_interval: live.record.heartbeat_interval,
                 },
                 first,
             };
         }
         live.record.last_heartbeat_at = Some(now);
-        live.deadline = live.deadline.max(now.plus(live.record.stale_after));
+        live.deadline = policy::extend_deadline(Some(live.deadline), now, live.record.stale_after);
         if !live.dirty {
             live.dirty = true;
             shard.dirty.push(id.clone());
@@ -417,7 +417,8 @@ impl Engine {
                     if record.status.is_live() {
                         if let Some(b) = live.resume_beat.take() {
                             record.last_heartbeat_at = record.last_heartbeat_at.max(Some(b));
-                            deadline = deadline.max(b.plus(record.stale_after));
+                            deadline =
+                                policy::extend_deadline(Some(deadline), b, record.stale_after);
                         }
                     }
                     live.expiring = false;

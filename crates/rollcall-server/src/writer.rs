@@ -16,7 +16,7 @@ use std::time::{Duration, Instant};
 
 use rollcall_core::fsm::{self, Command, FsmError, Transition};
 use rollcall_core::{
-    ExitStatus, Intervals, Labels, MachineId, OfflineReason, Status, Timestamp, TokenHash,
+    policy, ExitStatus, Intervals, Labels, MachineId, OfflineReason, Status, Timestamp, TokenHash,
     TokenKind, TokenScope, WorkerId, WorkerName,
 };
 use rollcall_store::{
@@ -153,6 +153,41 @@ pub enum Reply {
     AlertsCommitted(bool),
 }
 
+/// A committed registration.
+#[derive(Debug, Clone)]
+pub struct RegisteredWorker {
+    pub record: WorkerRecord,
+    pub deadline: Timestamp,
+    /// The new worker token, shown once.
+    pub token: String,
+    /// False when an existing worker was registered again.
+    pub created: bool,
+}
+
+/// A worker as a committed change left it; its deadline while it is live.
+#[derive(Debug, Clone)]
+pub struct Changed {
+    pub record: WorkerRecord,
+    pub deadline: Option<Timestamp>,
+}
+
+fn changed(call: &str, reply: Reply) -> Result<Changed, WriteError> {
+    match reply {
+        Reply::Worker { record, deadline } => Ok(Changed { record, deadline }),
+        other => Err(mismatch(call, &other)),
+    }
+}
+
+/// A reply of another kind than its request's: a bug in the planner. The
+/// caller is refused, as when the store is unavailable, and it is logged.
+fn mismatch(call: &str, reply: &Reply) -> WriteError {
+    error!(
+        ?reply,
+        "the writer answered {call} with a reply of another kind"
+    );
+    WriteError::Unavailable(format!("internal error: unexpected answer to {call}"))
+}
+
 /// Why a request was not carried out.
 #[derive(Debug, Clone, Error, PartialEq, Eq)]
 pub enum WriteError {
@@ -219,8 +254,78 @@ impl Writer {
         Writer { tx, engine }
     }
 
+    /// Registers a worker (again).
+    pub async fn register(&self, reg: Registration) -> Result<RegisteredWorker, WriteError> {
+        match self.submit(Request::Register(reg)).await? {
+            Reply::Registered {
+                record,
+                deadline,
+                token,
+                created,
+            } => Ok(RegisteredWorker {
+                record,
+                deadline,
+                token,
+                created,
+            }),
+            other => Err(mismatch("register", &other)),
+        }
+    }
+
+    /// Drains a worker.
+    pub async fn drain(&self, id: WorkerId) -> Result<Changed, WriteError> {
+        changed("drain", self.submit(Request::Drain { id }).await?)
+    }
+
+    /// Takes a worker offline, with how its process ended if it exited.
+    pub async fn offline(
+        &self,
+        id: WorkerId,
+        reason: OfflineReason,
+        exit: Option<ExitStatus>,
+    ) -> Result<Changed, WriteError> {
+        changed(
+            "offline",
+            self.submit(Request::Offline { id, reason, exit }).await?,
+        )
+    }
+
+    /// Deletes a worker.
+    pub async fn delete(&self, id: WorkerId) -> Result<(), WriteError> {
+        match self.submit(Request::Delete { id }).await? {
+            Reply::Deleted => Ok(()),
+            other => Err(mismatch("delete", &other)),
+        }
+    }
+
+    /// Forgets a worker that has been offline since at least
+    /// `offline_since`; whether it did.
+    pub async fn forget(&self, id: WorkerId, offline_since: Timestamp) -> Result<bool, WriteError> {
+        match self.submit(Request::Forget { id, offline_since }).await? {
+            Reply::Swept { applied, .. } => Ok(applied),
+            other => Err(mismatch("forget", &other)),
+        }
+    }
+
+    /// Has the writer check a worker the sweep suspects against the store;
+    /// whether they really disagreed (and the engine took the store's row).
+    pub async fn reload(&self, id: WorkerId) -> Result<bool, WriteError> {
+        match self.submit(Request::Reload { id }).await? {
+            Reply::Reloaded { diverged } => Ok(diverged),
+            other => Err(mismatch("reload", &other)),
+        }
+    }
+
+    /// Re-derives every machine's status; the machines that were wrong.
+    pub async fn reconcile_machines(&self) -> Result<Vec<MachineId>, WriteError> {
+        match self.submit(Request::ReconcileMachines).await? {
+            Reply::Reconciled(ids) => Ok(ids),
+            other => Err(mismatch("reconcile_machines", &other)),
+        }
+    }
+
     /// Submits a request and waits until it is committed (or refused).
-    pub async fn submit(&self, req: Request) -> Result<Reply, WriteError> {
+    async fn submit(&self, req: Request) -> Result<Reply, WriteError> {
         let (tx, rx) = oneshot::channel();
         self.enqueue(req, Some(tx), false).await?;
         rx.await
@@ -235,9 +340,7 @@ impl Writer {
     ) -> Result<bool, WriteError> {
         match self.submit(Request::CommitAlerts(Box::new(step))).await? {
             Reply::AlertsCommitted(applied) => Ok(applied),
-            other => Err(WriteError::Unavailable(format!(
-                "the writer answered an alerter's step with {other:?}"
-            ))),
+            other => Err(mismatch("an alerter's step", &other)),
         }
     }
 
@@ -259,12 +362,21 @@ impl Writer {
         r
     }
 
-    /// Submits an expiry and waits for its outcome (used by the sweep).
-    pub async fn expire_and_wait(&self, e: Expiry) -> Result<Reply, WriteError> {
+    /// Submits an expiry and waits for its outcome (used by the sweep): the
+    /// worker's machine if the worker was marked offline.
+    pub async fn expire_and_wait(&self, e: Expiry) -> Result<Option<MachineId>, WriteError> {
         let (tx, rx) = oneshot::channel();
         self.enqueue(Request::Expire(e), Some(tx), true).await?;
-        rx.await
-            .map_err(|_| WriteError::Unavailable("the server is shutting down".into()))?
+        let reply = rx
+            .await
+            .map_err(|_| WriteError::Unavailable("the server is shutting down".into()))??;
+        match reply {
+            Reply::Swept {
+                applied,
+                machine_id,
+            } => Ok(applied.then_some(machine_id)),
+            other => Err(mismatch("expire", &other)),
+        }
     }
 
     async fn enqueue(
@@ -632,7 +744,7 @@ impl WriterTask {
                     l.record.status == record.status && l.record.session == record.session
                 });
                 if !same {
-                    let d = rollcall_core::policy::deadline(
+                    let d = policy::deadline(
                         record.last_heartbeat_at,
                         Some(record.registered_at),
                         record.stale_after,
@@ -678,7 +790,7 @@ impl WriterTask {
                     }
                     Ok(Some(record)) => {
                         diverged.push(id.clone());
-                        let d = rollcall_core::policy::deadline(
+                        let d = policy::deadline(
                             record.last_heartbeat_at,
                             Some(record.registered_at),
                             record.stale_after,
@@ -871,10 +983,12 @@ impl WriterTask {
                 let expect = expect_of(&record);
                 record.set_state(t.next.expect("a heartbeat keeps the worker"));
                 record.last_heartbeat_at = record.last_heartbeat_at.max(Some(*at));
+                // A resumed worker's deadline starts afresh, from its latest
+                // heartbeat or from now, whichever is later.
                 deadline = if resumed {
-                    (*at).max(now).plus(record.stale_after)
+                    policy::extend_deadline(None, (*at).max(now), record.stale_after)
                 } else {
-                    deadline.max(at.plus(record.stale_after))
+                    policy::extend_deadline(Some(deadline), *at, record.stale_after)
                 };
                 self.slot(work, id).state = Some((record.clone(), deadline));
                 if t.changed() {
@@ -949,7 +1063,7 @@ impl WriterTask {
                 // have been ordered first, extending the deadline and
                 // answering the worker: then the deadline has not passed
                 // and the expiry lost the race (settling re-arms the timer).
-                if !rollcall_core::policy::is_expired(deadline, now) {
+                if !policy::is_expired(deadline, now) {
                     return Planned {
                         worker: Some(e.id.clone()),
                         result: Ok(Reply::Swept {

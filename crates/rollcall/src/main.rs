@@ -13,6 +13,7 @@ mod admin;
 mod agent;
 mod alerts;
 mod backup;
+mod render;
 mod serve;
 
 use std::process::ExitCode;

@@ -7,6 +7,7 @@
 //! read it with [`json_body`] once the caller is allowed, so that an
 //! unauthorised client is never told anything about its payload.
 
+use std::convert::Infallible;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -17,8 +18,8 @@ use axum::extract::{FromRequestParts, Path, Query, Request};
 use axum::http::header::{AUTHORIZATION, CONNECTION};
 use axum::http::request::Parts;
 use axum::http::{HeaderValue, Version};
-use axum::middleware::Next;
 use axum::response::Response;
+use futures::future::{BoxFuture, Either};
 use http_body_util::BodyExt;
 use rollcall_core::{TokenKind, WorkerId};
 use serde::de::DeserializeOwned;
@@ -250,25 +251,79 @@ const DRAIN_LIMIT: usize = 4 * 1024 * 1024;
 /// How long draining may take.
 const DRAIN_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(2);
 
-/// Middleware for requests refused before their body was read to the end
+/// A layer for requests refused before their body was read to the end
 /// (401, 403 and 413 come before the body is read). If the server closed the
 /// connection with the rest of the body still arriving, the client would see
 /// a reset instead of the answer; so what is left is read and discarded, up
 /// to [`DRAIN_LIMIT`] bytes and [`DRAIN_TIMEOUT`]. A body beyond that is
 /// answered with `Connection: close`, which at least keeps clients from
 /// reusing the connection.
-pub async fn close_if_body_unread(req: Request, next: Next) -> Response {
-    drain_unread(req, |req| next.run(req)).await
+///
+/// A request without a body (a single heartbeat, every `GET`) goes straight
+/// to the service inside: no allocation, no boxed future.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct CloseIfBodyUnreadLayer;
+
+impl<S> tower::Layer<S> for CloseIfBodyUnreadLayer {
+    type Service = CloseIfBodyUnread<S>;
+
+    fn layer(&self, inner: S) -> Self::Service {
+        CloseIfBodyUnread { inner }
+    }
 }
 
-/// What [`close_if_body_unread`] does, around any way of answering `req`
+/// The service of [`CloseIfBodyUnreadLayer`].
+#[derive(Debug, Clone)]
+pub struct CloseIfBodyUnread<S> {
+    inner: S,
+}
+
+impl<S> tower::Service<Request> for CloseIfBodyUnread<S>
+where
+    S: tower::Service<Request, Response = Response, Error = Infallible> + Clone + Send + 'static,
+    S::Future: Send + 'static,
+{
+    type Response = Response;
+    type Error = Infallible;
+    type Future = Either<S::Future, BoxFuture<'static, Result<Response, Infallible>>>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, req: Request) -> Self::Future {
+        if !has_body(&req) {
+            return Either::Left(self.inner.call(req));
+        }
+        // The service made ready is the one that answers; a clone stays.
+        let ready = self.inner.clone();
+        let mut inner = std::mem::replace(&mut self.inner, ready);
+        Either::Right(Box::pin(async move {
+            Ok(drain_unread(req, |req| async move {
+                match inner.call(req).await {
+                    Ok(response) => response,
+                    Err(never) => match never {},
+                }
+            })
+            .await)
+        }))
+    }
+}
+
+/// Whether a request may leave a body unread: HTTP/1 with a body that has
+/// not ended (HTTP/2 resets only the stream, never the connection).
+fn has_body(req: &Request) -> bool {
+    !req.body().is_end_stream() && req.version() <= Version::HTTP_11
+}
+
+/// What [`CloseIfBodyUnreadLayer`] does, around any way of answering `req`
 /// (a standby's forwarding to the active replica, too).
 pub async fn drain_unread<F, Fut>(req: Request, answer: F) -> Response
 where
     F: FnOnce(Request) -> Fut,
     Fut: std::future::Future<Output = Response>,
 {
-    if req.body().is_end_stream() || req.version() > Version::HTTP_11 {
+    if !has_body(&req) {
         return answer(req).await;
     }
     let done = Arc::new(AtomicBool::new(false));

@@ -151,7 +151,7 @@ pub fn router(state: AppState, with_metrics: bool) -> Router {
         .route("/v1/cleanup/all", post(ops::cleanup_all))
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
-        .layer(axum::middleware::from_fn(extract::close_if_body_unread))
+        .layer(extract::CloseIfBodyUnreadLayer)
         .with_state(state)
 }
 

@@ -25,7 +25,7 @@ use super::extract::{
 use super::{next_cursor, parse_limit, AppState};
 use crate::engine::{Beat, FastBeat};
 use crate::metrics::HeartbeatMode;
-use crate::writer::{Registration, Reply, Request};
+use crate::writer::{Changed, RegisteredWorker, Registration};
 
 /// The most heartbeats in one batch.
 pub const MAX_BATCH_HEARTBEATS: usize = 1000;
@@ -159,9 +159,14 @@ pub async fn register(
     // 400 whoever holds the name.
     let scope = check_scope(&s, &caller, &machine_id, &name, &labels)?;
     check_re_register(&s, &caller, &headers, &machine_id, &name)?;
-    let reply = s
+    let RegisteredWorker {
+        record,
+        deadline,
+        token,
+        created,
+    } = s
         .writer
-        .submit(Request::Register(Registration {
+        .register(Registration {
             name,
             machine_id,
             hostname: req.machine.hostname,
@@ -169,17 +174,8 @@ pub async fn register(
             labels,
             intervals,
             scope,
-        }))
+        })
         .await?;
-    let Reply::Registered {
-        record,
-        deadline,
-        token,
-        created,
-    } = reply
-    else {
-        return Err(ApiError::Internal);
-    };
     let status = if created {
         StatusCode::CREATED
     } else {
@@ -357,11 +353,8 @@ fn batch_result(worker_id: String, outcome: Result<HeartbeatResponse, ApiError>)
     }
 }
 
-fn worker_reply(reply: Reply) -> Result<Json<Worker>, ApiError> {
-    match reply {
-        Reply::Worker { record, deadline } => Ok(Json(Worker::new(&record, deadline))),
-        _ => Err(ApiError::Internal),
-    }
+fn worker_reply(c: Changed) -> Json<Worker> {
+    Json(Worker::new(&c.record, c.deadline))
 }
 
 /// Drain a worker: it finishes its work and takes no more.
@@ -385,7 +378,7 @@ pub async fn drain(
     caller.require_own_worker(&path, true)?;
     let _: Option<serde_json::Value> = optional_json_body(body, BODY_LIMIT).await?;
     let id = path.worker()?;
-    worker_reply(s.writer.submit(Request::Drain { id }).await?)
+    Ok(worker_reply(s.writer.drain(id).await?))
 }
 
 /// Mark a worker offline (graceful shutdown, or its process exited).
@@ -427,11 +420,7 @@ pub async fn offline(
         ));
     }
     let id = path.worker()?;
-    worker_reply(
-        s.writer
-            .submit(Request::Offline { id, reason, exit })
-            .await?,
-    )
+    Ok(worker_reply(s.writer.offline(id, reason, exit).await?))
 }
 
 /// Delete a worker: revoke its token and forget it.
@@ -451,10 +440,8 @@ pub async fn delete(
 ) -> Result<StatusCode, ApiError> {
     caller.require(&[TokenKind::Admin])?;
     let id = path.worker()?;
-    match s.writer.submit(Request::Delete { id }).await? {
-        Reply::Deleted => Ok(StatusCode::NO_CONTENT),
-        _ => Err(ApiError::Internal),
-    }
+    s.writer.delete(id).await?;
+    Ok(StatusCode::NO_CONTENT)
 }
 
 /// Filters and paging of `GET /v1/workers`.
