@@ -232,3 +232,111 @@ async fn a_bad_rule_or_channel_exits_2_naming_the_key() {
         assert!(!out.stderr.contains("k3v9-Qz7u"), "{}", out.stderr);
     }
 }
+
+/// Runs the CLI against `server` with the admin token: (exit code, stdout,
+/// stderr).
+fn cli(server: &str, args: &[&str]) -> (i32, String, String) {
+    let out = std::process::Command::new(BIN)
+        .args(args)
+        .env("ROLLCALL_SERVER", server)
+        .env("ROLLCALL_TOKEN", ADMIN)
+        .stdin(Stdio::null())
+        .output()
+        .expect("rollcall runs");
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rules_are_made_listed_and_deleted_from_the_command_line() {
+    let dir = data_dir();
+    let file = config(
+        dir.path(),
+        "[[channel]]\nname = \"out\"\nkind = \"webhook\"\nurl = \"http://127.0.0.1:9/\"\nsecret = \"k3v9-Qz7u-2Lr8-Wm4x-Ty6p\"\n",
+        "",
+    );
+    let server = Serve::new(dir.path())
+        .args(&["--config", file.to_str().unwrap()])
+        .spawn()
+        .await;
+    let url = server.url.clone();
+    let put = [
+        "alerts",
+        "rules",
+        "put",
+        "gpu-down",
+        "--kind",
+        "worker_offline",
+        "--for",
+        "1m",
+        "--select",
+        "queue=gpu",
+        "--channel",
+        "out",
+    ];
+    let (code, out, err) = cli(&url, &put);
+    assert_eq!(code, 0, "{out}{err}");
+    let (code, out, err) = cli(&url, &["alerts", "rules", "ls", "--json"]);
+    assert_eq!(code, 0, "{err}");
+    let rules: Value = serde_json::from_str(&out).unwrap();
+    let names: Vec<(&str, &str)> = rules
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| (r["name"].as_str().unwrap(), r["source"].as_str().unwrap()))
+        .collect();
+    assert_eq!(names, [("down", "config"), ("gpu-down", "api")]);
+    assert_eq!(rules[1]["for_ms"], 60_000);
+    assert_eq!(rules[1]["select"]["queue"], "gpu");
+    let (code, out, _) = cli(&url, &["alerts", "rules", "ls"]);
+    assert_eq!(code, 0);
+    assert!(
+        out.contains("gpu-down") && out.contains("queue=gpu"),
+        "{out}"
+    );
+
+    // Refused by the server (exit 1, its message), or by the CLI (exit 2).
+    let (code, _, err) = cli(
+        &url,
+        &[
+            "alerts",
+            "rules",
+            "put",
+            "x",
+            "--kind",
+            "mass_failure",
+            "--percent",
+            "0",
+            "--channel",
+            "out",
+        ],
+    );
+    assert_eq!(code, 1, "{err}");
+    assert!(err.contains("percent"), "{err}");
+    let (code, _, err) = cli(
+        &url,
+        &[
+            "alerts",
+            "rules",
+            "put",
+            "x",
+            "--kind",
+            "worker_offline",
+            "--for",
+            "soon",
+            "--channel",
+            "out",
+        ],
+    );
+    assert_eq!(code, 2, "{err}");
+    let (code, _, err) = cli(&url, &["alerts", "rules", "rm", "down"]);
+    assert_eq!(code, 1, "a rule of the config file: {err}");
+
+    let (code, _, err) = cli(&url, &["alerts", "rules", "rm", "gpu-down"]);
+    assert_eq!(code, 0, "{err}");
+    let (code, _, _) = cli(&url, &["alerts", "rules", "rm", "gpu-down"]);
+    assert_eq!(code, 4, "not found");
+}

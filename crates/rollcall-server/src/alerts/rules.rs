@@ -220,24 +220,43 @@ pub struct RuleSpec {
     #[serde(default)]
     pub select: BTreeMap<String, String>,
     /// The `[[channel]]`s of the config file it notifies (at least one).
-    #[serde(default)]
     pub channels: Vec<String>,
     /// `worker_offline`, `machine_offline`: how long, in ms, the condition
     /// must hold (default 0).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        deserialize_with = "crate::api::dto::whole::u64"
+    )]
     pub for_ms: Option<u64>,
     /// `worker_crashes`: this many crashes (default 3)…
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        deserialize_with = "crate::api::dto::whole::u32"
+    )]
     pub crashes: Option<u32>,
     /// …within this many ms (default an hour).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        deserialize_with = "crate::api::dto::whole::u64"
+    )]
     pub within_ms: Option<u64>,
     /// `mass_failure`: this share (1–100, default 20) of the selected live
     /// workers…
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        deserialize_with = "crate::api::dto::whole::u32"
+    )]
     pub percent: Option<u32>,
     /// …crashing within this many ms (default the stale window).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        deserialize_with = "crate::api::dto::whole::u64"
+    )]
     pub window_ms: Option<u64>,
 }
 
@@ -265,7 +284,17 @@ impl RuleSpec {
             "window" => "window_ms".to_owned(),
             k => k.to_owned(),
         };
-        if self.for_ms.is_some() && raw.for_.is_none() {
+        for (k, v) in [
+            ("for_ms", self.for_ms),
+            ("within_ms", self.within_ms),
+            ("window_ms", self.window_ms),
+        ] {
+            if v.is_some_and(|v| v > MAX_RULE_MS) {
+                return Err(bad(k.into(), format!("must be at most {MAX_RULE_MS}")));
+            }
+        }
+        let rule = check_rule(raw, &key, &alerting.channels, alerting.default_window)?;
+        if self.for_ms == Some(0) {
             only_for_kinds(
                 &key,
                 "for",
@@ -273,7 +302,7 @@ impl RuleSpec {
                 &["worker_offline", "machine_offline"],
             )?;
         }
-        check_rule(raw, &key, &alerting.channels, alerting.default_window)
+        Ok(rule)
     }
 
     /// The spec of a checked rule.
@@ -316,6 +345,10 @@ fn only_for_kinds(
         Err(bad(key(k), format!("does not apply to a {kind} rule")))
     }
 }
+
+/// The longest duration a rule made through the API may give, in ms (a
+/// hundred years).
+pub const MAX_RULE_MS: u64 = 100 * 365 * 86_400_000;
 
 /// How often an open incident is told again, unless a channel says.
 pub const DEFAULT_REPEAT_INTERVAL: Duration = Duration::from_secs(4 * 3_600);

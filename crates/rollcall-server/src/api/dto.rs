@@ -387,7 +387,7 @@ pub use crate::cleanup::{CleanupReport, StaleReport};
 /// Integer fields of request bodies. JSON has one number type, and JSON
 /// Schema's `integer` is any number without a fraction: `1000.0` is the
 /// integer 1000, as `1000` is.
-mod whole {
+pub(crate) mod whole {
     use serde::{Deserialize, Deserializer};
 
     #[derive(Deserialize)]
@@ -414,6 +414,16 @@ mod whole {
                 "expected a whole number from 0 to 18446744073709551615",
             )),
         }
+    }
+
+    pub fn u32<'de, D: Deserializer<'de>>(d: D) -> Result<Option<u32>, D::Error> {
+        u64(d)?
+            .map(|n| {
+                u32::try_from(n).map_err(|_| {
+                    serde::de::Error::custom("expected a whole number from 0 to 4294967295")
+                })
+            })
+            .transpose()
     }
 
     pub fn i64<'de, D: Deserializer<'de>>(d: D) -> Result<Option<i64>, D::Error> {

@@ -386,9 +386,12 @@ pub async fn put_rule(
             "the rule {name:?} is declared in the config file; change it there"
         )));
     }
-    let rule = spec
-        .check(name, &s.alerting)
-        .map_err(|e| ApiError::invalid(e.to_string()))?;
+    let rule = spec.check(name, &s.alerting).map_err(|e| match e {
+        crate::config::ConfigError::Invalid { key, message } => {
+            ApiError::invalid(format!("{key}: {message}"))
+        }
+        other => ApiError::invalid(other.to_string()),
+    })?;
     let spec = RuleSpec::of(&rule);
     let now = s.clock.now();
     let stored = StoredRule {

@@ -216,6 +216,19 @@ fn exact(doc: &mut Value, policy: &LivenessPolicy) {
             }
         }
     }
+    // A rule's name, as the handlers check it.
+    if let Some(item) = doc
+        .pointer_mut("/paths/~1v1~1alert-rules~1{name}")
+        .and_then(Value::as_object_mut)
+    {
+        for op in item.values_mut() {
+            if let Some(params) = op.get_mut("parameters").and_then(Value::as_array_mut) {
+                for p in params.iter_mut().filter(|p| p["name"] == "name") {
+                    p["schema"]["pattern"] = json!(r"^[A-Za-z0-9._-]{1,64}$");
+                }
+            }
+        }
+    }
     // Bodies the handlers read as optional: none, or a JSON object.
     for path in ["/v1/workers/{id}/heartbeat", "/v1/workers/{id}/offline"] {
         if let Some(body) = doc
@@ -296,6 +309,42 @@ fn exact(doc: &mut Value, policy: &LivenessPolicy) {
     if let Some(offline) = schemas.get_mut("OfflineRequest") {
         offline_rules(offline);
     }
+    if let Some(rule) = schemas.get_mut("RuleSpec") {
+        rule_spec(rule, &labels);
+    }
+}
+
+/// An alert rule's body: the bounds [`crate::alerts::rules::RuleSpec::check`]
+/// applies, and which keys each kind takes. (That every channel is one of
+/// the config file's cannot be said here: a 400 names it.)
+fn rule_spec(rule: &mut Value, labels: &Value) {
+    use crate::alerts::rules::MAX_RULE_MS;
+    let name = r"^[A-Za-z0-9._-]{1,64}$";
+    let ms =
+        |min: u64| json!({"type": ["integer", "null"], "minimum": min, "maximum": MAX_RULE_MS});
+    let props = &mut rule["properties"];
+    props["kind"] = json!({"type": "string",
+        "enum": ["worker_offline", "worker_crashes", "machine_offline", "mass_failure"]});
+    props["severity"] = json!({"type": ["string", "null"], "pattern": name});
+    props["channels"] = json!({"type": "array", "minItems": 1, "uniqueItems": true,
+        "items": {"type": "string", "pattern": name}});
+    let mut select = labels.clone();
+    select["type"] = json!("object");
+    props["select"] = select;
+    props["for_ms"] = ms(0);
+    props["within_ms"] = ms(1);
+    props["window_ms"] = ms(1);
+    props["crashes"] = json!({"type": ["integer", "null"], "minimum": 1, "maximum": u32::MAX});
+    props["percent"] = json!({"type": ["integer", "null"], "minimum": 1, "maximum": 100});
+    let none = json!({"type": "null"});
+    rule["anyOf"] = json!([
+        {"properties": {"kind": {"enum": ["worker_offline", "machine_offline"]},
+            "crashes": none, "within_ms": none, "percent": none, "window_ms": none}},
+        {"properties": {"kind": {"const": "worker_crashes"},
+            "for_ms": none, "percent": none, "window_ms": none}},
+        {"properties": {"kind": {"const": "mass_failure"},
+            "for_ms": none, "crashes": none, "within_ms": none}},
+    ]);
 }
 
 /// `heartbeat_interval_ms` and `stale_after_ms` of a registration, as the
