@@ -344,6 +344,178 @@ async fn a_mass_failure_is_one_page_not_one_per_worker() {
     assert_eq!(sent.len(), 2, "one opening and one resolve: {sent:#?}");
 }
 
+type Beating = std::sync::Arc<std::sync::Mutex<Vec<(String, String)>>>;
+
+/// Heartbeats the workers (id, token) in `beating`, as it is at each round,
+/// in batches of 1,000 every 500 ms until aborted.
+fn keep_beating(app: &TestApp, beating: Beating) -> tokio::task::JoinHandle<()> {
+    let client = app.client.clone();
+    let url = app.url("/v1/heartbeats");
+    let admin = app.admin.clone();
+    tokio::spawn(async move {
+        loop {
+            let workers = beating.lock().unwrap().clone();
+            for chunk in workers.chunks(1_000) {
+                let beats: Vec<Value> = chunk
+                    .iter()
+                    .map(|(id, token)| json!({"worker_id": id, "token": token}))
+                    .collect();
+                let _ = client
+                    .post(&url)
+                    .bearer_auth(&admin)
+                    .json(&json!({ "heartbeats": beats }))
+                    .send()
+                    .await;
+            }
+            tokio::time::sleep(Duration::from_millis(500)).await;
+        }
+    })
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_thousand_workers_failing_at_once_are_one_page_per_channel() {
+    let hook = Receiver::start().await;
+    let second = Receiver::start().await;
+    let alerting = format!(
+        "{}\n[[channel]]\nname = \"chat\"\nkind = \"slack\"\nurl = \"{}\"\ngroup_wait = \"3s\"\n\
+         [[alert]]\nname = \"down\"\nkind = \"worker_offline\"\nchannels = [\"hook\", \"chat\"]\n\
+         [[alert]]\nname = \"machine-down\"\nkind = \"machine_offline\"\nchannels = [\"hook\", \"chat\"]\n\
+         [[alert]]\nname = \"outage\"\nkind = \"mass_failure\"\npercent = 20\nwindow = \"20s\"\nchannels = [\"hook\", \"chat\"]\n",
+        webhook(&hook.url, "3s"),
+        second.url
+    );
+    let app = spawn_app_with(|raw| with_alerting(raw, &alerting)).await;
+    // 2,000 workers on 20 machines, each beating from its registration on;
+    // then the 1,000 on the ten even machines stop at once.
+    let beating = Beating::default();
+    let keep = keep_beating(&app, beating.clone());
+    let mut live = Vec::new();
+    let mut dying = Vec::new();
+    for i in 0..2_000 {
+        let machine = format!("m{}", i % 20);
+        let body = json!({"name": format!("w{i}"), "machine": {"id": machine},
+                          "heartbeat_interval_ms": 500, "stale_after_ms": 3_000});
+        let w = app.register_body(body).await;
+        let pair = (w.id.clone(), w.token.clone());
+        beating.lock().unwrap().push(pair.clone());
+        if i % 2 == 0 {
+            dying.push(pair);
+        } else {
+            live.push(pair);
+        }
+    }
+    // A full round of beats reached every worker before the stop.
+    tokio::time::sleep(Duration::from_millis(1_500)).await;
+    *beating.lock().unwrap() = live.clone();
+    assert!(
+        incidents(&app, "").await.is_empty(),
+        "nothing crashed while the fleet registered"
+    );
+
+    let opened = wait_for(
+        "the mass failure pages",
+        Duration::from_secs(60),
+        || async { hook.notifications().first().cloned() },
+    )
+    .await;
+    assert_eq!(opened["incident"]["kind"], "mass_failure");
+    let path = format!(
+        "/v1/incidents/{}",
+        opened["incident"]["id"].as_str().unwrap()
+    );
+    let mass = wait_for(
+        "all 1,000 are offline and covered",
+        Duration::from_secs(60),
+        || async {
+            let mass = app.get(&path, &app.admin).await.expect(200).clone();
+            let n = mass["details"]["covered"].as_array().map_or(0, Vec::len);
+            (n == 1_000).then_some(mass)
+        },
+    )
+    .await;
+    assert_eq!(mass["status"], "open");
+    assert_eq!(mass["details"]["machines"].as_array().unwrap().len(), 10);
+    // Each of the 1,000 has its own incident, covered by the mass failure.
+    let mut cursor = String::new();
+    let mut inhibited = 0;
+    loop {
+        let page = app
+            .get(
+                &format!("/v1/incidents?status=open&limit=1000{cursor}"),
+                &app.admin,
+            )
+            .await
+            .expect(200)
+            .clone();
+        inhibited += page["items"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|i| i["kind"] == "worker_offline" && i["inhibited_by"] == mass["id"])
+            .count();
+        match page["next_cursor"].as_str() {
+            Some(c) => cursor = format!("&cursor={c}"),
+            None => break,
+        }
+    }
+    assert_eq!(inhibited, 1_000);
+
+    // They come back: one resolve per channel.
+    beating.lock().unwrap().extend(dying);
+    for (what, r) in [("webhook", &hook), ("slack", &second)] {
+        wait_until(what, Duration::from_secs(60), || async {
+            r.all().len() >= 2
+        })
+        .await;
+    }
+    wait_until("nothing is open", Duration::from_secs(30), || async {
+        incidents(&app, "?status=open").await.is_empty()
+    })
+    .await;
+    wait_until("the outbox is empty", Duration::from_secs(30), || async {
+        app.get("/metrics", &app.admin)
+            .await
+            .text
+            .contains("rollcall_outbox_pending 0")
+    })
+    .await;
+    keep.abort();
+    let sent: Vec<(String, String)> = hook
+        .notifications()
+        .iter()
+        .map(|n| {
+            (
+                n["transition"].as_str().unwrap().to_owned(),
+                n["incident"]["kind"].as_str().unwrap().to_owned(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        sent,
+        [
+            ("opened".to_owned(), "mass_failure".to_owned()),
+            ("resolved".to_owned(), "mass_failure".to_owned())
+        ],
+        "one opening and one resolve on the webhook"
+    );
+    assert_eq!(second.all().len(), 2, "one request each on Slack");
+    let texts: Vec<String> = second
+        .all()
+        .iter()
+        .map(|r| r.json()["text"].as_str().unwrap_or_default().to_owned())
+        .collect();
+    // It opened at 20 % of the 2,000 (not of those still live when the
+    // alerter read the first crashes), and resolved covering all 1,000.
+    assert!(
+        texts[0].contains("opened") && texts[0].contains("of 2000 workers crashed"),
+        "{texts:?}"
+    );
+    assert!(
+        texts[1].contains("resolved") && texts[1].contains("1000 of 2000"),
+        "{texts:?}"
+    );
+}
+
 #[tokio::test]
 async fn alert_endpoints_refuse_bad_input_and_change_nothing() {
     let app = spawn_app().await;

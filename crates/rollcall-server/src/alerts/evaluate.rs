@@ -151,7 +151,9 @@ impl Evaluator {
         }
     }
 
-    /// Applies committed events, in `seq` order.
+    /// Applies committed events, in `seq` order. `live_selected` counts the
+    /// workers a `mass_failure` rule selects that were live when its window
+    /// began: live now, or offline since then.
     pub fn on_events(
         &mut self,
         events: &[(EventRecord, Facts)],
@@ -550,8 +552,9 @@ impl Evaluator {
                     }
                 }
                 let crashed = recent(&i.details).len() as u64;
-                // Live at the window's start: live now, or crashed within it.
-                let base = live_selected(rule) + crashed;
+                // Live at the window's start (at least those that crashed
+                // within it).
+                let base = live_selected(rule).max(crashed);
                 i.details["live_at_start"] = json!(base);
                 let id = i.id.clone();
                 if crashed >= 2 && crashed * 100 >= u64::from(percent) * base {
@@ -1066,8 +1069,8 @@ mod tests {
                 Some(EventReason::Stale),
             )
         };
-        // 9 crashed of 49 live at the start: 18 % — not yet.
-        r.live = 40;
+        // 9 crashed of 50 live at the start: 18 % — not yet.
+        r.live = 50;
         let step = r.events((0..9).map(crash).collect(), 1_000);
         assert_eq!(
             step.notifications.len(),

@@ -210,7 +210,7 @@ impl Alerter {
             let mut live_selected = |rule: &Rule| -> u64 {
                 *live
                     .entry(rule.name.clone())
-                    .or_insert_with(|| count_live(&engine, rule))
+                    .or_insert_with(|| live_at_window_start(&engine, rule, now))
             };
             let mut new_id = || IncidentId::generate(now, rand::random());
             evaluator.on_events(&facts, &mut live_selected, now, &mut new_id);
@@ -305,11 +305,19 @@ impl Alerter {
     }
 }
 
-/// Live (online or draining) workers a rule selects.
-fn count_live(engine: &Engine, rule: &Rule) -> u64 {
+/// The workers a `mass_failure` rule selects that were live when its
+/// window began: live (online or draining) now, or offline only since then.
+/// (The engine runs ahead of the log the alerter reads: counting only the
+/// live would leave out the crashes not yet read, and page too early.)
+fn live_at_window_start(engine: &Engine, rule: &Rule, now: Timestamp) -> u64 {
+    let RuleKind::MassFailure { window, .. } = rule.kind else {
+        return 0;
+    };
+    let start = Timestamp::from_millis(now.as_millis() - window.as_millis() as i64);
     let mut n = 0;
     engine.visit(|r, _| {
-        if r.status != Status::Offline && rule.selects(&r.labels) {
+        let was_live = r.status != Status::Offline || r.status_changed_at >= start;
+        if was_live && rule.selects(&r.labels) {
             n += 1;
         }
     });
