@@ -7,6 +7,8 @@
 
 mod common;
 mod pg;
+#[path = "../../rollcall-server/tests/common/receiver.rs"]
+mod receiver;
 
 use std::collections::BTreeSet;
 use std::sync::{Arc, Mutex};
@@ -821,5 +823,152 @@ async fn an_agent_given_two_replicas_keeps_its_worker_online_when_the_first_dies
     let w = api.worker(&id).await;
     assert_eq!(w["status"], "offline", "{w}");
     assert_eq!(w["offline_reason"], "shutdown", "{w}");
+    db.drop().await;
+}
+
+/// Heartbeats the workers in `beating` (as it is at each round) through
+/// `url`, in batches of 1,000 every 300 ms, until aborted.
+fn keep_beating(
+    url: &str,
+    beating: Arc<Mutex<Vec<(String, String)>>>,
+) -> tokio::task::JoinHandle<()> {
+    let client = http_client();
+    let url = format!("{url}/v1/heartbeats");
+    tokio::spawn(async move {
+        loop {
+            let workers = beating.lock().unwrap().clone();
+            for chunk in workers.chunks(1_000) {
+                let beats: Vec<Value> = chunk
+                    .iter()
+                    .map(|(id, token)| serde_json::json!({"worker_id": id, "token": token}))
+                    .collect();
+                let _ = client
+                    .post(&url)
+                    .bearer_auth(ADMIN)
+                    .json(&serde_json::json!({ "heartbeats": beats }))
+                    .timeout(Duration::from_secs(5))
+                    .send()
+                    .await;
+            }
+            tokio::time::sleep(Duration::from_millis(300)).await;
+        }
+    })
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_mass_failure_across_a_takeover_is_still_one_page() {
+    let Some(db) = pg::Database::create().await else {
+        return;
+    };
+    let hook = receiver::Receiver::start().await;
+    let dirs: Vec<_> = (0..2).map(|_| tempfile::tempdir().unwrap()).collect();
+    // The default group_wait (10 s) outlasts a takeover and the restart
+    // grace after it.
+    let file = write_file(
+        dirs[0].path(),
+        "rollcall.toml",
+        &format!(
+            "[[channel]]\nname = \"out\"\nkind = \"webhook\"\nurl = \"{}\"\nsecret = \"k3v9-Qz7u-2Lr8-Wm4x-Ty6p\"\n\
+             [[alert]]\nname = \"down\"\nkind = \"worker_offline\"\nchannels = [\"out\"]\n\
+             [[alert]]\nname = \"outage\"\nkind = \"mass_failure\"\npercent = 20\nwindow = \"30s\"\nchannels = [\"out\"]\n",
+            hook.url
+        ),
+    );
+    let config = ["--config", file.to_str().unwrap()];
+    let mut a = replica(&db, dirs[0].path()).args(&config).spawn().await;
+    assert_eq!(role(&a.url).await.as_deref(), Some("active"));
+    let b = replica(&db, dirs[1].path()).args(&config).spawn().await;
+    assert_eq!(role(&b.url).await.as_deref(), Some("standby"));
+
+    // 2,000 workers on 20 machines, registered and beating through the
+    // standby (it forwards to the active replica).
+    let beating: Arc<Mutex<Vec<(String, String)>>> = Arc::default();
+    let keep = keep_beating(&b.url, beating.clone());
+    let api = Api::new(&b.url, ADMIN);
+    let (mut live, mut dying) = (Vec::new(), Vec::new());
+    for i in 0..2_000 {
+        let body = serde_json::json!({"name": format!("w{i}"), "machine": {"id": format!("m{}", i % 20)},
+                                      "heartbeat_interval_ms": 300, "stale_after_ms": 3_000});
+        let w = api.register_with(body).await;
+        let pair = (w.id.clone(), w.token.clone());
+        beating.lock().unwrap().push(pair.clone());
+        if i % 2 == 0 {
+            dying.push(pair);
+        } else {
+            live.push(pair);
+        }
+    }
+    tokio::time::sleep(Duration::from_millis(1_000)).await;
+    // Half the fleet stops; the active replica dies as the crashes begin.
+    *beating.lock().unwrap() = live;
+    eventually(Duration::from_secs(30), "the first crashes", || async {
+        let events = api.events("?type=worker.offline").await;
+        (!events.is_empty()).then_some(())
+    })
+    .await;
+    a.kill9().await;
+    assert!(
+        hook.all().is_empty(),
+        "nothing was sent before the takeover (group_wait): the new active replica sends it all"
+    );
+    let urls = [b.url.as_str()];
+    wait_active(&urls).await;
+
+    let opened = eventually(
+        Duration::from_secs(60),
+        "the mass failure pages",
+        || async { hook.notifications().first().cloned() },
+    )
+    .await;
+    assert_eq!(opened["incident"]["kind"], "mass_failure", "{opened}");
+    let path = format!(
+        "/v1/incidents/{}",
+        opened["incident"]["id"].as_str().unwrap()
+    );
+    eventually(Duration::from_secs(60), "all 1,000 covered", || async {
+        let mass = api.get_ok(&path).await;
+        let n = mass["details"]["covered"].as_array().map_or(0, Vec::len);
+        (n == 1_000).then_some(())
+    })
+    .await;
+
+    // They come back: the resolve.
+    beating.lock().unwrap().extend(dying);
+    eventually(Duration::from_secs(60), "the resolve", || async {
+        hook.notifications()
+            .iter()
+            .any(|n| n["transition"] == "resolved")
+            .then_some(())
+    })
+    .await;
+    eventually(Duration::from_secs(30), "the outbox empties", || async {
+        let resp = http_client()
+            .get(format!("{}/metrics", b.url))
+            .bearer_auth(ADMIN)
+            .send()
+            .await
+            .ok()?;
+        let body = resp.text().await.ok()?;
+        body.contains("rollcall_outbox_pending 0").then_some(())
+    })
+    .await;
+    keep.abort();
+    // One opening and one resolve, each perhaps more than once but then
+    // with its key: never a page per worker.
+    let keys: BTreeSet<String> = hook
+        .notifications()
+        .iter()
+        .map(|n| n["idempotency_key"].as_str().unwrap().to_owned())
+        .collect();
+    let mass_id = opened["incident"]["id"].as_str().unwrap();
+    assert_eq!(
+        keys,
+        BTreeSet::from([
+            format!("{mass_id}:opened:out"),
+            format!("{mass_id}:resolved:out")
+        ]),
+        "{:#?}",
+        hook.notifications()
+    );
     db.drop().await;
 }
