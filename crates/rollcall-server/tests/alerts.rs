@@ -653,6 +653,20 @@ async fn rules_made_through_the_api_page_and_a_deleted_one_resolves() {
     assert_eq!(rules(app.get("/v1/alert-rules", &read).await).len(), 1);
     assert_eq!(app.get("/v1/alert-rules/down", &read).await.status, 404);
 
+    // A crash before the rule exists: history a new rule never pages for.
+    let before = app.register("before", "m0").await;
+    wait_until(
+        "the first worker is stale",
+        Duration::from_secs(20),
+        || async {
+            app.get(&format!("/v1/workers/{}", before.id), &read)
+                .await
+                .expect(200)["status"]
+                == "offline"
+        },
+    )
+    .await;
+
     // Made, then replaced; it survives a restart.
     let body = json!({"kind": "worker_offline", "channels": ["hook"], "severity": "warning"});
     let made = put("down", body.clone()).await;
@@ -729,6 +743,17 @@ async fn rules_made_through_the_api_page_and_a_deleted_one_resolves() {
         404
     );
     assert_eq!(rules(app.get("/v1/alert-rules", &read).await).len(), 1);
+    let down: Vec<Value> = incidents(&app, "")
+        .await
+        .into_iter()
+        .filter(|i| i["rule"] == "down")
+        .collect();
+    assert_eq!(
+        down.len(),
+        1,
+        "only the crash after the rule was made: {down:?}"
+    );
+    assert_ne!(down[0]["worker_id"], before.id.as_str());
 }
 
 /// The time from a worker's deadline to its notification's arrival at a

@@ -943,19 +943,9 @@ pub async fn events(client: Client, conn: Conn, cmd: EventsCommand) -> Result<()
 /// `rollcall incidents …`
 #[derive(Debug, Subcommand)]
 pub enum IncidentsCommand {
-    /// List incidents, newest first.
+    /// List incidents, newest first (also without `ls`).
     #[command(after_help = "Example:\n  rollcall incidents ls --open")]
-    Ls {
-        /// Only open incidents.
-        #[arg(long, conflicts_with = "status")]
-        open: bool,
-        /// Only incidents of this status: pending, open or resolved.
-        #[arg(long)]
-        status: Option<String>,
-        /// At most this many (1-1000).
-        #[arg(long, default_value_t = 100)]
-        limit: u32,
-    },
+    Ls(IncidentsLs),
     /// Show one incident with everything the rule knows.
     Show { id: String },
     /// Acknowledge an incident (admin token): someone is on it.
@@ -968,22 +958,27 @@ pub enum IncidentsCommand {
     },
 }
 
-pub async fn incidents(
-    client: Client,
-    conn: Conn,
-    cmd: Option<IncidentsCommand>,
-) -> Result<(), Failure> {
-    let cmd = cmd.unwrap_or(IncidentsCommand::Ls {
-        open: false,
-        status: None,
-        limit: 100,
-    });
+/// What `rollcall incidents [ls]` lists.
+#[derive(Debug, Clone, Args)]
+pub struct IncidentsLs {
+    /// Only open incidents.
+    #[arg(long, conflicts_with = "status")]
+    open: bool,
+    /// Only incidents of this status: pending, open or resolved.
+    #[arg(long)]
+    status: Option<String>,
+    /// At most this many (1-1000).
+    #[arg(long, default_value_t = 100)]
+    limit: u32,
+}
+
+pub async fn incidents(client: Client, conn: Conn, cmd: IncidentsCommand) -> Result<(), Failure> {
     match cmd {
-        IncidentsCommand::Ls {
+        IncidentsCommand::Ls(IncidentsLs {
             open,
             status,
             limit,
-        } => {
+        }) => {
             let status = if open { Some("open".into()) } else { status };
             let page = client
                 .list_incidents(&rollcall_client::IncidentQuery {

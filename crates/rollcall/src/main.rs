@@ -108,10 +108,13 @@ enum Command {
     },
     /// List, show or acknowledge incidents (what the alert rules found).
     ///
-    /// Example: rollcall incidents ls --open
+    /// Example: rollcall incidents --open
+    #[command(args_conflicts_with_subcommands = true)]
     Incidents {
         #[command(flatten)]
         conn: admin::Conn,
+        #[command(flatten)]
+        ls: admin::IncidentsLs,
         #[command(subcommand)]
         cmd: Option<admin::IncidentsCommand>,
     },
@@ -136,7 +139,8 @@ fn main() -> ExitCode {
         Command::Events { conn, cmd } => admin::main(conn, |c, conn| admin::events(c, conn, cmd)),
         Command::Health { conn, args } => admin::main(conn, |c, conn| admin::health(c, conn, args)),
         Command::Backup(args) => backup::main(args),
-        Command::Incidents { conn, cmd } => {
+        Command::Incidents { conn, ls, cmd } => {
+            let cmd = cmd.unwrap_or(admin::IncidentsCommand::Ls(ls));
             admin::main(conn, |c, conn| admin::incidents(c, conn, cmd))
         }
         Command::Alerts(cmd) => alerts::main(cmd),

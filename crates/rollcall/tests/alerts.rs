@@ -337,6 +337,13 @@ async fn rules_are_made_listed_and_deleted_from_the_command_line() {
 
     let (code, _, err) = cli(&url, &["alerts", "rules", "rm", "gpu-down"]);
     assert_eq!(code, 0, "{err}");
+    // `rollcall incidents` lists without `ls`, too.
+    let (code, out, err) = cli(&url, &["incidents", "--open", "--json"]);
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(
+        serde_json::from_str::<Value>(&out).unwrap(),
+        serde_json::json!([])
+    );
     let (code, _, _) = cli(&url, &["alerts", "rules", "rm", "gpu-down"]);
     assert_eq!(code, 4, "not found");
 }
