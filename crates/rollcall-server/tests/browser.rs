@@ -1014,6 +1014,15 @@ async fn the_health_view_shows_a_crash_without_a_reload() {
         .await
         .unwrap();
     assert!(!banner.to_string().contains("calm"), "{banner}");
+    // The opening is on the live feed too, named for the worker it is about.
+    page.wait_for(
+        "the incident's opening in the live feed",
+        "[...document.querySelectorAll('#events li')].some(li => \
+           li.textContent.includes('incident opened') && li.textContent.includes('crasher'))",
+        PATIENCE,
+    )
+    .await
+    .unwrap();
     page.wait_for(
         "the crash in the Health view, without a reload",
         "document.querySelector('#health-machines article[data-machine-id=\"crash-node\"]')\
