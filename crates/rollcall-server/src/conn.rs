@@ -54,8 +54,9 @@ use tokio_util::sync::CancellationToken;
 use tower::ServiceExt;
 use tracing::{debug, info, warn};
 
-use crate::api::stream::{GuardedIo, StreamSettings};
+use crate::api::stream::StreamSettings;
 use crate::config::Limits;
+use crate::guarded_io::GuardedIo;
 
 /// File descriptors kept free of connections: the store's files and pool,
 /// the listeners, logs, the runtime's own. 64 plus 1/16 of the limit.

@@ -43,6 +43,7 @@ pub mod conn;
 pub mod detector;
 pub mod engine;
 pub mod flush;
+pub mod guarded_io;
 pub mod health;
 pub mod hub;
 pub mod metrics;
